@@ -1,0 +1,38 @@
+# regwarm: make build | test | lint | e2e | conformance | ci | run | bench
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# Unit tests: everything except the e2e package itself (e2e/harness has fast unit tests).
+UNIT    = $(shell $(GO) list ./... | grep -v '/e2e$$')
+CONFIG  ?= $(firstword $(wildcard config.example.yaml) e2e/testdata/dev.yaml)
+
+.PHONY: build test lint e2e conformance ci run bench clean
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/regwarm ./cmd/regwarm
+
+test:
+	$(GO) test -race $(UNIT)
+
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt -l:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	staticcheck ./...
+
+e2e:
+	$(GO) test -count=1 -timeout 20m ./e2e/...
+
+conformance: build
+	REGWARM_BIN=$(CURDIR)/bin/regwarm e2e/conformance.sh
+
+ci: lint test e2e conformance
+
+run:
+	$(GO) run ./cmd/regwarm run --config $(CONFIG)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(UNIT)
+
+clean:
+	rm -rf bin

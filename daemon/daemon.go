@@ -1,0 +1,223 @@
+// Package daemon runs regwarm's long-lived processes: the registry API
+// server, the worker, the embedded NATS server and the admin endpoints
+// (/metrics, /healthz, /readyz), with graceful shutdown.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/store"
+	"github.com/regwarm/regwarm/registryapi"
+)
+
+// Mode selects what a process runs.
+type Mode string
+
+// Process modes, one per CLI command.
+const (
+	ModeRun    Mode = "run"    // embedded NATS + serve + worker
+	ModeServe  Mode = "serve"  // registry API only
+	ModeWorker Mode = "worker" // worker only
+)
+
+// ShutdownTimeout bounds how long in-flight requests may drain.
+const ShutdownTimeout = 20 * time.Second
+
+// NewLogger builds the process logger from the log config.
+func NewLogger(c config.Log, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// labels lists the label values known from the config.
+func labels(cfg *config.Config) metrics.Labels {
+	var l metrics.Labels
+	for _, r := range cfg.Registries {
+		l.Registries = append(l.Registries, r.Name)
+	}
+	for _, c := range cfg.Connectors {
+		l.Connectors = append(l.Connectors, c.Name)
+	}
+	return l
+}
+
+// Run runs a process in mode until ctx is cancelled, then shuts down
+// gracefully. It returns nil on a clean shutdown.
+func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg, labels(cfg))
+
+	st, err := store.NewFS(cfg.StoreRoot())
+	if err != nil {
+		return fmt.Errorf("opening store: %w", err)
+	}
+	health := &Health{}
+
+	var servers []*server
+	admin := &http.Server{Handler: adminHandler(reg, health), ReadHeaderTimeout: 10 * time.Second}
+	servers = append(servers, &server{name: "metrics", addr: cfg.Metrics.Listen, srv: admin})
+
+	if mode == ModeRun || mode == ModeServe {
+		api, err := registryapi.New(cfg, st, registryapi.WithLogger(log), registryapi.WithMetrics(m))
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: api, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		servers = append(servers, &server{name: "api", addr: cfg.Serve.Listen, srv: srv,
+			certFile: cfg.Serve.TLS.CertFile, keyFile: cfg.Serve.TLS.KeyFile})
+	}
+	if mode == ModeWorker {
+		return errors.New("the worker is not available yet")
+	}
+
+	// Bind every listener before reporting ready, so a port clash fails fast.
+	for _, s := range servers {
+		if err := s.listen(); err != nil {
+			for _, o := range servers {
+				o.close()
+			}
+			return err
+		}
+		log.Info("listening", "server", s.name, "addr", s.ln.Addr().String())
+	}
+	errc := make(chan error, len(servers))
+	var wg sync.WaitGroup
+	for _, s := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s server: %w", s.name, err)
+			}
+		}()
+	}
+	health.SetReady(true)
+	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot())
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+		log.Error("server failed", "error", runErr)
+	}
+	health.SetReady(false)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	defer cancel()
+	// The API drains first; the admin endpoint stays up until the end.
+	for i := len(servers) - 1; i >= 0; i-- {
+		if err := servers[i].srv.Shutdown(sctx); err != nil {
+			log.Warn("shutdown incomplete", "server", servers[i].name, "error", err)
+		}
+	}
+	wg.Wait()
+	return runErr
+}
+
+type server struct {
+	name, addr        string
+	certFile, keyFile string
+	srv               *http.Server
+	ln                net.Listener
+}
+
+func (s *server) listen() error {
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return fmt.Errorf("%s listener on %s: %w", s.name, s.addr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+func (s *server) close() {
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+}
+
+func (s *server) serve() error {
+	if s.certFile != "" {
+		return s.srv.ServeTLS(s.ln, s.certFile, s.keyFile)
+	}
+	return s.srv.Serve(s.ln)
+}
+
+// Health tracks liveness and readiness for /healthz and /readyz.
+type Health struct {
+	ready    atomic.Bool
+	mu       sync.Mutex
+	problems map[string]string
+}
+
+// SetReady marks the process ready or not.
+func (h *Health) SetReady(v bool) { h.ready.Store(v) }
+
+// SetProblem records (msg != "") or clears (msg == "") a named readiness problem.
+func (h *Health) SetProblem(name, msg string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.problems == nil {
+		h.problems = map[string]string{}
+	}
+	if msg == "" {
+		delete(h.problems, name)
+	} else {
+		h.problems[name] = msg
+	}
+}
+
+// Ready reports readiness and the current problems.
+func (h *Health) Ready() (bool, []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for k, v := range h.problems {
+		out = append(out, k+": "+v)
+	}
+	return h.ready.Load() && len(out) == 0, out
+}
+
+func adminHandler(reg *prometheus.Registry, health *Health) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, problems := health.Ready()
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			if len(problems) == 0 {
+				problems = []string{"not ready"}
+			}
+			_, _ = io.WriteString(w, strings.Join(problems, "\n")+"\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	return mux
+}

@@ -1,0 +1,186 @@
+// Package config loads, defaults and validates regwarm's YAML configuration.
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Version    int         `yaml:"version"`
+	DataDir    string      `yaml:"data_dir"`
+	Log        Log         `yaml:"log"`
+	Serve      Serve       `yaml:"serve"`
+	Metrics    Metrics     `yaml:"metrics"`
+	Storage    Storage     `yaml:"storage"`
+	NATS       NATS        `yaml:"nats"`
+	Registries []Registry  `yaml:"registries"`
+	Connectors []Connector `yaml:"connectors"`
+	Worker     Worker      `yaml:"worker"`
+	Auth       *Auth       `yaml:"auth"`
+	Jobs       Jobs        `yaml:"jobs"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug | info | warn | error
+	Format string `yaml:"format"` // text | json
+}
+
+// Serve configures the registry API listener.
+type Serve struct {
+	Listen string `yaml:"listen"`
+	TLS    TLS    `yaml:"tls"`
+}
+
+// TLS names a certificate and key; both empty means plain HTTP.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Metrics configures the /metrics, /healthz and /readyz listener.
+type Metrics struct {
+	Listen string `yaml:"listen"`
+}
+
+// Storage selects the content store backend.
+type Storage struct {
+	Filesystem Filesystem `yaml:"filesystem"`
+}
+
+// Filesystem is the filesystem store backend.
+type Filesystem struct {
+	Root string `yaml:"root"` // default <data_dir>/store
+}
+
+// NATS configures the message bus.
+type NATS struct {
+	URL             string       `yaml:"url"` // empty: embedded server
+	Embedded        NATSEmbedded `yaml:"embedded"`
+	CredentialsFile string       `yaml:"credentials_file"`
+	SubjectPrefix   string       `yaml:"subject_prefix"`
+}
+
+// NATSEmbedded configures the embedded NATS server of `regwarm run`.
+type NATSEmbedded struct {
+	Listen   string `yaml:"listen"`
+	StoreDir string `yaml:"store_dir"` // default <data_dir>/nats
+}
+
+// Registry is one local registry.
+type Registry struct {
+	Name       string   `yaml:"name"`
+	Default    bool     `yaml:"default"`
+	Push       bool     `yaml:"push"`
+	Connectors []string `yaml:"connectors"`
+	TagTTL     Duration `yaml:"tag_ttl"` // 0 written in the file: always revalidate
+	Sync       Sync     `yaml:"sync"`
+
+	// ttlSet records that the file gave tag_ttl, so that an explicit 0 is
+	// kept instead of being replaced by the default.
+	ttlSet bool
+}
+
+// Sync says what workers warm for a registry.
+type Sync struct {
+	Platforms []string `yaml:"platforms"` // empty: all
+	Referrers *bool    `yaml:"referrers"` // default true
+}
+
+// Connector is an upstream registry, or another local registry.
+type Connector struct {
+	Name         string   `yaml:"name"`
+	URL          string   `yaml:"url"`
+	Registry     string   `yaml:"registry"`
+	Host         string   `yaml:"host"`
+	Username     string   `yaml:"username"`
+	PasswordEnv  string   `yaml:"password_env"`
+	PasswordFile string   `yaml:"password_file"`
+	Include      []string `yaml:"include"`
+	Exclude      []string `yaml:"exclude"`
+	Concurrency  int      `yaml:"concurrency"`
+}
+
+// Worker configures the worker daemon.
+type Worker struct {
+	Concurrency   int `yaml:"concurrency"`
+	MaxDeliveries int `yaml:"max_deliveries"`
+}
+
+// Auth enables authentication and access rules.
+type Auth struct {
+	HtpasswdFile string `yaml:"htpasswd_file"`
+	Rules        []Rule `yaml:"rules"`
+}
+
+// Rule grants actions on a registry to users; the first match wins.
+type Rule struct {
+	Registry string   `yaml:"registry"`
+	Users    []string `yaml:"users"`
+	Allow    []string `yaml:"allow"` // pull | push | delete
+}
+
+// Jobs configures the scheduled jobs.
+type Jobs struct {
+	DanglingScan DanglingScan `yaml:"dangling_scan"`
+	Verify       Verify       `yaml:"verify"`
+	Refresh      Refresh      `yaml:"refresh"`
+}
+
+// DanglingScan configures the dangling-reference scan.
+type DanglingScan struct {
+	Schedule string `yaml:"schedule"` // cron spec; "" disables the job
+	Repair   bool   `yaml:"repair"`
+
+	scheduleSet bool // the file gave schedule; "" then means disabled
+}
+
+// Verify configures the integrity check.
+type Verify struct {
+	Schedule          string `yaml:"schedule"` // cron spec; "" disables the job
+	MaxBytesPerSecond int64  `yaml:"max_bytes_per_second"`
+
+	scheduleSet bool // the file gave schedule; "" then means disabled
+}
+
+// Refresh configures tag refresh.
+type Refresh struct {
+	Schedule string   `yaml:"schedule"` // cron spec; "" disables the job
+	Images   []string `yaml:"images"`
+
+	scheduleSet bool // the file gave schedule; "" then means disabled
+}
+
+// Duration is a time.Duration written as "5m" or "90s" in YAML.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String formats d like time.Duration does ("5m0s").
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// UnmarshalYAML parses a Go duration string; a number without a unit is an
+// error, so that "300" is never silently read as nanoseconds.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return &yaml.TypeError{Errors: []string{
+			fmt.Sprintf("line %d: cannot unmarshal %s into config.Duration", n.Line, n.ShortTag()),
+		}}
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return &yaml.TypeError{Errors: []string{
+			fmt.Sprintf("line %d: invalid duration %q: want a number with a unit, like 90s or 5m", n.Line, n.Value),
+		}}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes d as a duration string such as "5m0s".
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }

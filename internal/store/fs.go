@@ -1,0 +1,264 @@
+package store
+
+import (
+	"context"
+	_ "crypto/sha512" // registers digest.SHA512
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regwarm/regwarm/internal/ref"
+)
+
+// FS is the filesystem backend of Store. Everything lives under one root
+// directory:
+//
+//	blobs/<alg>/<first 2 hex>/<hex>   content of blobs and manifests
+//	tmp/                              temporary files of atomic writes
+//	uploads/<id>/data                 bytes received by an upload session
+//	uploads/<id>/info.json            its repository, start time, offset and
+//	                                  marshalled sha256 state
+//	registries/<registry>/repos/<name>/
+//	    _blobs/<alg>/<hex>            blob link (the digest)
+//	    _manifests/<alg>/<hex>        manifest link (JSON: mediaType, size,
+//	                                  source, subject, time)
+//	    _tags/<tag>                   tag (JSON: digest, source, checked)
+//	    _referrers/<alg>/<subject hex>/<alg>-<hex>
+//	                                  referrer descriptor (JSON)
+//
+// Content is streamed into tmp/ while it is hashed, verified, synced and
+// renamed into place, so a crash never leaves a visible partial blob; an
+// existing blob is kept when another writer stored it first. Link and
+// metadata files are written the same way. Components of valid repository
+// names never start with "_", so the "_blobs" style directories cannot
+// collide with a repository path.
+//
+// A blob is visible in a repository only when linked there (PutBlob,
+// CommitUpload, LinkBlob, or PutManifest of that digest); HasBlob ignores
+// links. Every entry point validates registry, repository, tag and digest
+// and rejects bad input with an error wrapping ErrInvalid.
+//
+// Upload sessions are serialised per id within a process. Across processes
+// the last writer of info.json wins; a chunk whose info.json update was lost
+// is simply truncated away by the next append.
+//
+// Directories are never removed once created (except upload sessions), so
+// concurrent writers never race with a cleanup.
+type FS struct {
+	root    string
+	now     func() time.Time
+	uploads keyedLock
+}
+
+var _ Store = (*FS)(nil)
+
+// Option configures a store backend.
+type Option func(*options) error
+
+type options struct {
+	now       func() time.Time
+	tmpMaxAge time.Duration
+}
+
+// WithClock sets the clock that stamps manifest links, tags and uploads.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) error {
+		if now == nil {
+			return fmt.Errorf("%w: nil clock", ErrInvalid)
+		}
+		o.now = now
+		return nil
+	}
+}
+
+// WithTempMaxAge sets the age after which NewFS removes leftover temporary
+// files of interrupted writes. The default is one hour.
+func WithTempMaxAge(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: temp max age %v must be positive", ErrInvalid, d)
+		}
+		o.tmpMaxAge = d
+		return nil
+	}
+}
+
+// NewFS opens the filesystem store at root, creating its directories and
+// removing stale temporary files.
+func NewFS(root string, opts ...Option) (*FS, error) {
+	if root == "" {
+		return nil, fmt.Errorf("%w: empty store root", ErrInvalid)
+	}
+	o := options{now: time.Now, tmpMaxAge: time.Hour}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	root = filepath.Clean(root)
+	for _, dir := range []string{"blobs", "tmp", "uploads", "registries"} {
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+			return nil, fmt.Errorf("create store directory: %w", err)
+		}
+	}
+	f := &FS{root: root, now: o.now}
+	if err := f.cleanTmp(o.now().Add(-o.tmpMaxAge)); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// cleanTmp removes temporary files last modified before cutoff: leftovers
+// of writes interrupted by a crash. They were never visible.
+func (f *FS) cleanTmp(cutoff time.Time) error {
+	dir := filepath.Join(f.root, "tmp")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("clean temporary files: %w", err)
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.ModTime().Before(cutoff) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("clean temporary files: %w", err)
+		}
+	}
+	return nil
+}
+
+// HasBlob reports the size of a blob stored anywhere, ignoring links.
+func (f *FS) HasBlob(ctx context.Context, d digest.Digest) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := checkDigest(d); err != nil {
+		return 0, err
+	}
+	info, err := os.Stat(f.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("%w: %s", ErrBlobUnknown, d)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("stat blob %s: %w", d, err)
+	}
+	return info.Size(), nil
+}
+
+// fileBlob is the Blob returned by FS.OpenBlob. It embeds the *os.File, so
+// it is also an io.Seeker and io.ReaderAt (for Range requests); File
+// unwraps it for sendfile.
+type fileBlob struct {
+	*os.File
+	size int64
+}
+
+// Size returns the blob's length in bytes.
+func (b *fileBlob) Size() int64 { return b.size }
+
+// File returns the *os.File under a Blob opened by FS. The HTTP layer hands
+// the file itself to io.Copy (inside an io.LimitedReader) so that copying
+// to a TCP connection uses sendfile; a wrapper type would hide the file.
+// ok is false for blobs of other backends.
+func File(b Blob) (*os.File, bool) {
+	fb, ok := b.(*fileBlob)
+	if !ok {
+		return nil, false
+	}
+	return fb.File, true
+}
+
+// check validates what most methods share: the context, the repository and
+// any digests.
+func check(ctx context.Context, repo Repo, ds ...digest.Digest) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := checkRepo(repo); err != nil {
+		return err
+	}
+	for _, d := range ds {
+		if err := checkDigest(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkRepo(repo Repo) error {
+	if err := ref.ValidRegistry(repo.Registry); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := ref.ValidName(repo.Name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+func checkDigest(d digest.Digest) error {
+	if _, err := ref.ParseDigest(string(d)); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+func checkTag(tag string) error {
+	if err := ref.ValidTag(tag); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+// Paths. Callers validate every argument first.
+
+func (f *FS) blobPath(d digest.Digest) string {
+	hex := d.Encoded()
+	return filepath.Join(f.root, "blobs", string(d.Algorithm()), hex[:2], hex)
+}
+
+func (f *FS) repoDir(repo Repo) string {
+	return filepath.Join(f.root, "registries", repo.Registry, "repos", filepath.FromSlash(repo.Name))
+}
+
+func (f *FS) blobLink(repo Repo, d digest.Digest) string {
+	return filepath.Join(f.repoDir(repo), "_blobs", string(d.Algorithm()), d.Encoded())
+}
+
+func (f *FS) manifestLink(repo Repo, d digest.Digest) string {
+	return filepath.Join(f.repoDir(repo), "_manifests", string(d.Algorithm()), d.Encoded())
+}
+
+func (f *FS) tagPath(repo Repo, tag string) string {
+	return filepath.Join(f.repoDir(repo), "_tags", tag)
+}
+
+func (f *FS) referrerPath(repo Repo, subject, d digest.Digest) string {
+	return filepath.Join(f.referrerDir(repo, subject), string(d.Algorithm())+"-"+d.Encoded())
+}
+
+func (f *FS) referrerDir(repo Repo, subject digest.Digest) string {
+	return filepath.Join(f.repoDir(repo), "_referrers", string(subject.Algorithm()), subject.Encoded())
+}
+
+func (f *FS) uploadDir(id string) string {
+	return filepath.Join(f.root, "uploads", id)
+}
+
+// repoMarkers are the directories whose presence makes a directory under
+// registries/<registry>/repos a repository.
+var repoMarkers = []string{"_manifests", "_blobs", "_tags"}
+
+func isRepoDir(dir string) bool {
+	for _, m := range repoMarkers {
+		if _, err := os.Lstat(filepath.Join(dir, m)); err == nil {
+			return true
+		}
+	}
+	return false
+}

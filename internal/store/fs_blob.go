@@ -1,0 +1,121 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// StatBlob returns the size of a blob linked in repo.
+func (f *FS) StatBlob(ctx context.Context, repo Repo, d digest.Digest) (int64, error) {
+	if err := check(ctx, repo, d); err != nil {
+		return 0, err
+	}
+	if err := f.checkLinked(repo, d); err != nil {
+		return 0, err
+	}
+	info, err := os.Stat(f.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("%w: %s in %s: content missing", ErrBlobUnknown, d, repo)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("stat blob %s: %w", d, err)
+	}
+	return info.Size(), nil
+}
+
+// OpenBlob opens a blob linked in repo. The result embeds an *os.File: it is
+// an io.Seeker and io.ReaderAt as well, and File unwraps it for sendfile.
+func (f *FS) OpenBlob(ctx context.Context, repo Repo, d digest.Digest) (Blob, error) {
+	if err := check(ctx, repo, d); err != nil {
+		return nil, err
+	}
+	if err := f.checkLinked(repo, d); err != nil {
+		return nil, err
+	}
+	file, err := os.Open(f.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s in %s: content missing", ErrBlobUnknown, d, repo)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open blob %s: %w", d, err)
+	}
+	info, err := file.Stat()
+	if err != nil {
+		_ = file.Close()
+		return nil, fmt.Errorf("open blob %s: %w", d, err)
+	}
+	return &fileBlob{File: file, size: info.Size()}, nil
+}
+
+// PutBlob streams r into the store, verifies it against d and size (-1 for
+// unknown) and links it into repo. The blob is never held in memory.
+func (f *FS) PutBlob(ctx context.Context, repo Repo, d digest.Digest, size int64, r io.Reader) error {
+	if err := check(ctx, repo, d); err != nil {
+		return err
+	}
+	if _, err := f.writeContent(ctx, d, size, r); err != nil {
+		return err
+	}
+	return f.link(repo, d)
+}
+
+// LinkBlob makes a stored blob visible in repo.
+func (f *FS) LinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
+	if err := check(ctx, repo, d); err != nil {
+		return err
+	}
+	ok, err := exists(f.blobPath(d))
+	if err != nil {
+		return fmt.Errorf("link blob %s: %w", d, err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrBlobUnknown, d)
+	}
+	return f.link(repo, d)
+}
+
+// UnlinkBlob removes a blob from repo; the content stays.
+func (f *FS) UnlinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
+	if err := check(ctx, repo, d); err != nil {
+		return err
+	}
+	err := os.Remove(f.blobLink(repo, d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
+	}
+	if err != nil {
+		return fmt.Errorf("unlink blob %s: %w", d, err)
+	}
+	return nil
+}
+
+// link writes repo's link file for d unless it is there already.
+func (f *FS) link(repo Repo, d digest.Digest) error {
+	path := f.blobLink(repo, d)
+	ok, err := exists(path)
+	if err != nil {
+		return fmt.Errorf("link blob %s: %w", d, err)
+	}
+	if ok {
+		return nil
+	}
+	return f.writeFile(path, []byte(d))
+}
+
+// checkLinked returns ErrBlobUnknown unless d is linked in repo.
+func (f *FS) checkLinked(repo Repo, d digest.Digest) error {
+	ok, err := exists(f.blobLink(repo, d))
+	if err != nil {
+		return fmt.Errorf("stat blob link %s: %w", d, err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
+	}
+	return nil
+}

@@ -1,0 +1,280 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/opencontainers/go-digest"
+)
+
+// uploadInfo is the file uploads/<id>/info.json. Offset counts the bytes of
+// data that belong to the session; anything beyond it is a leftover of an
+// interrupted append and is truncated away.
+type uploadInfo struct {
+	Registry string    `json:"registry"`
+	Repo     string    `json:"repo"`
+	Started  time.Time `json:"started"`
+	Offset   int64     `json:"offset"`
+	SHA256   []byte    `json:"sha256State"` // marshalled hash of data[:Offset]
+}
+
+// StartUpload opens a new upload session in repo.
+func (f *FS) StartUpload(ctx context.Context, repo Repo) (UploadStatus, error) {
+	if err := check(ctx, repo); err != nil {
+		return UploadStatus{}, err
+	}
+	id := uuid.NewString()
+	dir := f.uploadDir(id)
+	if err := f.startUpload(repo, dir); err != nil {
+		_ = os.RemoveAll(dir)
+		return UploadStatus{}, fmt.Errorf("start upload: %w", err)
+	}
+	return UploadStatus{ID: id, Repo: repo}, nil
+}
+
+func (f *FS) startUpload(repo Repo, dir string) error {
+	if err := mkdirs(dir); err != nil {
+		return err
+	}
+	data, err := os.OpenFile(filepath.Join(dir, "data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := data.Close(); err != nil {
+		return err
+	}
+	state, err := marshalHash(sha256.New())
+	if err != nil {
+		return err
+	}
+	info := uploadInfo{Registry: repo.Registry, Repo: repo.Name, Started: f.now(), SHA256: state}
+	return f.writeJSON(filepath.Join(dir, "info.json"), info)
+}
+
+// UploadStatus reports a session's progress.
+func (f *FS) UploadStatus(ctx context.Context, repo Repo, id string) (UploadStatus, error) {
+	if err := check(ctx, repo); err != nil {
+		return UploadStatus{}, err
+	}
+	info, err := f.session(repo, id)
+	if err != nil {
+		return UploadStatus{}, err
+	}
+	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset}, nil
+}
+
+// AppendUpload appends r to the session after checking offset (-1 skips
+// the check). When r fails midway the chunk is dropped and the offset is
+// unchanged, so the client can resend it.
+func (f *FS) AppendUpload(ctx context.Context, repo Repo, id string, offset int64, r io.Reader) (UploadStatus, error) {
+	if err := check(ctx, repo); err != nil {
+		return UploadStatus{}, err
+	}
+	unlock, err := f.lockUpload(ctx, id)
+	if err != nil {
+		return UploadStatus{}, err
+	}
+	defer unlock()
+	info, err := f.session(repo, id)
+	if err != nil {
+		return UploadStatus{}, err
+	}
+	if offset >= 0 && offset != info.Offset {
+		return UploadStatus{}, fmt.Errorf("%w: chunk at %d, upload has %d bytes", ErrRangeInvalid, offset, info.Offset)
+	}
+	h := sha256.New()
+	if err := unmarshalHash(h, info.SHA256); err != nil {
+		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
+	}
+	n, err := appendData(ctx, filepath.Join(f.uploadDir(id), "data"), info.Offset, r, h)
+	if err != nil {
+		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
+	}
+	info.Offset += n
+	if info.SHA256, err = marshalHash(h); err != nil {
+		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
+	}
+	if err := f.writeJSON(filepath.Join(f.uploadDir(id), "info.json"), info); err != nil {
+		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
+	}
+	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset}, nil
+}
+
+// appendData writes r to the file at path from offset on, feeding h too,
+// and syncs it. On error the file is cut back to offset.
+func appendData(ctx context.Context, path string, offset int64, r io.Reader, h hash.Hash) (int64, error) {
+	file, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer file.Close()
+	// Bytes past offset were written by an append whose info.json update
+	// never happened; they are not part of the session.
+	if err := file.Truncate(offset); err != nil {
+		return 0, err
+	}
+	if _, err := file.Seek(offset, io.SeekStart); err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(io.MultiWriter(file, h), withContext(ctx, r))
+	if err == nil {
+		err = file.Sync()
+	}
+	if err != nil {
+		_ = file.Truncate(offset)
+		return 0, err
+	}
+	return n, file.Close()
+}
+
+// CommitUpload verifies the session's data against d, moves it into the
+// store, links it into repo and ends the session. On ErrDigestMismatch the
+// session is kept, so the caller decides: distribution-style handlers
+// call CancelUpload.
+func (f *FS) CommitUpload(ctx context.Context, repo Repo, id string, d digest.Digest) (int64, error) {
+	if err := check(ctx, repo, d); err != nil {
+		return 0, err
+	}
+	unlock, err := f.lockUpload(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	info, err := f.session(repo, id)
+	if err != nil {
+		return 0, err
+	}
+	path := filepath.Join(f.uploadDir(id), "data")
+	got, err := uploadDigest(ctx, path, info, d.Algorithm())
+	if err != nil {
+		return 0, fmt.Errorf("commit upload %s: %w", id, err)
+	}
+	if got != d {
+		return 0, fmt.Errorf("%w: upload hashes to %s, want %s", ErrDigestMismatch, got, d)
+	}
+	if err := f.install(path, f.blobPath(d)); err != nil {
+		return 0, fmt.Errorf("commit upload %s: %w", id, err)
+	}
+	if err := f.link(repo, d); err != nil {
+		return 0, err
+	}
+	if err := os.RemoveAll(f.uploadDir(id)); err != nil {
+		return 0, fmt.Errorf("commit upload %s: %w", id, err)
+	}
+	return info.Offset, nil
+}
+
+// uploadDigest cuts the data file to the session's offset, syncs it and
+// returns its digest: from the saved state for sha256, by re-reading the
+// file for other algorithms.
+func uploadDigest(ctx context.Context, path string, info uploadInfo, alg digest.Algorithm) (digest.Digest, error) {
+	file, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return "", err
+	}
+	defer file.Close()
+	if err := file.Truncate(info.Offset); err != nil {
+		return "", err
+	}
+	if err := file.Sync(); err != nil {
+		return "", err
+	}
+	if alg == digest.SHA256 {
+		h := sha256.New()
+		if err := unmarshalHash(h, info.SHA256); err != nil {
+			return "", err
+		}
+		return digest.NewDigest(alg, h), nil
+	}
+	h := alg.Hash()
+	if _, err := io.Copy(h, withContext(ctx, io.NewSectionReader(file, 0, info.Offset))); err != nil {
+		return "", err
+	}
+	return digest.NewDigest(alg, h), nil
+}
+
+// CancelUpload ends a session and discards its data.
+func (f *FS) CancelUpload(ctx context.Context, repo Repo, id string) error {
+	if err := check(ctx, repo); err != nil {
+		return err
+	}
+	unlock, err := f.lockUpload(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := f.session(repo, id); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(f.uploadDir(id)); err != nil {
+		return fmt.Errorf("cancel upload %s: %w", id, err)
+	}
+	return nil
+}
+
+// lockUpload validates id and serialises work on it within the process.
+func (f *FS) lockUpload(ctx context.Context, id string) (func(), error) {
+	if err := checkUploadID(id); err != nil {
+		return nil, err
+	}
+	return f.uploads.lock(ctx, id)
+}
+
+// session loads upload id and checks that it belongs to repo. A session of
+// another repository is reported as unknown.
+func (f *FS) session(repo Repo, id string) (uploadInfo, error) {
+	var info uploadInfo
+	if err := checkUploadID(id); err != nil {
+		return info, err
+	}
+	err := readJSON(filepath.Join(f.uploadDir(id), "info.json"), &info)
+	if errors.Is(err, fs.ErrNotExist) {
+		return info, fmt.Errorf("%w: %s", ErrUploadUnknown, id)
+	}
+	if err != nil {
+		return info, fmt.Errorf("upload %s: %w", id, err)
+	}
+	if info.Registry != repo.Registry || info.Repo != repo.Name {
+		return info, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, repo)
+	}
+	return info, nil
+}
+
+// checkUploadID accepts only canonical UUIDs, which keeps ids from naming
+// paths; anything else is an unknown upload.
+func checkUploadID(id string) error {
+	u, err := uuid.Parse(id)
+	if err != nil || u.String() != id {
+		return fmt.Errorf("%w: malformed id", ErrUploadUnknown)
+	}
+	return nil
+}
+
+func marshalHash(h hash.Hash) ([]byte, error) {
+	m, ok := h.(encoding.BinaryMarshaler)
+	if !ok {
+		return nil, errors.New("hash state cannot be saved")
+	}
+	return m.MarshalBinary()
+}
+
+func unmarshalHash(h hash.Hash, state []byte) error {
+	u, ok := h.(encoding.BinaryUnmarshaler)
+	if !ok {
+		return errors.New("hash state cannot be restored")
+	}
+	if err := u.UnmarshalBinary(state); err != nil {
+		return fmt.Errorf("restore hash state: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,142 @@
+// Package store is regwarm's content store: content-addressed blobs,
+// manifests, tags, referrers and per-repository links, every write verified
+// against its digest and made visible atomically.
+//
+// FS is the filesystem backend; its documentation describes the on-disk
+// layout. Package storetest holds the suite every backend passes.
+package store
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Repo names one repository of one local registry.
+type Repo struct {
+	Registry string // local registry name, e.g. "hub"
+	Name     string // repository path, e.g. "library/alpine"
+}
+
+// String returns "registry/name".
+func (r Repo) String() string { return r.Registry + "/" + r.Name }
+
+// Blob is an open blob. Readers of the filesystem store are *os.File
+// underneath so that io.Copy to a TCP connection uses sendfile.
+type Blob interface {
+	io.ReadCloser
+	// Size is the blob's length in bytes.
+	Size() int64
+}
+
+// Manifest is a stored manifest with its raw bytes.
+type Manifest struct {
+	MediaType string
+	Digest    digest.Digest
+	Data      []byte
+	// Source is the connector the manifest came from, "" when pushed.
+	Source string
+}
+
+// TagInfo is what a tag points at.
+type TagInfo struct {
+	Digest digest.Digest
+	// Source is the connector that provided the tag, "" when pushed.
+	Source string
+	// Checked is when the tag was last confirmed (pushed or revalidated).
+	Checked time.Time
+}
+
+// PutManifestOptions carries what PutManifest records beside the bytes.
+type PutManifestOptions struct {
+	Tag     string              // also point this tag at the manifest
+	Source  string              // connector name, "" for a push
+	Subject *ocispec.Descriptor // the manifest's subject: index it as a referrer
+	// Referrer describes the manifest in its subject's referrers list
+	// (mediaType, artifactType, annotations); Digest and Size are filled in.
+	Referrer ocispec.Descriptor
+}
+
+// UploadStatus reports an upload session's progress.
+type UploadStatus struct {
+	ID     string
+	Repo   Repo
+	Offset int64 // bytes received so far
+}
+
+// Reader is the read side of a store. The pull-through cache implements it
+// too, so the API serves from either without knowing which.
+type Reader interface {
+	// StatBlob returns a blob's size if it is visible in repo.
+	StatBlob(ctx context.Context, repo Repo, d digest.Digest) (int64, error)
+	// OpenBlob opens a blob visible in repo.
+	OpenBlob(ctx context.Context, repo Repo, d digest.Digest) (Blob, error)
+	// Manifest returns a manifest of repo by digest.
+	Manifest(ctx context.Context, repo Repo, d digest.Digest) (Manifest, error)
+	// Tag resolves a tag of repo.
+	Tag(ctx context.Context, repo Repo, tag string) (TagInfo, error)
+	// Tags lists repo's tags in lexical order.
+	Tags(ctx context.Context, repo Repo) ([]string, error)
+	// Referrers lists the manifests of repo whose subject is d.
+	Referrers(ctx context.Context, repo Repo, d digest.Digest) ([]ocispec.Descriptor, error)
+}
+
+// Writer is the write side of a store.
+type Writer interface {
+	// PutBlob stores a blob read from r, verifies it against d, and links
+	// it into repo. size is the expected length, or -1 if unknown.
+	PutBlob(ctx context.Context, repo Repo, d digest.Digest, size int64, r io.Reader) error
+	// LinkBlob makes an existing blob visible in repo (cross-repository mount).
+	LinkBlob(ctx context.Context, repo Repo, d digest.Digest) error
+	// UnlinkBlob removes a blob from repo; the content stays for others.
+	UnlinkBlob(ctx context.Context, repo Repo, d digest.Digest) error
+	// PutManifest stores a manifest after verifying its digest.
+	PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutManifestOptions) error
+	// SetTag points a tag at a manifest already in repo.
+	SetTag(ctx context.Context, repo Repo, tag string, info TagInfo) error
+	// DeleteTag removes a tag.
+	DeleteTag(ctx context.Context, repo Repo, tag string) error
+	// DeleteManifest removes a manifest from repo with its tags and its
+	// referrers entry.
+	DeleteManifest(ctx context.Context, repo Repo, d digest.Digest) error
+}
+
+// Uploads manages resumable blob uploads.
+type Uploads interface {
+	// StartUpload opens a new upload session in repo.
+	StartUpload(ctx context.Context, repo Repo) (UploadStatus, error)
+	// UploadStatus reports a session's progress.
+	UploadStatus(ctx context.Context, repo Repo, id string) (UploadStatus, error)
+	// AppendUpload appends r to the session. offset must equal the bytes
+	// received so far (ErrRangeInvalid otherwise); -1 skips the check.
+	AppendUpload(ctx context.Context, repo Repo, id string, offset int64, r io.Reader) (UploadStatus, error)
+	// CommitUpload verifies the upload against d, stores it, links it into
+	// repo and ends the session.
+	CommitUpload(ctx context.Context, repo Repo, id string, d digest.Digest) (int64, error)
+	// CancelUpload ends a session and discards its data.
+	CancelUpload(ctx context.Context, repo Repo, id string) error
+}
+
+// Walker enumerates the store without loading it into memory.
+type Walker interface {
+	// Repositories calls fn for each repository of registry ("" for all),
+	// in lexical order.
+	Repositories(ctx context.Context, registry string, fn func(Repo) error) error
+	// Manifests calls fn for each manifest digest linked in repo.
+	Manifests(ctx context.Context, repo Repo, fn func(digest.Digest) error) error
+	// Blobs calls fn for each blob in the store (every repository).
+	Blobs(ctx context.Context, fn func(d digest.Digest, size int64) error) error
+}
+
+// Store is the whole local content store.
+type Store interface {
+	Reader
+	Writer
+	Uploads
+	Walker
+	// HasBlob reports whether the blob exists anywhere in the store.
+	HasBlob(ctx context.Context, d digest.Digest) (int64, error)
+}

@@ -1,0 +1,241 @@
+// Package registryapi serves the OCI Distribution API (v1.1) over regwarm's
+// registries: routing, handlers, OCI error bodies and access checks.
+package registryapi
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/store"
+	"github.com/regwarm/regwarm/internal/trace"
+)
+
+// Handler is the registry API. Reads go through a store.Reader (the local
+// store, or the pull-through cache wrapping it); writes go to the store.
+type Handler struct {
+	cfg     *config.Config
+	store   store.Store
+	read    store.Reader
+	log     *slog.Logger
+	metrics *metrics.Set
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// Option configures a Handler.
+type Option func(*Handler) error
+
+// WithReader serves reads from r instead of the store (the pull-through cache).
+func WithReader(r store.Reader) Option {
+	return func(h *Handler) error {
+		if r == nil {
+			return errors.New("registryapi: nil reader")
+		}
+		h.read = r
+		return nil
+	}
+}
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option {
+	return func(h *Handler) error {
+		if l == nil {
+			return errors.New("registryapi: nil logger")
+		}
+		h.log = l
+		return nil
+	}
+}
+
+// WithMetrics records request metrics in m.
+func WithMetrics(m *metrics.Set) Option {
+	return func(h *Handler) error {
+		if m == nil {
+			return errors.New("registryapi: nil metrics")
+		}
+		h.metrics = m
+		return nil
+	}
+}
+
+// New returns the API handler for cfg's registries over st.
+func New(cfg *config.Config, st store.Store, opts ...Option) (*Handler, error) {
+	if cfg == nil || st == nil {
+		return nil, errors.New("registryapi: config and store are required")
+	}
+	h := &Handler{cfg: cfg, store: st, read: st, log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		if err := o(h); err != nil {
+			return nil, err
+		}
+	}
+	if h.metrics == nil {
+		h.metrics = metrics.New(prometheus.NewRegistry(), metrics.Labels{})
+	}
+	return h, nil
+}
+
+// ServeHTTP routes a /v2/ request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	id := r.Header.Get("X-Request-Id")
+	if !trace.ValidID(id) {
+		id = trace.NewID()
+	}
+	r = r.WithContext(trace.WithRequestID(r.Context(), id))
+	rw := &responseWriter{ResponseWriter: w, status: http.StatusOK}
+	rw.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	rw.Header().Set("X-Request-Id", id)
+	h.metrics.HTTPInflight.Inc()
+
+	rt, ae := h.parsePath(r)
+	if ae == nil {
+		ae = h.dispatch(rw, r, rt)
+	}
+	if ae != nil {
+		writeError(rw, r, ae)
+	}
+
+	h.metrics.HTTPInflight.Dec()
+	d := time.Since(start)
+	h.metrics.HTTPRequests.WithLabelValues(rt.kind, methodLabel(r.Method), strconv.Itoa(rw.status)).Inc()
+	h.metrics.HTTPDuration.WithLabelValues(rt.kind, methodLabel(r.Method)).Observe(d.Seconds())
+	h.metrics.HTTPResponseBytes.WithLabelValues(rt.kind).Add(float64(rw.bytes))
+	h.log.Debug("request", "method", r.Method, "route", rt.kind, "registry", rt.repo.Registry,
+		"repo", rt.repo.Name, "status", rw.status, "bytes", rw.bytes, "duration", d, "request_id", id)
+}
+
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost, http.MethodPatch, http.MethodDelete:
+		return m
+	}
+	return "OTHER"
+}
+
+// fail logs an unexpected error with the request id and returns what the
+// client sees. Known error kinds are returned as their OCI codes unlogged.
+func (h *Handler) fail(r *http.Request, rt route, err error) *apiError {
+	ae := classify(err)
+	if ae.code.Status >= 500 {
+		h.log.Error("request failed", "method", r.Method, "route", rt.kind, "registry", rt.repo.Registry,
+			"repo", rt.repo.Name, "error", err, "request_id", trace.RequestID(r.Context()))
+	}
+	return ae
+}
+
+func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) *apiError {
+	switch rt.kind {
+	case routePing:
+		return h.ping(w, r)
+	case routeCatalog:
+		if isRead(r) {
+			return h.catalog(w, r)
+		}
+	case routeTags:
+		if isRead(r) {
+			return h.tags(w, r, rt)
+		}
+	case routeReferrers:
+		if isRead(r) {
+			return h.referrers(w, r, rt)
+		}
+	case routeManifest:
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			return h.getManifest(w, r, rt)
+		case http.MethodPut:
+			return h.putManifest(w, r, rt)
+		case http.MethodDelete:
+			return h.deleteManifest(w, r, rt)
+		}
+	case routeBlob:
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			return h.getBlob(w, r, rt)
+		case http.MethodDelete:
+			return h.deleteBlob(w, r, rt)
+		}
+	case routeUpload:
+		if rt.ref == "" {
+			if r.Method == http.MethodPost {
+				return h.startUpload(w, r, rt)
+			}
+			break
+		}
+		switch r.Method {
+		case http.MethodGet:
+			return h.uploadStatus(w, r, rt)
+		case http.MethodPatch:
+			return h.patchUpload(w, r, rt)
+		case http.MethodPut:
+			return h.putUpload(w, r, rt)
+		case http.MethodDelete:
+			return h.cancelUpload(w, r, rt)
+		}
+	}
+	return errorf(CodeUnsupported, "method %s not allowed here", r.Method)
+}
+
+func isRead(r *http.Request) bool { return r.Method == http.MethodGet || r.Method == http.MethodHead }
+
+func (h *Handler) ping(w http.ResponseWriter, r *http.Request) *apiError {
+	if !isRead(r) {
+		return errorf(CodeUnsupported, "")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", "3")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = io.WriteString(w, "{}\n")
+	}
+	return nil
+}
+
+// responseWriter records the status and body size, and keeps io.ReaderFrom
+// so blob bodies still go out with sendfile.
+type responseWriter struct {
+	http.ResponseWriter
+	status  int
+	bytes   int64
+	written bool
+}
+
+func (w *responseWriter) WriteHeader(code int) {
+	if !w.written {
+		w.status, w.written = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *responseWriter) Write(b []byte) (int, error) {
+	w.written = true
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+// ReadFrom passes readers through to the connection (sendfile for files).
+func (w *responseWriter) ReadFrom(src io.Reader) (int64, error) {
+	w.written = true
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{w.ResponseWriter}, src)
+	}
+	w.bytes += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,0 +1,175 @@
+package registryapi
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regwarm/regwarm/internal/store"
+)
+
+func uploadLocation(rt route, id string) string {
+	return "/v2/" + rt.name + "/blobs/uploads/" + id
+}
+
+// setUploadHeaders writes Location, Range and the upload id.
+func setUploadHeaders(w http.ResponseWriter, rt route, st store.UploadStatus) {
+	end := st.Offset - 1
+	if end < 0 {
+		end = 0
+	}
+	hd := w.Header()
+	hd.Set("Location", uploadLocation(rt, st.ID))
+	hd.Set("Range", "0-"+strconv.FormatInt(end, 10))
+	hd.Set("Docker-Upload-Uuid", st.ID)
+	hd.Set("Content-Length", "0")
+}
+
+func blobCreated(w http.ResponseWriter, rt route, d digest.Digest) {
+	hd := w.Header()
+	hd.Set("Location", "/v2/"+rt.name+"/blobs/"+d.String())
+	hd.Set("Docker-Content-Digest", d.String())
+	hd.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+}
+
+func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) *apiError {
+	if ae := h.checkWrite(rt); ae != nil {
+		return ae
+	}
+	ctx := r.Context()
+	q := r.URL.Query()
+	if m := q.Get("mount"); m != "" {
+		d, ae := parseDigestParam(m)
+		if ae != nil {
+			return ae
+		}
+		if h.tryMount(r, rt, d, q.Get("from")) {
+			blobCreated(w, rt, d)
+			return nil
+		}
+		// Not mountable: fall through to a normal upload session.
+	} else if ds := q.Get("digest"); ds != "" {
+		d, ae := parseDigestParam(ds)
+		if ae != nil {
+			return ae
+		}
+		if err := h.store.PutBlob(ctx, rt.repo, d, r.ContentLength, r.Body); err != nil {
+			return h.fail(r, rt, err)
+		}
+		blobCreated(w, rt, d)
+		return nil
+	}
+	st, err := h.store.StartUpload(ctx, rt.repo)
+	if err != nil {
+		return h.fail(r, rt, err)
+	}
+	setUploadHeaders(w, rt, st)
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// tryMount links d into rt.repo from the repository named by from. Without
+// from, it succeeds only when the blob is already visible in rt.repo.
+func (h *Handler) tryMount(r *http.Request, rt route, d digest.Digest, from string) bool {
+	ctx := r.Context()
+	if from == "" {
+		_, err := h.store.StatBlob(ctx, rt.repo, d)
+		return err == nil
+	}
+	src, ae := h.resolveName(from, "")
+	if ae != nil {
+		return false
+	}
+	if _, err := h.read.StatBlob(ctx, src, d); err != nil {
+		return false
+	}
+	return h.store.LinkBlob(ctx, rt.repo, d) == nil
+}
+
+func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rt route) *apiError {
+	if ae := h.checkWrite(rt); ae != nil {
+		return ae
+	}
+	st, err := h.store.UploadStatus(r.Context(), rt.repo, rt.ref)
+	if err != nil {
+		return h.fail(r, rt, err)
+	}
+	setUploadHeaders(w, rt, st)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// appendBody appends the request body to an upload, honouring Content-Range.
+func (h *Handler) appendBody(r *http.Request, rt route) (store.UploadStatus, *apiError) {
+	offset := int64(-1)
+	if cr := r.Header.Get("Content-Range"); cr != "" {
+		start, end, err := parseContentRange(cr)
+		if err != nil {
+			return store.UploadStatus{}, errorf(CodeRangeInvalid, "invalid Content-Range %q", truncate(cr))
+		}
+		if r.ContentLength >= 0 && r.ContentLength != end-start+1 {
+			return store.UploadStatus{}, errorf(CodeRangeInvalid, "Content-Range %q does not match Content-Length %d", truncate(cr), r.ContentLength)
+		}
+		offset = start
+	}
+	st, err := h.store.AppendUpload(r.Context(), rt.repo, rt.ref, offset, r.Body)
+	if err != nil {
+		return st, h.fail(r, rt, err)
+	}
+	return st, nil
+}
+
+func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, rt route) *apiError {
+	if ae := h.checkWrite(rt); ae != nil {
+		return ae
+	}
+	st, ae := h.appendBody(r, rt)
+	if ae != nil {
+		if ae.code == CodeRangeInvalid {
+			if cur, err := h.store.UploadStatus(r.Context(), rt.repo, rt.ref); err == nil {
+				setUploadHeaders(w, rt, cur)
+			}
+		}
+		return ae
+	}
+	setUploadHeaders(w, rt, st)
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, rt route) *apiError {
+	if ae := h.checkWrite(rt); ae != nil {
+		return ae
+	}
+	ds := r.URL.Query().Get("digest")
+	if ds == "" {
+		return errorf(CodeDigestInvalid, "the digest query parameter is required")
+	}
+	d, ae := parseDigestParam(ds)
+	if ae != nil {
+		return ae
+	}
+	if r.ContentLength != 0 {
+		if _, ae := h.appendBody(r, rt); ae != nil {
+			return ae
+		}
+	}
+	if _, err := h.store.CommitUpload(r.Context(), rt.repo, rt.ref, d); err != nil {
+		return h.fail(r, rt, err)
+	}
+	blobCreated(w, rt, d)
+	return nil
+}
+
+func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) *apiError {
+	if ae := h.checkWrite(rt); ae != nil {
+		return ae
+	}
+	if err := h.store.CancelUpload(r.Context(), rt.repo, rt.ref); err != nil {
+		return h.fail(r, rt, err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
