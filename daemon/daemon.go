@@ -20,7 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/registryapi"
@@ -35,6 +37,9 @@ const (
 	ModeServe  Mode = "serve"  // registry API only
 	ModeWorker Mode = "worker" // worker only
 )
+
+// Version is the build's version, set by cmd/regwarm.
+var Version = "dev"
 
 // ShutdownTimeout bounds how long in-flight requests may drain.
 const ShutdownTimeout = 20 * time.Second
@@ -80,7 +85,13 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	servers = append(servers, &server{name: "metrics", addr: cfg.Metrics.Listen, srv: admin})
 
 	if mode == ModeRun || mode == ModeServe {
-		api, err := registryapi.New(cfg, st, registryapi.WithLogger(log), registryapi.WithMetrics(m))
+		c, err := cache.New(cfg, st,
+			[]connector.UpstreamOption{connector.WithMetrics(m), connector.WithLogger(log), connector.WithUserAgent("regwarm/" + Version)},
+			cache.WithLogger(log), cache.WithMetrics(m))
+		if err != nil {
+			return err
+		}
+		api, err := registryapi.New(cfg, st, registryapi.WithReader(c), registryapi.WithLogger(log), registryapi.WithMetrics(m))
 		if err != nil {
 			return err
 		}

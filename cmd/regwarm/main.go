@@ -31,6 +31,7 @@ run "regwarm <command> -h" for a command's flags
 `
 
 func main() {
+	daemon.Version = version
 	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -140,3 +140,24 @@ type Store interface {
 	// HasBlob reports whether the blob exists anywhere in the store.
 	HasBlob(ctx context.Context, d digest.Digest) (int64, error)
 }
+
+// Spooler is an optional store ability used by the pull-through cache: a
+// blob write whose bytes can be read back while they are still arriving,
+// so one upstream download streams to every waiting client.
+type Spooler interface {
+	// Spool starts writing blob d of the given size (-1 if unknown).
+	Spool(ctx context.Context, d digest.Digest, size int64) (Spool, error)
+}
+
+// Spool is a blob being written. Write appends and hashes; ReadAt reads
+// what has been written (concurrently with Write); Commit verifies digest
+// and size, makes the blob durable and links it into repo; Close releases
+// the spool and, if it was not committed, discards its bytes. Bytes read
+// before Commit are unverified: readers must not hand out the final byte
+// until Commit succeeded.
+type Spool interface {
+	io.Writer
+	io.ReaderAt
+	Commit(ctx context.Context, repo Repo) error
+	Close() error
+}

@@ -1,0 +1,204 @@
+package cache
+
+import (
+	"context"
+	"io"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regwarm/regwarm/internal/store"
+)
+
+type fillKey struct {
+	registry string
+	d        digest.Digest
+}
+
+// fillSet tracks the blob fills in flight, one per registry and digest.
+type fillSet struct {
+	mu sync.Mutex
+	m  map[fillKey]*fill
+}
+
+func (s *fillSet) get(k fillKey) *fill {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[k]
+}
+
+// join returns the fill in flight for k or starts one; onJoin runs when an
+// existing fill is joined.
+func (s *fillSet) join(k fillKey, start func() *fill, onJoin func()) *fill {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f, ok := s.m[k]; ok {
+		onJoin()
+		return f
+	}
+	if s.m == nil {
+		s.m = map[fillKey]*fill{}
+	}
+	f := start()
+	s.m[k] = f
+	return f
+}
+
+// finish ends f with err and forgets it.
+func (s *fillSet) finish(k fillKey, f *fill, err error) {
+	s.mu.Lock()
+	if s.m[k] == f {
+		delete(s.m, k)
+	}
+	s.mu.Unlock()
+	f.finish(err)
+}
+
+// fill is one upstream blob download that any number of readers follow.
+// Lock order: fillSet.mu before fill.mu (never held together in practice).
+type fill struct {
+	ready     chan struct{} // closed when the size and spool are known, or the fill failed
+	done      chan struct{} // closed when the fill ended
+	readyOnce sync.Once
+
+	mu       sync.Mutex
+	progress chan struct{} // closed and replaced whenever bytes arrive
+	spool    store.Spool
+	size     int64
+	written  int64
+	readers  int
+	finished bool
+	handed   bool // a reader was given out
+	err      error
+}
+
+func newFill() *fill {
+	return &fill{ready: make(chan struct{}), done: make(chan struct{}), progress: make(chan struct{}), size: -1}
+}
+
+func (f *fill) markReady(spool store.Spool, size int64) {
+	f.mu.Lock()
+	f.spool, f.size = spool, size
+	f.mu.Unlock()
+	f.readyOnce.Do(func() { close(f.ready) })
+}
+
+func (f *fill) knownSize() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.size
+}
+
+func (f *fill) exposed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.handed
+}
+
+func (f *fill) advance(n int64) {
+	f.mu.Lock()
+	f.written += n
+	close(f.progress)
+	f.progress = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (f *fill) finish(err error) {
+	f.mu.Lock()
+	f.finished, f.err = true, err
+	close(f.progress)
+	f.progress = make(chan struct{})
+	release := f.readers == 0 && f.spool != nil
+	f.mu.Unlock()
+	if release {
+		_ = f.spool.Close()
+	}
+	f.readyOnce.Do(func() { close(f.ready) })
+	close(f.done)
+}
+
+func (f *fill) result() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+// reader returns a reader following the spool, unless there is none (no
+// spool, or the fill failed before streaming).
+func (f *fill) reader(cancel <-chan struct{}) (store.Blob, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.spool == nil || f.size < 0 || (f.finished && f.err != nil) {
+		return nil, false
+	}
+	if f.finished && f.readers == 0 {
+		return nil, false // spool already closed; the blob is in the store
+	}
+	f.readers++
+	f.handed = true
+	return &fillReader{f: f, cancel: cancel}, true
+}
+
+func (f *fill) release() {
+	f.mu.Lock()
+	f.readers--
+	closeSpool := f.readers == 0 && f.finished
+	f.mu.Unlock()
+	if closeSpool {
+		_ = f.spool.Close()
+	}
+}
+
+// fillReader reads a blob while its fill writes it. It holds back the last
+// byte until the fill verified the digest.
+type fillReader struct {
+	f      *fill
+	off    int64
+	cancel <-chan struct{}
+	closed bool
+}
+
+func (r *fillReader) Size() int64 { return r.f.size }
+
+func (r *fillReader) Read(p []byte) (int, error) {
+	f := r.f
+	for {
+		f.mu.Lock()
+		written, finished, err, progress, size := f.written, f.finished, f.err, f.progress, f.size
+		f.mu.Unlock()
+		limit := written
+		if (!finished || err != nil) && limit >= size {
+			limit = size - 1
+		}
+		if r.off < limit {
+			n := min(int64(len(p)), limit-r.off)
+			m, rerr := f.spool.ReadAt(p[:n], r.off)
+			r.off += int64(m)
+			if rerr == io.EOF && m > 0 {
+				rerr = nil
+			}
+			return m, rerr
+		}
+		if finished {
+			if err != nil {
+				return 0, err
+			}
+			if r.off >= size {
+				return 0, io.EOF
+			}
+		}
+		select {
+		case <-progress:
+		case <-r.cancel:
+			return 0, context.Canceled
+		}
+	}
+}
+
+func (r *fillReader) Close() error {
+	if !r.closed {
+		r.closed = true
+		r.f.release()
+	}
+	return nil
+}

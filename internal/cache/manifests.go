@@ -1,0 +1,169 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regwarm/regwarm/internal/connector"
+	"github.com/regwarm/regwarm/internal/manifest"
+	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/store"
+)
+
+// Tag resolves a tag: a pushed tag or a fresh one (younger than tag_ttl)
+// from the store; else the connectors in order (a HEAD revalidates a cached
+// tag, a GET fetches an unknown one); if every connector fails, the stale
+// copy.
+func (c *Cache) Tag(ctx context.Context, repo store.Repo, tag string) (store.TagInfo, error) {
+	local, lerr := c.store.Tag(ctx, repo, tag)
+	if lerr != nil && !errors.Is(lerr, store.ErrTagUnknown) && !errors.Is(lerr, store.ErrNameUnknown) {
+		return local, lerr
+	}
+	have := lerr == nil
+	reg := c.regs[repo.Registry]
+	if reg == nil || (have && (local.Source == "" || c.now().Sub(local.Checked) < reg.ttl)) {
+		return local, lerr
+	}
+	sources := c.sources(repo)
+	if len(sources) == 0 {
+		if have {
+			return local, nil
+		}
+		return local, lerr
+	}
+	v, err := c.shared(ctx, "tag\x00"+repo.String()+"\x00"+tag, func(ctx context.Context) (any, error) {
+		return c.resolveTag(ctx, repo, tag, sources, local, have)
+	})
+	if err == nil {
+		r := v.(tagResult)
+		if r.fetched {
+			c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
+		}
+		return r.info, nil
+	}
+	if have && !connector.IsNotFound(err) && ctx.Err() == nil {
+		c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultStale)
+		c.log.Warn("serving stale tag", "registry", repo.Registry, "repo", repo.Name, "tag", tag, "error", err)
+		return local, nil
+	}
+	if connector.IsNotFound(err) {
+		return store.TagInfo{}, fmt.Errorf("%w: %s", store.ErrTagUnknown, tag)
+	}
+	return store.TagInfo{}, err
+}
+
+// tagResult is what resolveTag found; fetched says the manifest came from
+// upstream (a miss) rather than being confirmed.
+type tagResult struct {
+	info    store.TagInfo
+	fetched bool
+}
+
+func (c *Cache) resolveTag(ctx context.Context, repo store.Repo, tag string, sources []connector.Source, local store.TagInfo, have bool) (tagResult, error) {
+	var lastErr error
+	for _, src := range sources {
+		if have {
+			desc, err := src.HeadManifest(ctx, repo.Name, tag)
+			if err != nil {
+				lastErr = keepFailure(lastErr, err)
+				continue
+			}
+			if desc.Digest == local.Digest {
+				info := store.TagInfo{Digest: local.Digest, Source: src.Name(), Checked: c.now()}
+				if err := c.store.SetTag(ctx, repo, tag, info); err != nil {
+					return tagResult{}, err
+				}
+				return tagResult{info: info}, nil
+			}
+			if _, err := c.fetchManifest(ctx, repo, src, desc.Digest.String(), tag); err != nil {
+				lastErr = keepFailure(lastErr, err)
+				continue
+			}
+			c.miss(ctx, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: tag,
+				Digest: desc.Digest, Kind: metrics.KindManifest, Connector: src.Name()})
+			return tagResult{store.TagInfo{Digest: desc.Digest, Source: src.Name(), Checked: c.now()}, true}, nil
+		}
+		m, err := c.fetchManifest(ctx, repo, src, tag, tag)
+		if err != nil {
+			lastErr = keepFailure(lastErr, err)
+			continue
+		}
+		c.miss(ctx, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: tag,
+			Digest: m.Digest, Kind: metrics.KindManifest, Connector: src.Name()})
+		return tagResult{store.TagInfo{Digest: m.Digest, Source: src.Name(), Checked: c.now()}, true}, nil
+	}
+	return tagResult{}, lastErr
+}
+
+// keepFailure prefers a real failure over "not found" so that a 404 from one
+// connector does not hide another connector being down.
+func keepFailure(prev, err error) error {
+	if prev == nil || connector.IsNotFound(prev) {
+		return err
+	}
+	return prev
+}
+
+// fetchManifest gets reference from src, validates it and stores it in repo
+// (with tag, when non-empty).
+func (c *Cache) fetchManifest(ctx context.Context, repo store.Repo, src connector.Source, reference, tag string) (store.Manifest, error) {
+	um, err := src.GetManifest(ctx, repo.Name, reference)
+	if err != nil {
+		return store.Manifest{}, err
+	}
+	p, err := manifest.Parse(um.MediaType, um.Data)
+	if err != nil {
+		return store.Manifest{}, &connector.Error{Connector: src.Name(), Kind: connector.KindManifest,
+			Message: "upstream sent an unusable manifest", Err: err}
+	}
+	m := store.Manifest{MediaType: p.MediaType, Digest: um.Digest, Data: um.Data, Source: src.Name()}
+	opts := store.PutManifestOptions{Tag: tag, Source: src.Name(), Subject: p.Subject,
+		Referrer: ocispec.Descriptor{MediaType: p.MediaType, ArtifactType: p.EffectiveArtifactType(), Annotations: p.Annotations}}
+	if err := c.store.PutManifest(ctx, repo, m, opts); err != nil {
+		return store.Manifest{}, err
+	}
+	c.log.Debug("manifest cached", "registry", repo.Registry, "repo", repo.Name, "digest", m.Digest, "connector", src.Name())
+	return m, nil
+}
+
+// Manifest returns a manifest by digest, from the store or, on a miss,
+// from the connectors (digests are immutable: never revalidated).
+func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) (store.Manifest, error) {
+	m, err := c.store.Manifest(ctx, repo, d)
+	if err == nil {
+		c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)
+		return m, nil
+	}
+	if !errors.Is(err, store.ErrManifestUnknown) {
+		return m, err
+	}
+	sources := c.sources(repo)
+	if len(sources) == 0 {
+		return m, err
+	}
+	c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
+	v, ferr := c.shared(ctx, "manifest\x00"+repo.String()+"\x00"+d.String(), func(ctx context.Context) (any, error) {
+		var lastErr error
+		for _, src := range sources {
+			m, err := c.fetchManifest(ctx, repo, src, d.String(), "")
+			if err == nil {
+				c.miss(ctx, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: d.String(),
+					Digest: d, Kind: metrics.KindManifest, Connector: src.Name()})
+				return m, nil
+			}
+			lastErr = keepFailure(lastErr, err)
+		}
+		return nil, lastErr
+	})
+	if ferr != nil {
+		if connector.IsNotFound(ferr) {
+			return store.Manifest{}, fmt.Errorf("%w: %s", store.ErrManifestUnknown, d)
+		}
+		return store.Manifest{}, ferr
+	}
+	return v.(store.Manifest), nil
+}

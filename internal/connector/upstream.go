@@ -1,0 +1,408 @@
+package connector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/regclient/regclient"
+	rcconfig "github.com/regclient/regclient/config"
+	"github.com/regclient/regclient/scheme/reg"
+	"github.com/regclient/regclient/types/descriptor"
+	"github.com/regclient/regclient/types/errs"
+	rcref "github.com/regclient/regclient/types/ref"
+
+	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/manifest"
+	"github.com/regwarm/regwarm/internal/metrics"
+)
+
+// Upstream is a connector to a remote registry, built on regclient.
+type Upstream struct {
+	name   string
+	host   string // host:port regclient addresses
+	hub    bool   // Docker Hub: single-component names get "library/"
+	filter Filter
+	rc     *regclient.RegClient
+	log    *slog.Logger
+	// retryUntil is the UnixNano time before which the upstream asked us
+	// (Retry-After) not to come back; calls fail fast until then.
+	retryUntil atomic.Int64
+}
+
+var _ Source = (*Upstream)(nil)
+
+// UpstreamOption configures an Upstream.
+type UpstreamOption func(*upstreamOptions) error
+
+type upstreamOptions struct {
+	metrics   *metrics.Set
+	log       *slog.Logger
+	transport http.RoundTripper
+	userAgent string
+}
+
+// WithMetrics records upstream metrics in m.
+func WithMetrics(m *metrics.Set) UpstreamOption {
+	return func(o *upstreamOptions) error {
+		if m == nil {
+			return errors.New("connector: nil metrics")
+		}
+		o.metrics = m
+		return nil
+	}
+}
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) UpstreamOption {
+	return func(o *upstreamOptions) error {
+		if l == nil {
+			return errors.New("connector: nil logger")
+		}
+		o.log = l
+		return nil
+	}
+}
+
+// WithTransport replaces the HTTP transport (tests, proxies).
+func WithTransport(t http.RoundTripper) UpstreamOption {
+	return func(o *upstreamOptions) error {
+		if t == nil {
+			return errors.New("connector: nil transport")
+		}
+		o.transport = t
+		return nil
+	}
+}
+
+// WithUserAgent sets the User-Agent sent upstream.
+func WithUserAgent(ua string) UpstreamOption {
+	return func(o *upstreamOptions) error { o.userAgent = ua; return nil }
+}
+
+// DefaultTransport is the transport upstream requests use: bounded dial,
+// TLS and response-header times, so a dead or slow upstream fails fast.
+func DefaultTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		MaxIdleConnsPerHost:   32,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+	}
+}
+
+// dockerHubHosts are the names Docker Hub goes by.
+var dockerHubHosts = map[string]bool{"docker.io": true, "index.docker.io": true, "registry-1.docker.io": true}
+
+// NewUpstream builds the connector c (which must have a url).
+func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) {
+	o := upstreamOptions{log: slog.New(slog.DiscardHandler), userAgent: "regwarm"}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	if o.metrics == nil {
+		o.metrics = metrics.New(prometheus.NewRegistry(), metrics.Labels{})
+	}
+	if o.transport == nil {
+		o.transport = DefaultTransport()
+	}
+	u, err := url.Parse(c.URL)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, fmt.Errorf("connector %s: invalid url", c.Name)
+	}
+	pass, err := c.Password()
+	if err != nil {
+		return nil, err
+	}
+	up := &Upstream{
+		name:   c.Name,
+		host:   u.Host,
+		hub:    dockerHubHosts[strings.ToLower(u.Hostname())] || dockerHubHosts[strings.ToLower(c.Host)],
+		filter: Filter{Include: c.Include, Exclude: c.Exclude},
+		log:    o.log,
+	}
+	tls := rcconfig.TLSEnabled
+	if u.Scheme == "http" {
+		tls = rcconfig.TLSDisabled
+	}
+	conc := c.Concurrency
+	if conc < 1 {
+		conc = 4
+	}
+	host := rcconfig.Host{
+		Name: u.Host, Hostname: u.Host, TLS: tls,
+		User: c.Username, Pass: pass,
+		ReqConcurrent: int64(conc),
+		APIOpts:       map[string]string{},
+	}
+	obs := &observer{name: c.Name, next: o.transport, metrics: o.metrics, backoff: up.setBackoff}
+	up.rc = regclient.New(
+		regclient.WithConfigHost(host),
+		regclient.WithUserAgent(o.userAgent),
+		regclient.WithSlog(o.log.With("connector", c.Name)),
+		regclient.WithRegOpts(
+			reg.WithHTTPClient(&http.Client{Transport: obs}),
+			// One retry leaves room for the auth round trip; regwarm's
+			// callers decide about retrying and stale answers themselves.
+			reg.WithRetryLimit(1),
+			reg.WithDelay(100*time.Millisecond, 5*time.Second),
+		),
+	)
+	return up, nil
+}
+
+// Name returns the connector name.
+func (u *Upstream) Name() string { return u.name }
+
+// Allowed reports whether repo passes the filters (matched against the
+// upstream repository name, e.g. "library/alpine" on Docker Hub).
+func (u *Upstream) Allowed(repo string) bool { return u.filter.Allowed(u.remote(repo)) }
+
+// remote maps a local repository name to the upstream one.
+func (u *Upstream) remote(repo string) string {
+	if u.hub && !strings.Contains(repo, "/") {
+		return "library/" + repo
+	}
+	return repo
+}
+
+func (u *Upstream) setBackoff(d time.Duration) {
+	until := time.Now().Add(d).UnixNano()
+	for {
+		cur := u.retryUntil.Load()
+		if cur >= until || u.retryUntil.CompareAndSwap(cur, until) {
+			return
+		}
+	}
+}
+
+// begin checks filters and backoff before a call.
+func (u *Upstream) begin(ctx context.Context, kind Kind, repo string) (context.Context, *observation, error) {
+	if !u.Allowed(repo) {
+		return ctx, nil, &Error{Connector: u.name, Kind: kind, Excluded: true, Status: http.StatusNotFound, Err: ErrExcluded}
+	}
+	if until := u.retryUntil.Load(); until > 0 {
+		if wait := time.Until(time.Unix(0, until)); wait > 0 {
+			return ctx, nil, &Error{Connector: u.name, Kind: kind, Status: http.StatusTooManyRequests,
+				RetryAfter: wait, Temporary: true, Message: "waiting for Retry-After", Err: ErrRateLimit}
+		}
+	}
+	ctx, o := withObservation(ctx)
+	return ctx, o, nil
+}
+
+func (u *Upstream) ref(repo, reference string) rcref.Ref {
+	r := rcref.Ref{Scheme: "reg", Registry: u.host, Repository: u.remote(repo)}
+	if strings.Contains(reference, ":") {
+		r.Digest = reference
+	} else {
+		r.Tag = reference
+	}
+	r.Reference = r.CommonName()
+	return r
+}
+
+// wrap turns a regclient error into the connector's typed error.
+func (u *Upstream) wrap(ctx context.Context, kind Kind, o *observation, err error) error {
+	if err == nil {
+		return nil
+	}
+	e := &Error{Connector: u.name, Kind: kind}
+	if o != nil {
+		e.Status, e.Codes, e.RetryAfter = o.get()
+	}
+	switch {
+	case errors.Is(err, errs.ErrNotFound) && (e.Status == 0 || e.Status == http.StatusNotFound):
+		e.Status, e.Err = http.StatusNotFound, ErrNotFound
+	case errors.Is(err, errs.ErrDigestMismatch), errors.Is(err, ErrMismatch):
+		e.Err, e.Temporary = ErrMismatch, true
+	case e.Status == http.StatusTooManyRequests:
+		e.Err, e.Temporary = ErrRateLimit, true
+	case e.Status == 0, e.Status == http.StatusRequestTimeout, e.Status >= 500:
+		e.Temporary = true
+	}
+	if ctx.Err() != nil {
+		e.Temporary = true
+	}
+	if e.Err == nil {
+		e.Message = capMessage(err.Error())
+	}
+	return e
+}
+
+func capMessage(s string) string {
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}
+
+// HeadManifest resolves reference with a HEAD request (it does not count
+// against Docker Hub's pull quota).
+func (u *Upstream) HeadManifest(ctx context.Context, repo, reference string) (ocispec.Descriptor, error) {
+	ctx, o, err := u.begin(ctx, KindManifest, repo)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	m, err := u.rc.ManifestHead(ctx, u.ref(repo, reference), regclient.WithManifestRequireDigest())
+	if err != nil {
+		return ocispec.Descriptor{}, u.wrap(ctx, KindManifest, o, err)
+	}
+	d := m.GetDescriptor()
+	return ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size}, nil
+}
+
+// GetManifest fetches a manifest and verifies its digest.
+func (u *Upstream) GetManifest(ctx context.Context, repo, reference string) (Manifest, error) {
+	ctx, o, err := u.begin(ctx, KindManifest, repo)
+	if err != nil {
+		return Manifest{}, err
+	}
+	m, err := u.rc.ManifestGet(ctx, u.ref(repo, reference))
+	if err != nil {
+		return Manifest{}, u.wrap(ctx, KindManifest, o, err)
+	}
+	raw, err := m.RawBody()
+	if err != nil {
+		return Manifest{}, u.wrap(ctx, KindManifest, o, err)
+	}
+	mt := m.GetDescriptor().MediaType
+	if p, err := manifest.Parse(mt, raw); err == nil {
+		mt = p.MediaType
+	}
+	got, err := verifyManifest(raw, reference, m.GetDescriptor().Digest)
+	if err != nil {
+		return Manifest{}, &Error{Connector: u.name, Kind: KindManifest, Err: err, Temporary: true}
+	}
+	return Manifest{MediaType: mt, Digest: got, Data: raw}, nil
+}
+
+// verifyManifest computes the digest of raw with the algorithm of the
+// reference (when it is a digest) or of the upstream's Docker-Content-Digest,
+// and checks it against both.
+func verifyManifest(raw []byte, reference string, header digest.Digest) (digest.Digest, error) {
+	alg := digest.Canonical
+	if want, err := digest.Parse(reference); err == nil {
+		alg = want.Algorithm()
+		if got := alg.FromBytes(raw); got != want {
+			return "", fmt.Errorf("%w: got %s, want %s", ErrMismatch, got, want)
+		}
+		return want, nil
+	}
+	if header != "" && header.Validate() == nil {
+		alg = header.Algorithm()
+		if got := alg.FromBytes(raw); got != header {
+			return "", fmt.Errorf("%w: body hashes to %s, upstream says %s", ErrMismatch, got, header)
+		}
+	}
+	return alg.FromBytes(raw), nil
+}
+
+// HeadBlob returns a blob's size.
+func (u *Upstream) HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	ctx, o, err := u.begin(ctx, KindBlob, repo)
+	if err != nil {
+		return 0, err
+	}
+	r, err := u.rc.BlobHead(ctx, u.ref(repo, ""), descriptor.Descriptor{Digest: d})
+	if err != nil {
+		return 0, u.wrap(ctx, KindBlob, o, err)
+	}
+	defer r.Close()
+	return r.GetDescriptor().Size, nil
+}
+
+// GetBlob opens a blob. The body streams from the upstream; regclient
+// checks the digest at the end and the caller verifies it again.
+func (u *Upstream) GetBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadCloser, int64, error) {
+	ctx, o, err := u.begin(ctx, KindBlob, repo)
+	if err != nil {
+		return nil, 0, err
+	}
+	r, err := u.rc.BlobGet(ctx, u.ref(repo, ""), descriptor.Descriptor{Digest: d})
+	if err != nil {
+		return nil, 0, u.wrap(ctx, KindBlob, o, err)
+	}
+	size := r.GetDescriptor().Size
+	if size <= 0 {
+		o.mu.Lock()
+		size = o.length
+		o.mu.Unlock()
+	}
+	if size < 0 {
+		size = -1
+	}
+	return &blobReader{ReadCloser: r, u: u, ctx: ctx, o: o}, size, nil
+}
+
+// blobReader maps read errors to the typed error.
+type blobReader struct {
+	io.ReadCloser
+	u   *Upstream
+	ctx context.Context
+	o   *observation
+}
+
+func (b *blobReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = b.u.wrap(b.ctx, KindBlob, b.o, err)
+	}
+	return n, err
+}
+
+// Tags lists the upstream repository's tags.
+func (u *Upstream) Tags(ctx context.Context, repo string) ([]string, error) {
+	ctx, o, err := u.begin(ctx, KindTags, repo)
+	if err != nil {
+		return nil, err
+	}
+	tl, err := u.rc.TagList(ctx, u.ref(repo, "latest"))
+	if err != nil {
+		return nil, u.wrap(ctx, KindTags, o, err)
+	}
+	tags, err := tl.GetTags()
+	if err != nil {
+		return nil, u.wrap(ctx, KindTags, o, err)
+	}
+	return tags, nil
+}
+
+// Referrers lists the upstream's referrers of d (the referrers API, or the
+// tag-schema fallback for registries without it).
+func (u *Upstream) Referrers(ctx context.Context, repo string, d digest.Digest) ([]ocispec.Descriptor, error) {
+	ctx, o, err := u.begin(ctx, KindReferrers, repo)
+	if err != nil {
+		return nil, err
+	}
+	rl, err := u.rc.ReferrerList(ctx, u.ref(repo, d.String()))
+	if err != nil {
+		return nil, u.wrap(ctx, KindReferrers, o, err)
+	}
+	out := make([]ocispec.Descriptor, 0, len(rl.Descriptors))
+	for _, x := range rl.Descriptors {
+		out = append(out, ocispec.Descriptor{MediaType: x.MediaType, ArtifactType: x.ArtifactType,
+			Digest: x.Digest, Size: x.Size, Annotations: x.Annotations})
+	}
+	return out, nil
+}

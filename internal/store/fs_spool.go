@@ -1,0 +1,98 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"hash"
+	"os"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+var _ Spooler = (*FS)(nil)
+
+// Spool starts a stream-through write of blob d into tmp/.
+func (f *FS) Spool(ctx context.Context, d digest.Digest, size int64) (Spool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := checkDigest(d); err != nil {
+		return nil, err
+	}
+	tmp, err := f.createTemp("spool-")
+	if err != nil {
+		return nil, err
+	}
+	return &fsSpool{fs: f, file: tmp, d: d, size: size, h: d.Algorithm().Hash()}, nil
+}
+
+type fsSpool struct {
+	fs   *FS
+	file *os.File
+	d    digest.Digest
+	size int64
+
+	mu        sync.Mutex
+	h         hash.Hash
+	n         int64
+	committed bool
+	closed    bool
+}
+
+func (s *fsSpool) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.committed || s.closed {
+		return 0, fmt.Errorf("%w: write to a finished spool", ErrInvalid)
+	}
+	if s.size >= 0 && s.n+int64(len(p)) > s.size {
+		return 0, fmt.Errorf("%w: blob %s: more than %d bytes", ErrSizeMismatch, s.d, s.size)
+	}
+	n, err := s.file.Write(p)
+	s.h.Write(p[:n])
+	s.n += int64(n)
+	return n, err
+}
+
+// ReadAt reads written bytes; it works after Commit too, until Close.
+func (s *fsSpool) ReadAt(p []byte, off int64) (int, error) { return s.file.ReadAt(p, off) }
+
+func (s *fsSpool) Commit(ctx context.Context, repo Repo) error {
+	if err := check(ctx, repo, s.d); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.committed || s.closed {
+		return fmt.Errorf("%w: spool already finished", ErrInvalid)
+	}
+	if s.size >= 0 && s.n != s.size {
+		return fmt.Errorf("%w: blob %s: got %d bytes, want %d", ErrSizeMismatch, s.d, s.n, s.size)
+	}
+	if got := digest.NewDigest(s.d.Algorithm(), s.h); got != s.d {
+		return fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, got, s.d)
+	}
+	if err := s.file.Sync(); err != nil {
+		return fmt.Errorf("write blob %s: %w", s.d, err)
+	}
+	if err := s.fs.install(s.file.Name(), s.fs.blobPath(s.d)); err != nil {
+		return err
+	}
+	s.committed = true
+	return s.fs.link(repo, s.d)
+}
+
+func (s *fsSpool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	err := s.file.Close()
+	if !s.committed {
+		_ = os.Remove(s.file.Name())
+	}
+	return err
+}
