@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -69,6 +70,17 @@ func (t *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		if ra > 0 && t.backoff != nil {
 			t.backoff(ra)
 		}
+	}
+	if resp.StatusCode == http.StatusTooManyRequests || ra > 0 {
+		// Answer regclient with an error so it does not sleep out the
+		// Retry-After inside the call; regwarm's callers decide what to do.
+		_ = resp.Body.Close()
+		if o != nil {
+			o.mu.Lock()
+			o.status, o.codes, o.retryAfter = resp.StatusCode, nil, ra
+			o.mu.Unlock()
+		}
+		return nil, fmt.Errorf("%w: status %d", ErrRateLimit, resp.StatusCode)
 	}
 	var codes []string
 	if resp.StatusCode >= 400 && resp.StatusCode != http.StatusUnauthorized {

@@ -1,0 +1,351 @@
+// Package upstreamtest is an in-process upstream registry for tests, with
+// failure injection no real server offers: corrupt or truncated bodies,
+// rate limiting, errors and stalls. It counts every request it gets.
+package upstreamtest
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Fault is injected into the answers for one digest or tag.
+type Fault struct {
+	Status     int           // answer with this status (e.g. 429, 500)
+	RetryAfter string        // Retry-After header with Status
+	Corrupt    bool          // flip a byte of the body (digest mismatch)
+	Truncate   bool          // send half the body, then drop the connection
+	StallAfter int           // send this many bytes, then stall (slow loris)
+	Delay      time.Duration // wait before answering
+}
+
+// Upstream is a fake registry.
+type Upstream struct {
+	*httptest.Server
+
+	mu        sync.Mutex
+	blobs     map[digest.Digest][]byte
+	manifests map[digest.Digest]manifestEntry
+	tags      map[string]map[string]digest.Digest // repo → tag → digest
+	repos     map[string]map[digest.Digest]bool   // repo → visible digests
+	faults    map[string]Fault                    // digest or tag → fault
+	requests  map[string]int                      // "METHOD /path" → count
+	down      bool
+	stall     chan struct{}
+}
+
+type manifestEntry struct {
+	mediaType string
+	data      []byte
+}
+
+// New starts an empty fake upstream, closed with the test.
+func New(t testing.TB) *Upstream {
+	u := &Upstream{
+		blobs: map[digest.Digest][]byte{}, manifests: map[digest.Digest]manifestEntry{},
+		tags: map[string]map[string]digest.Digest{}, repos: map[string]map[digest.Digest]bool{},
+		faults: map[string]Fault{}, requests: map[string]int{}, stall: make(chan struct{}),
+	}
+	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
+	t.Cleanup(func() {
+		u.mu.Lock()
+		select {
+		case <-u.stall:
+		default:
+			close(u.stall)
+		}
+		u.mu.Unlock()
+		u.Server.Close()
+	})
+	return u
+}
+
+// Host is the upstream's host:port.
+func (u *Upstream) Host() string { return strings.TrimPrefix(u.URL, "http://") }
+
+// AddBlob stores data as a blob of repo and returns its digest.
+func (u *Upstream) AddBlob(repo string, data []byte) digest.Digest {
+	d := digest.FromBytes(data)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.blobs[d] = data
+	u.visible(repo, d)
+	return d
+}
+
+func (u *Upstream) visible(repo string, d digest.Digest) {
+	if u.repos[repo] == nil {
+		u.repos[repo] = map[digest.Digest]bool{}
+	}
+	u.repos[repo][d] = true
+}
+
+// AddManifest stores a manifest in repo, tagged when tag is non-empty.
+func (u *Upstream) AddManifest(repo, tag, mediaType string, data []byte) digest.Digest {
+	d := digest.FromBytes(data)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.manifests[d] = manifestEntry{mediaType, data}
+	u.visible(repo, d)
+	if tag != "" {
+		if u.tags[repo] == nil {
+			u.tags[repo] = map[string]digest.Digest{}
+		}
+		u.tags[repo][tag] = d
+	}
+	return d
+}
+
+// Image is a generated single-platform image.
+type Image struct {
+	Manifest []byte
+	Digest   digest.Digest
+	Config   digest.Digest
+	Layers   []digest.Digest
+}
+
+// AddImage generates an OCI image with layers of random data of the given
+// sizes, stores it in repo under tag and returns it.
+func (u *Upstream) AddImage(repo, tag string, sizes ...int) Image {
+	var img Image
+	cfg := []byte(fmt.Sprintf(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"created":%q}`, rand.Text()))
+	img.Config = u.AddBlob(repo, cfg)
+	var layers []string
+	for _, n := range sizes {
+		data := RandomGzip(n)
+		d := u.AddBlob(repo, data)
+		img.Layers = append(img.Layers, d)
+		layers = append(layers, fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}`, d, len(data)))
+	}
+	img.Manifest = []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[%s]}`,
+		img.Config, len(cfg), strings.Join(layers, ",")))
+	img.Digest = u.AddManifest(repo, tag, "application/vnd.oci.image.manifest.v1+json", img.Manifest)
+	return img
+}
+
+// RandomGzip returns n bytes of incompressible gzip-framed data.
+func RandomGzip(n int) []byte {
+	raw := make([]byte, n)
+	_, _ = rand.Read(raw)
+	var b bytes.Buffer
+	w, _ := gzip.NewWriterLevel(&b, gzip.NoCompression)
+	_, _ = w.Write(raw)
+	_ = w.Close()
+	return b.Bytes()
+}
+
+// Tag points tag of repo at an existing manifest.
+func (u *Upstream) Tag(repo, tag string, d digest.Digest) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.tags[repo] == nil {
+		u.tags[repo] = map[string]digest.Digest{}
+	}
+	u.tags[repo][tag] = d
+}
+
+// Delete removes a blob or manifest everywhere.
+func (u *Upstream) Delete(d digest.Digest) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	delete(u.blobs, d)
+	delete(u.manifests, d)
+}
+
+// SetFault injects f for key (a digest or tag); a zero Fault clears it.
+func (u *Upstream) SetFault(key string, f Fault) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if f == (Fault{}) {
+		delete(u.faults, key)
+		return
+	}
+	u.faults[key] = f
+}
+
+// SetDown makes every request fail with 503 (true) or work again (false).
+func (u *Upstream) SetDown(down bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.down = down
+}
+
+// Count returns how many requests matched method and a path suffix.
+func (u *Upstream) Count(method, pathSuffix string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for k, v := range u.requests {
+		m, p, _ := strings.Cut(k, " ")
+		if m == method && strings.HasSuffix(p, pathSuffix) {
+			n += v
+		}
+	}
+	return n
+}
+
+// Total returns the number of requests received (pings excluded).
+func (u *Upstream) Total() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for k, v := range u.requests {
+		if !strings.HasSuffix(k, " /v2/") {
+			n += v
+		}
+	}
+	return n
+}
+
+func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
+	u.mu.Lock()
+	u.requests[r.Method+" "+r.URL.Path]++
+	down := u.down
+	u.mu.Unlock()
+	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	if down {
+		http.Error(w, `{"errors":[{"code":"UNAVAILABLE","message":"down"}]}`, http.StatusServiceUnavailable)
+		return
+	}
+	p := strings.TrimPrefix(r.URL.Path, "/v2/")
+	if p == "" {
+		_, _ = w.Write([]byte("{}"))
+		return
+	}
+	switch {
+	case strings.HasSuffix(p, "/tags/list"):
+		u.serveTags(w, strings.TrimSuffix(p, "/tags/list"))
+	case strings.Contains(p, "/manifests/"):
+		i := strings.LastIndex(p, "/manifests/")
+		u.serveManifest(w, r, p[:i], p[i+len("/manifests/"):])
+	case strings.Contains(p, "/blobs/"):
+		i := strings.LastIndex(p, "/blobs/")
+		u.serveBlob(w, r, p[:i], digest.Digest(p[i+len("/blobs/"):]))
+	case strings.Contains(p, "/referrers/"):
+		w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+		_, _ = w.Write([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`))
+	default:
+		notFound(w, "NAME_UNKNOWN")
+	}
+}
+
+func notFound(w http.ResponseWriter, code string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusNotFound)
+	_, _ = fmt.Fprintf(w, `{"errors":[{"code":%q,"message":"not found"}]}`, code)
+}
+
+func (u *Upstream) serveTags(w http.ResponseWriter, repo string) {
+	u.mu.Lock()
+	tags := []string{}
+	for t := range u.tags[repo] {
+		tags = append(tags, t)
+	}
+	u.mu.Unlock()
+	if len(tags) == 0 {
+		notFound(w, "NAME_UNKNOWN")
+		return
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"name": repo, "tags": tags})
+}
+
+// fault applies an injected status or delay; it reports whether it answered.
+func (u *Upstream) fault(w http.ResponseWriter, f Fault) bool {
+	if f.Delay > 0 {
+		time.Sleep(f.Delay)
+	}
+	if f.Status != 0 {
+		if f.RetryAfter != "" {
+			w.Header().Set("Retry-After", f.RetryAfter)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(f.Status)
+		_, _ = fmt.Fprintf(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"injected %d"}]}`, f.Status)
+		return true
+	}
+	return false
+}
+
+func (u *Upstream) serveManifest(w http.ResponseWriter, r *http.Request, repo, ref string) {
+	u.mu.Lock()
+	f := u.faults[ref]
+	d := digest.Digest(ref)
+	if !strings.Contains(ref, ":") {
+		d = u.tags[repo][ref]
+	}
+	m, ok := u.manifests[d]
+	ok = ok && u.repos[repo][d]
+	u.mu.Unlock()
+	if u.fault(w, f) {
+		return
+	}
+	if !ok {
+		notFound(w, "MANIFEST_UNKNOWN")
+		return
+	}
+	data := m.data
+	if f.Corrupt {
+		data = append([]byte(nil), data...)
+		data[len(data)-2] ^= 0x20
+	}
+	w.Header().Set("Content-Type", m.mediaType)
+	w.Header().Set("Docker-Content-Digest", d.String())
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = w.Write(data)
+}
+
+func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, repo string, d digest.Digest) {
+	u.mu.Lock()
+	f := u.faults[d.String()]
+	data, ok := u.blobs[d]
+	ok = ok && u.repos[repo][d]
+	stall := u.stall
+	u.mu.Unlock()
+	if u.fault(w, f) {
+		return
+	}
+	if !ok {
+		notFound(w, "BLOB_UNKNOWN")
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Docker-Content-Digest", d.String())
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	if r.Method == http.MethodHead {
+		return
+	}
+	switch {
+	case f.Corrupt:
+		data = append([]byte(nil), data...)
+		data[len(data)/2] ^= 0xff
+		_, _ = w.Write(data)
+	case f.Truncate:
+		// Returning short of Content-Length makes the server drop the connection.
+		_, _ = w.Write(data[:len(data)/2])
+		w.(http.Flusher).Flush()
+	case f.StallAfter > 0:
+		_, _ = w.Write(data[:f.StallAfter])
+		w.(http.Flusher).Flush()
+		select {
+		case <-stall:
+		case <-r.Context().Done():
+		}
+	default:
+		_, _ = w.Write(data)
+	}
+}
