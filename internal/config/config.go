@@ -158,6 +158,11 @@ type Refresh struct {
 // Duration is a time.Duration written as "5m" or "90s" in YAML.
 type Duration time.Duration
 
+var (
+	_ yaml.Unmarshaler = (*Duration)(nil)
+	_ yaml.Marshaler   = Duration(0)
+)
+
 // D returns d as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 

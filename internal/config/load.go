@@ -136,8 +136,8 @@ func syntaxError(err error, data []byte) error {
 // errorLine returns the first line at which parsing data up to and
 // including that line fails with msg; 0 if not found or data is large.
 func errorLine(data []byte, msg string) int {
-	const maxLines = 1000
-	if len(data) > 64<<10 {
+	const maxLines = 500
+	if len(data) > 32<<10 {
 		return 0
 	}
 	end := 0

@@ -28,6 +28,24 @@ func TestLoadExample(t *testing.T) {
 	}
 }
 
+// TestExampleDocumentsEveryKey checks that config.example.yaml mentions
+// every key the config accepts (auth is there, commented out).
+func TestExampleDocumentsEveryKey(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	for typ, keys := range knownKeys() {
+		for _, k := range keys {
+			if !strings.Contains(text, k+":") {
+				t.Errorf("config.example.yaml lacks key %q (%s)", k, typ)
+			}
+		}
+	}
+}
+
 func TestLoadMissingFile(t *testing.T) {
 	t.Parallel()
 	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
