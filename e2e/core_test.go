@@ -172,7 +172,7 @@ func TestRegctlCopyAndReferrers(t *testing.T) {
 	if err := os.WriteFile(note, []byte("hello from e2e\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	harness.Regctl(t, host, "artifact", "put", "--artifact-type", artifactType, "--file", note, "--subject", repo+":v1", repo)
+	harness.Regctl(t, host, "artifact", "put", "--by-digest", "--artifact-type", artifactType, "--file", note, "--subject", repo+":v1", repo)
 
 	var list struct {
 		Descriptors []struct {
@@ -215,7 +215,8 @@ func TestRegctlCopyAndReferrers(t *testing.T) {
 }
 
 // TestDockerPullPush pulls with dockerd, pushes a retagged copy and pulls
-// that back after removing it locally.
+// that back after removing it locally; then pulls a Docker Hub name through
+// --registry-mirror, which lands on the default registry.
 func TestDockerPullPush(t *testing.T) {
 	t.Parallel()
 	rw := startCore(t)
@@ -224,7 +225,7 @@ func TestDockerPullPush(t *testing.T) {
 	pushImage(t, im, src)
 	want := im.Platform(hostPlatform())
 
-	d := harness.StartDockerd(t, harness.DockerdOptions{})
+	d := harness.StartDockerd(t, harness.DockerdOptions{RegistryMirror: rw.URL(), InsecureRegistries: []string{rw.Addr}})
 	d.Docker("pull", src)
 	id, digests := dockerInspect(t, d, src)
 	if id != want.Config {
@@ -271,6 +272,14 @@ func TestDockerPullPush(t *testing.T) {
 	}
 	if !slices.Contains(digests, rw.Addr+"/local/e2e/pushed@"+pushDigest) {
 		t.Errorf("RepoDigests %v lack the pushed digest %s", digests, pushDigest)
+	}
+
+	// docker.io/e2e/multi:v1 goes to the mirror as /v2/e2e/multi/…: the
+	// default registry "local" has it (there is no internet to fall back to).
+	d.Docker("pull", "e2e/multi:v1")
+	id, digests = dockerInspect(t, d, "e2e/multi:v1")
+	if id != want.Config || !slices.Contains(digests, "e2e/multi@"+im.IndexDigest) {
+		t.Errorf("mirror pull: id %s digests %v, want %s and e2e/multi@%s", id, digests, want.Config, im.IndexDigest)
 	}
 }
 

@@ -85,7 +85,7 @@ func (h *Handler) negotiate(r *http.Request, rt route, m store.Manifest) (store.
 	if accept == nil || accept[m.MediaType] || accept["*/*"] {
 		return m, nil
 	}
-	if manifest.IsIndex(m.MediaType) && ref.IsDigest(rt.ref) == false {
+	if manifest.IsIndex(m.MediaType) && !ref.IsDigest(rt.ref) {
 		p, err := manifest.Parse(m.MediaType, m.Data)
 		if err == nil {
 			for _, c := range p.Manifests {

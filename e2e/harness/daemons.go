@@ -84,7 +84,6 @@ func StartDockerd(t testing.TB, opts DockerdOptions) *Dockerd {
 		}
 		return nil
 	}); err != nil {
-		d.DumpLog()
 		t.Fatalf("dockerd did not become ready: %v", err)
 	}
 	return d
@@ -172,7 +171,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.d
 		}
 		return nil
 	}); err != nil {
-		c.DumpLog()
 		t.Fatalf("containerd did not become ready: %v", err)
 	}
 	return c

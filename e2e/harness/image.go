@@ -202,6 +202,42 @@ func buildImage(dir string, opts ImageOptions) (*Image, error) {
 	if opts.Tag == "" {
 		opts.Tag = "v1"
 	}
+	shared, err := randomLayer(opts.Seed, 0, "shared/common.bin", opts.LayerSize)
+	if err != nil {
+		return nil, err
+	}
+	var specs []platformSpec
+	for pi, p := range opts.Platforms {
+		spec := platformSpec{name: p, layers: []layer{shared}, labels: map[string]string{"org.regwarm.e2e.seed": fmt.Sprint(opts.Seed)}}
+		for i := range opts.Layers {
+			name := fmt.Sprintf("data/%s-%d.bin", strings.ReplaceAll(p, "/", "-"), i)
+			l, err := randomLayer(opts.Seed, uint64(1000*(pi+1)+i), name, opts.LayerSize)
+			if err != nil {
+				return nil, err
+			}
+			spec.layers = append(spec.layers, l)
+		}
+		specs = append(specs, spec)
+	}
+	im, err := writeLayout(dir, opts.Tag, specs, opts.ArtifactType)
+	if err != nil {
+		return nil, err
+	}
+	im.SharedLayer = shared.digest()
+	return im, nil
+}
+
+// platformSpec is what writeLayout needs to write one platform's image.
+type platformSpec struct {
+	name   string // os/arch[/variant]
+	layers []layer
+	cmd    []string
+	labels map[string]string
+}
+
+// writeLayout writes an OCI layout holding one index, tagged tag, with a
+// manifest per spec.
+func writeLayout(dir, tag string, specs []platformSpec, artifactType bool) (*Image, error) {
 	w := layoutWriter{dir}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -209,78 +245,20 @@ func buildImage(dir string, opts ImageOptions) (*Image, error) {
 	if err := os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
 		return nil, err
 	}
-	im := &Image{Dir: dir, Tag: opts.Tag}
-	shared, err := randomLayer(opts.Seed, 0, "shared/common.bin", opts.LayerSize)
-	if err != nil {
-		return nil, err
-	}
+	im := &Image{Dir: dir, Tag: tag}
 	idx := index{SchemaVersion: 2, MediaType: MediaTypeIndex}
-	for pi, p := range opts.Platforms {
-		parts := strings.Split(p, "/")
-		if len(parts) < 2 || len(parts) > 3 {
-			return nil, fmt.Errorf("platform %q: want os/arch[/variant]", p)
-		}
-		plat := platform{OS: parts[0], Architecture: parts[1]}
-		if len(parts) == 3 {
-			plat.Variant = parts[2]
-		}
-		layers := []layer{shared}
-		for i := range opts.Layers {
-			name := fmt.Sprintf("data/%s-%d.bin", strings.ReplaceAll(p, "/", "-"), i)
-			l, err := randomLayer(opts.Seed, uint64(1000*(pi+1)+i), name, opts.LayerSize)
-			if err != nil {
-				return nil, err
-			}
-			layers = append(layers, l)
-		}
-		pm := PlatformImage{Platform: p}
-		var descs []descriptor
-		var history []map[string]any
-		for _, l := range layers {
-			d, err := w.put(l.gz)
-			if err != nil {
-				return nil, err
-			}
-			descs = append(descs, descriptor{MediaType: MediaTypeLayer, Digest: d, Size: int64(len(l.gz))})
-			pm.Layers = append(pm.Layers, d)
-			pm.DiffIDs = append(pm.DiffIDs, l.diffID)
-			history = append(history, map[string]any{"created": created, "created_by": "regwarm e2e: " + l.name})
-		}
-		cfg, err := json.Marshal(imageConfig{
-			Created: created, OS: plat.OS, Architecture: plat.Architecture, Variant: plat.Variant,
-			Config: map[string]any{
-				"Env":    []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-				"Labels": map[string]string{"org.regwarm.e2e.seed": fmt.Sprint(opts.Seed)},
-			},
-			RootFS:  map[string]any{"type": "layers", "diff_ids": pm.DiffIDs},
-			History: history,
-		})
+	for _, spec := range specs {
+		pm, plat, err := w.putImage(spec)
 		if err != nil {
 			return nil, err
 		}
-		if pm.Config, err = w.put(cfg); err != nil {
-			return nil, err
-		}
-		mb, err := json.Marshal(manifest{
-			SchemaVersion: 2, MediaType: MediaTypeManifest,
-			Config: descriptor{MediaType: MediaTypeConfig, Digest: pm.Config, Size: int64(len(cfg))},
-			Layers: descs,
-		})
-		if err != nil {
-			return nil, err
-		}
-		if pm.Digest, err = w.put(mb); err != nil {
-			return nil, err
-		}
-		pm.Size = int64(len(mb))
 		desc := descriptor{MediaType: MediaTypeManifest, Digest: pm.Digest, Size: pm.Size, Platform: &plat}
-		if opts.ArtifactType {
+		if artifactType {
 			desc.ArtifactType = MediaTypeConfig
 		}
 		idx.Manifests = append(idx.Manifests, desc)
 		im.Manifests = append(im.Manifests, pm)
 	}
-	im.SharedLayer = im.Manifests[0].Layers[0]
 	ib, err := json.Marshal(idx)
 	if err != nil {
 		return nil, err
@@ -291,12 +269,69 @@ func buildImage(dir string, opts ImageOptions) (*Image, error) {
 	im.IndexSize = int64(len(ib))
 	top, err := json.Marshal(index{SchemaVersion: 2, MediaType: MediaTypeIndex, Manifests: []descriptor{{
 		MediaType: MediaTypeIndex, Digest: im.IndexDigest, Size: im.IndexSize,
-		Annotations: map[string]string{"org.opencontainers.image.ref.name": opts.Tag},
+		Annotations: map[string]string{"org.opencontainers.image.ref.name": tag},
 	}}})
 	if err != nil {
 		return nil, err
 	}
 	return im, os.WriteFile(filepath.Join(dir, "index.json"), top, 0o644)
+}
+
+// putImage writes the layers, config and manifest of one platform.
+func (w layoutWriter) putImage(spec platformSpec) (PlatformImage, platform, error) {
+	parts := strings.Split(spec.name, "/")
+	if len(parts) < 2 || len(parts) > 3 {
+		return PlatformImage{}, platform{}, fmt.Errorf("platform %q: want os/arch[/variant]", spec.name)
+	}
+	plat := platform{OS: parts[0], Architecture: parts[1]}
+	if len(parts) == 3 {
+		plat.Variant = parts[2]
+	}
+	pm := PlatformImage{Platform: spec.name}
+	var descs []descriptor
+	var history []map[string]any
+	for _, l := range spec.layers {
+		d, err := w.put(l.gz)
+		if err != nil {
+			return pm, plat, err
+		}
+		descs = append(descs, descriptor{MediaType: MediaTypeLayer, Digest: d, Size: int64(len(l.gz))})
+		pm.Layers = append(pm.Layers, d)
+		pm.DiffIDs = append(pm.DiffIDs, l.diffID)
+		history = append(history, map[string]any{"created": created, "created_by": "regwarm e2e: " + l.name})
+	}
+	runConfig := map[string]any{
+		"Env":    []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+		"Labels": spec.labels,
+	}
+	if spec.cmd != nil {
+		runConfig["Cmd"] = spec.cmd
+	}
+	cfg, err := json.Marshal(imageConfig{
+		Created: created, OS: plat.OS, Architecture: plat.Architecture, Variant: plat.Variant,
+		Config:  runConfig,
+		RootFS:  map[string]any{"type": "layers", "diff_ids": pm.DiffIDs},
+		History: history,
+	})
+	if err != nil {
+		return pm, plat, err
+	}
+	if pm.Config, err = w.put(cfg); err != nil {
+		return pm, plat, err
+	}
+	mb, err := json.Marshal(manifest{
+		SchemaVersion: 2, MediaType: MediaTypeManifest,
+		Config: descriptor{MediaType: MediaTypeConfig, Digest: pm.Config, Size: int64(len(cfg))},
+		Layers: descs,
+	})
+	if err != nil {
+		return pm, plat, err
+	}
+	if pm.Digest, err = w.put(mb); err != nil {
+		return pm, plat, err
+	}
+	pm.Size = int64(len(mb))
+	return pm, plat, nil
 }
 
 // created is the fixed creation time of every generated image.
@@ -309,27 +344,36 @@ type layer struct {
 	diffID string
 }
 
-// randomLayer returns a tar holding one file of size pseudo-random bytes
-// from (seed, stream), compressed with gzip. The gzip stream uses stored
-// blocks: random data does not compress, and stored blocks keep the digest
-// independent of the Go version's deflate implementation.
+// digest returns the layer's (compressed) blob digest.
+func (l layer) digest() string { return Digest(l.gz) }
+
+// randomLayer returns a layer holding one file of size pseudo-random bytes
+// from (seed, stream).
 func randomLayer(seed int64, stream uint64, name string, size int64) (layer, error) {
-	mtime := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	var tarBuf bytes.Buffer
-	tw := tar.NewWriter(&tarBuf)
-	dir := filepath.Dir(name) + "/"
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir, Mode: 0o755, ModTime: mtime, Format: tar.FormatUSTAR}); err != nil {
-		return layer{}, err
-	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: size, ModTime: mtime, Format: tar.FormatUSTAR}); err != nil {
-		return layer{}, err
-	}
 	rng := rand.New(rand.NewPCG(uint64(seed), stream))
 	data := make([]byte, size+7)
 	for i := 0; i < len(data)-7; i += 8 {
 		binary.LittleEndian.PutUint64(data[i:], rng.Uint64())
 	}
-	if _, err := tw.Write(data[:size]); err != nil {
+	return tarLayer(name, 0o644, data[:size])
+}
+
+// tarLayer returns a gzip tar layer holding one file (and its directory).
+// The gzip stream uses stored blocks: random data does not compress, and
+// stored blocks keep digests independent of the Go version's deflate.
+func tarLayer(name string, mode int64, data []byte) (layer, error) {
+	mtime := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	if dir := filepath.Dir(name); dir != "." {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir + "/", Mode: 0o755, ModTime: mtime, Format: tar.FormatUSTAR}); err != nil {
+			return layer{}, err
+		}
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data)), ModTime: mtime, Format: tar.FormatUSTAR}); err != nil {
+		return layer{}, err
+	}
+	if _, err := tw.Write(data); err != nil {
 		return layer{}, err
 	}
 	if err := tw.Close(); err != nil {

@@ -43,7 +43,6 @@ type Process struct {
 	t    testing.TB
 	argv []string
 	env  []string
-	dir  string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -68,7 +67,7 @@ func StartProcess(t testing.TB, name string, env []string, argv ...string) *Proc
 		t.Fatalf("start %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		if err := p.Stop(); err != nil {
+		if err := p.Stop(); err != nil && !killedBy(err, syscall.SIGTERM) {
 			t.Logf("stop %s: %v", name, err)
 		}
 		if t.Failed() {
@@ -101,7 +100,6 @@ func (p *Process) Start() error {
 	fmt.Fprintf(logf, "=== %s: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(p.argv, " "))
 	cmd := exec.Command(bin, p.argv[1:]...)
 	cmd.Env = append(os.Environ(), p.env...)
-	cmd.Dir = p.dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -181,11 +179,12 @@ func (p *Process) Wait(timeout time.Duration) error {
 }
 
 // Stop sends SIGTERM to the process group, waits up to StopTimeout, then
-// sends SIGKILL. It returns the exit error of a clean stop (nil for exit
-// status 0 or death by SIGTERM), so tests can check graceful shutdown.
+// sends SIGKILL. It returns the exit error: nil only for exit status 0, so
+// tests can check a graceful shutdown (regwarm exits 0 on SIGTERM; servers
+// that die by the signal, like docker-registry, report "signal: terminated").
 func (p *Process) Stop() error {
-	if exited, _ := p.Exited(); exited {
-		return nil
+	if exited, err := p.Exited(); exited {
+		return err
 	}
 	_ = p.Signal(syscall.SIGTERM)
 	err := p.Wait(StopTimeout)
@@ -193,13 +192,17 @@ func (p *Process) Stop() error {
 		p.Kill()
 		return fmt.Errorf("%s ignored SIGTERM for %s, killed", p.Name, StopTimeout)
 	}
+	return err
+}
+
+// killedBy reports whether err is the exit of a process that died by sig.
+func killedBy(err error, sig syscall.Signal) bool {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM {
-			return nil
-		}
+		ws, ok := ee.Sys().(syscall.WaitStatus)
+		return ok && ws.Signaled() && ws.Signal() == sig
 	}
-	return err
+	return false
 }
 
 // Kill sends SIGKILL to the process group and waits for the process to end.
@@ -336,11 +339,10 @@ func waitHTTP(p *Process, url string, timeout time.Duration, want ...int) error 
 type errStop struct{ error }
 
 // waitStart waits for a started process to answer url; it fails the test
-// with the log tail when the process dies or never answers.
+// when the process dies or never answers (the cleanup prints the log tail).
 func waitStart(t testing.TB, p *Process, url string, timeout time.Duration, want ...int) {
 	t.Helper()
 	if err := waitHTTP(p, url, timeout, want...); err != nil {
-		p.DumpLog()
 		t.Fatalf("%s did not become ready: %v", p.Name, err)
 	}
 }

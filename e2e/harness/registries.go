@@ -110,7 +110,7 @@ func RegwarmBinary(t testing.TB) string {
 // port and the data directory in the test's temporary directory. Append a
 // `registries:` list (and connectors) to it.
 const ConfigHeader = `version: 1
-data_dir: {{.DataDir}}
+data_dir: "{{.DataDir}}"
 log: {level: debug, format: text}
 serve: {listen: "{{.Addr}}"}
 metrics: {listen: "{{.MetricsAddr}}"}
@@ -146,17 +146,21 @@ func StartRegwarm(t testing.TB, mode, cfgYAML string) *Regwarm {
 	if mode != "serve" && mode != "run" {
 		t.Fatalf("StartRegwarm: mode %q, want serve or run", mode)
 	}
-	if !strings.Contains(cfgYAML, "{{.Addr}}") {
-		t.Fatal("StartRegwarm: the config must use {{.Addr}} for serve.listen")
-	}
 	dir := t.TempDir()
-	vars := ConfigVars{Addr: FreeAddr(t), NATSAddr: FreeAddr(t), DataDir: filepath.Join(dir, "data")}
-	if strings.Contains(cfgYAML, "{{.MetricsAddr}}") {
-		vars.MetricsAddr = FreeAddr(t)
+	vars := ConfigVars{Addr: FreeAddr(t), MetricsAddr: FreeAddr(t), NATSAddr: FreeAddr(t), DataDir: filepath.Join(dir, "data")}
+	tmpl, err := template.New("config").Option("missingkey=error").Parse(cfgYAML)
+	if err != nil {
+		t.Fatalf("StartRegwarm: config template: %v", err)
 	}
 	var buf bytes.Buffer
-	if err := template.Must(template.New("config").Option("missingkey=error").Parse(cfgYAML)).Execute(&buf, vars); err != nil {
+	if err := tmpl.Execute(&buf, vars); err != nil {
 		t.Fatalf("StartRegwarm: config template: %v", err)
+	}
+	if !bytes.Contains(buf.Bytes(), []byte(vars.Addr)) {
+		t.Fatal("StartRegwarm: the config must use {{.Addr}} for serve.listen")
+	}
+	if !bytes.Contains(buf.Bytes(), []byte(vars.MetricsAddr)) {
+		vars.MetricsAddr = "" // no metrics listener to wait for
 	}
 	r := &Regwarm{ConfigVars: vars, Mode: mode, ConfigPath: filepath.Join(dir, "regwarm.yaml"), t: t}
 	if err := os.WriteFile(r.ConfigPath, buf.Bytes(), 0o644); err != nil {

@@ -239,12 +239,3 @@ func (c *Cache) shared(ctx context.Context, key string, fn func(ctx context.Cont
 	}
 	return call.wait(ctx)
 }
-
-// upstreamError picks the error to report when no source had the content:
-// not found if every source said so, else the last failure.
-func upstreamError(notFound error, last error) error {
-	if last != nil {
-		return last
-	}
-	return notFound
-}

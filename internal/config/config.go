@@ -63,6 +63,17 @@ type NATS struct {
 	Embedded        NATSEmbedded `yaml:"embedded"`
 	CredentialsFile string       `yaml:"credentials_file"`
 	SubjectPrefix   string       `yaml:"subject_prefix"`
+	Username        string       `yaml:"username"`     // user/password auth to an external server
+	PasswordEnv     string       `yaml:"password_env"` // environment variable holding the password
+	TLS             NATSTLS      `yaml:"tls"`
+	Replicas        int          `yaml:"replicas"` // JetStream replicas for streams and buckets (3 on a cluster)
+}
+
+// NATSTLS configures TLS to an external NATS server.
+type NATSTLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // NATSEmbedded configures the embedded NATS server of `regwarm run`.

@@ -51,6 +51,7 @@ func (c *Config) ApplyDefaults() {
 	setString(&c.NATS.Embedded.Listen, defaultNATSListen)
 	setString(&c.NATS.Embedded.StoreDir, natsStoreDir(c.DataDir))
 	setString(&c.NATS.SubjectPrefix, defaultSubjectPrefix)
+	setInt(&c.NATS.Replicas, 1)
 
 	if c.Registries == nil {
 		c.Registries = []Registry{{Name: defaultRegistry, Default: true, Push: true}}

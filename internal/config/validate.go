@@ -123,6 +123,15 @@ func (v *validator) nats() {
 	if msg := checkSubjectPrefix(n.SubjectPrefix); msg != "" {
 		v.add("nats.subject_prefix", n.SubjectPrefix, "%s", msg)
 	}
+	if n.PasswordEnv != "" && n.Username == "" {
+		v.add("nats.password_env", n.PasswordEnv, "needs nats.username")
+	}
+	if (n.TLS.CertFile == "") != (n.TLS.KeyFile == "") {
+		v.add("nats.tls", nil, "cert_file and key_file go together")
+	}
+	if n.Replicas < 1 || n.Replicas > 5 {
+		v.add("nats.replicas", n.Replicas, "must be between 1 and 5")
+	}
 }
 
 func (v *validator) registries() {

@@ -178,9 +178,9 @@ func (m *Manifest) References() []ocispec.Descriptor {
 // the registry (foreign or non-distributable layers).
 func NonDistributable(d ocispec.Descriptor) bool {
 	switch d.MediaType {
-	case ocispec.MediaTypeImageLayerNonDistributable, //nolint:staticcheck // still seen in the wild
-		ocispec.MediaTypeImageLayerNonDistributableGzip, //nolint:staticcheck
-		ocispec.MediaTypeImageLayerNonDistributableZstd, //nolint:staticcheck
+	case "application/vnd.oci.image.layer.nondistributable.v1.tar",
+		"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+		"application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
 		"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
 		return true
 	}

@@ -1,0 +1,141 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/regwarm/regwarm/internal/config"
+)
+
+// Connect opens a NATS connection to url with the config's credentials
+// and TLS settings. It keeps reconnecting forever once connected; with
+// retryOnFailedConnect it also starts without a reachable server.
+func Connect(url string, c config.NATS, name string, log *slog.Logger, retryOnFailedConnect bool) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.Timeout(5 * time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted()) }),
+	}
+	if retryOnFailedConnect {
+		opts = append(opts, nats.RetryOnFailedConnect(true))
+	}
+	if c.CredentialsFile != "" {
+		opts = append(opts, nats.UserCredentials(c.CredentialsFile))
+	}
+	if c.Username != "" {
+		pass := ""
+		if c.PasswordEnv != "" {
+			pass = os.Getenv(c.PasswordEnv)
+		}
+		opts = append(opts, nats.UserInfo(c.Username, pass))
+	}
+	if c.TLS.CAFile != "" {
+		opts = append(opts, nats.RootCAs(c.TLS.CAFile))
+	}
+	if c.TLS.CertFile != "" {
+		opts = append(opts, nats.ClientCert(c.TLS.CertFile, c.TLS.KeyFile))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS: %w", err)
+	}
+	return nc, nil
+}
+
+// Setup creates or updates, idempotently, the work stream, the workers'
+// durable consumer and the lease bucket. Any process may call it at start.
+type Setup struct {
+	Subjects      Subjects
+	Replicas      int
+	MaxDeliveries int
+	AckWait       time.Duration
+}
+
+// StreamConfig is the work stream: sync requests and misses, kept until a
+// worker acknowledges them.
+func (s Setup) StreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        s.Subjects.Stream(),
+		Description: "regwarm sync requests and cache misses, kept until a worker has done them",
+		Subjects:    []string{s.Subjects.Sync(), s.Subjects.Misses()},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(s.Replicas, 1),
+		MaxMsgs:     1_000_000,
+		MaxBytes:    1 << 30,
+		MaxMsgSize:  MaxMessageSize * 4,
+		MaxAge:      7 * 24 * time.Hour,
+		Discard:     jetstream.DiscardOld,
+		Duplicates:  2 * time.Minute,
+	}
+}
+
+// ConsumerConfig is the workers' shared durable pull consumer.
+func (s Setup) ConsumerConfig() jetstream.ConsumerConfig {
+	ack := s.AckWait
+	if ack <= 0 {
+		ack = time.Minute
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       s.Subjects.Consumer(),
+		Description:   "regwarm workers",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ack,
+		MaxDeliver:    max(s.MaxDeliveries, 1),
+		MaxAckPending: 10_000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Replicas:      max(s.Replicas, 1),
+	}
+}
+
+// LeaseTTL is how long a lease lives without being refreshed.
+const LeaseTTL = 30 * time.Second
+
+// Apply creates or updates everything and returns the consumer and the
+// lease bucket.
+func (s Setup) Apply(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, jetstream.KeyValue, error) {
+	stream, err := js.CreateOrUpdateStream(ctx, s.StreamConfig())
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating stream %s: %w", s.Subjects.Stream(), err)
+	}
+	cons, err := stream.CreateOrUpdateConsumer(ctx, s.ConsumerConfig())
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating consumer %s: %w", s.Subjects.Consumer(), err)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      s.Subjects.LeaseBucket(),
+		Description: "regwarm leases: one upstream fetch per blob, one run per job tick",
+		TTL:         LeaseTTL,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(s.Replicas, 1),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating lease bucket: %w", err)
+	}
+	return cons, kv, nil
+}
+
+// IsTransient reports whether a NATS error may go away by itself
+// (disconnected, timeout, no responders while a cluster elects a leader).
+func IsTransient(err error) bool {
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		strings.Contains(err.Error(), "no responders")
+}

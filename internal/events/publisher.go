@@ -1,0 +1,93 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/regwarm/regwarm/internal/metrics"
+)
+
+// Publisher publishes miss events from the pull path. Publish never
+// blocks: events wait in a bounded buffer while NATS is slow or down and
+// are dropped, and counted, when it is full.
+type Publisher struct {
+	js      jetstream.JetStream
+	subj    Subjects
+	log     *slog.Logger
+	metrics *metrics.Set
+	ch      chan *nats.Msg
+}
+
+// DefaultBuffer is how many events wait for NATS before new ones are dropped.
+const DefaultBuffer = 10_000
+
+// NewPublisher returns a publisher with room for buffer waiting events.
+// Run must be running for events to leave.
+func NewPublisher(js jetstream.JetStream, subj Subjects, log *slog.Logger, m *metrics.Set, buffer int) *Publisher {
+	if buffer <= 0 {
+		buffer = DefaultBuffer
+	}
+	return &Publisher{js: js, subj: subj, log: log, metrics: m, ch: make(chan *nats.Msg, buffer)}
+}
+
+// Miss queues a miss event. It returns at once.
+func (p *Publisher) Miss(ev MissEvent) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return
+	}
+	msg := nats.NewMsg(p.subj.Miss(ev.Registry))
+	msg.Data = data
+	// Repeated misses of the same content within the stream's duplicate
+	// window become one job.
+	msg.Header.Set(jetstream.MsgIDHeader, "miss:"+ev.Kind+":"+ev.Registry+"/"+ev.Repository+"@"+ev.Digest)
+	if ev.RequestID != "" {
+		msg.Header.Set(RequestIDHeader, ev.RequestID)
+	}
+	select {
+	case p.ch <- msg:
+		p.metrics.EventBufferDepth.Set(float64(len(p.ch)))
+	default:
+		p.metrics.EventsPublished.WithLabelValues(metrics.ResultDropped).Inc()
+	}
+}
+
+// Run publishes queued events until ctx ends. A failed publish is retried
+// with backoff, so events survive a NATS outage up to the buffer size.
+func (p *Publisher) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for {
+		var msg *nats.Msg
+		select {
+		case <-ctx.Done():
+			return
+		case msg = <-p.ch:
+		}
+		p.metrics.EventBufferDepth.Set(float64(len(p.ch)))
+		for {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := p.js.PublishMsg(pctx, msg)
+			cancel()
+			if err == nil {
+				p.metrics.EventsPublished.WithLabelValues(metrics.ResultOK).Inc()
+				backoff = 100 * time.Millisecond
+				break
+			}
+			p.metrics.EventsPublished.WithLabelValues(metrics.ResultError).Inc()
+			if backoff == 100*time.Millisecond {
+				p.log.Warn("publishing miss event failed; retrying", "subject", msg.Subject, "error", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+}
