@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 # Unit tests: everything except the e2e package itself (e2e/harness has fast unit tests).
 UNIT    = $(shell $(GO) list ./... | grep -v '/e2e$$')
-CONFIG  ?= $(firstword $(wildcard config.example.yaml) e2e/testdata/dev.yaml)
+CONFIG  ?= config.example.yaml
 
 .PHONY: build test lint e2e conformance ci run bench clean
 
