@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,8 +24,10 @@ import (
 	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
+	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
+	"github.com/regwarm/regwarm/jobs"
 	"github.com/regwarm/regwarm/registryapi"
 )
 
@@ -80,28 +83,66 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	}
 	health := &Health{}
 
-	var servers []*server
-	admin := &http.Server{Handler: adminHandler(reg, health), ReadHeaderTimeout: 10 * time.Second}
-	servers = append(servers, &server{name: "metrics", addr: cfg.Metrics.Listen, srv: admin})
-
-	if mode == ModeRun || mode == ModeServe {
-		c, err := cache.New(cfg, st,
-			[]connector.UpstreamOption{connector.WithMetrics(m), connector.WithLogger(log), connector.WithUserAgent("regwarm/" + Version)},
-			cache.WithLogger(log), cache.WithMetrics(m))
+	// NATS: embedded for run, external when nats.url is set.
+	natsURL := cfg.NATS.URL
+	if mode == ModeRun && natsURL == "" {
+		ns, url, err := StartEmbeddedNATS(cfg, log)
 		if err != nil {
 			return err
 		}
+		defer ns.Shutdown()
+		natsURL = url
+		log.Info("embedded nats started", "url", url, "store_dir", cfg.NATSStoreDir())
+	}
+	if mode == ModeWorker && natsURL == "" {
+		return errors.New("the worker needs NATS: set nats.url or --nats-url")
+	}
+	var b *bus
+	busCtx, stopBus := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBus()
+	if natsURL != "" {
+		host, _ := os.Hostname()
+		owner := fmt.Sprintf("%s/%s/%d", mode, host, os.Getpid())
+		if b, err = newBus(natsURL, cfg, "regwarm "+owner, log); err != nil {
+			return err
+		}
+		defer b.close()
+		go b.run(busCtx, owner)
+	} else {
+		log.Warn("no nats.url: cache misses are not published and no worker warms images")
+	}
+
+	var servers []*httpServer
+	admin := &http.Server{Handler: adminHandler(reg, health), ReadHeaderTimeout: 10 * time.Second}
+	servers = append(servers, &httpServer{name: "metrics", addr: cfg.Metrics.Listen, srv: admin})
+
+	cacheOpts := []cache.Option{cache.WithLogger(log), cache.WithMetrics(m)}
+	var pub *events.Publisher
+	if b != nil {
+		cacheOpts = append(cacheOpts, cache.WithLeases(b))
+		if mode != ModeWorker {
+			pub = events.NewPublisher(b.js, b.subj, log, m, events.DefaultBuffer)
+			cacheOpts = append(cacheOpts, cache.WithMissHook(func(_ context.Context, ms cache.Miss) {
+				pub.Miss(events.MissEvent{Registry: ms.Registry, Repository: ms.Repository, Reference: ms.Reference,
+					Digest: ms.Digest.String(), Kind: ms.Kind, Connector: ms.Connector, Time: time.Now().UTC(), RequestID: ms.RequestID})
+			}))
+		}
+	}
+	c, err := cache.New(cfg, st,
+		[]connector.UpstreamOption{connector.WithMetrics(m), connector.WithLogger(log), connector.WithUserAgent("regwarm/" + Version)},
+		cacheOpts...)
+	if err != nil {
+		return err
+	}
+	if mode == ModeRun || mode == ModeServe {
 		api, err := registryapi.New(cfg, st, registryapi.WithReader(c), registryapi.WithLogger(log), registryapi.WithMetrics(m))
 		if err != nil {
 			return err
 		}
 		srv := &http.Server{Handler: api, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-		servers = append(servers, &server{name: "api", addr: cfg.Serve.Listen, srv: srv,
+		servers = append(servers, &httpServer{name: "api", addr: cfg.Serve.Listen, srv: srv,
 			certFile: cfg.Serve.TLS.CertFile, keyFile: cfg.Serve.TLS.KeyFile})
-	}
-	if mode == ModeWorker {
-		return errors.New("the worker is not available yet")
 	}
 
 	// Bind every listener before reporting ready, so a port clash fails fast.
@@ -125,17 +166,44 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 			}
 		}()
 	}
+	var pubWG sync.WaitGroup
+	if pub != nil {
+		pubWG.Add(1)
+		go func() { defer pubWG.Done(); pub.Run(busCtx) }()
+	}
+	workerCtx, stopWorker := context.WithCancel(ctx)
+	defer stopWorker()
+	var workerWG sync.WaitGroup
+	if mode == ModeRun || mode == ModeWorker {
+		w := &Worker{cfg: cfg, bus: b, syncer: jobs.NewSyncer(cfg, c, st, log), log: log, metrics: m, ackWait: time.Minute}
+		health.SetProblem("nats", "not set up yet")
+		go func() {
+			select {
+			case <-b.ready:
+				health.SetProblem("nats", "")
+			case <-busCtx.Done():
+			}
+		}()
+		workerWG.Add(1)
+		go func() {
+			defer workerWG.Done()
+			if err := w.Run(workerCtx); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	health.SetReady(true)
-	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot())
+	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot(), "version", Version)
 
 	var runErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
 	case runErr = <-errc:
-		log.Error("server failed", "error", runErr)
+		log.Error("regwarm failed", "error", runErr)
 	}
 	health.SetReady(false)
+	stopWorker()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
 	defer cancel()
 	// The API drains first; the admin endpoint stays up until the end.
@@ -145,17 +213,20 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		}
 	}
 	wg.Wait()
+	workerWG.Wait()
+	stopBus()
+	pubWG.Wait()
 	return runErr
 }
 
-type server struct {
+type httpServer struct {
 	name, addr        string
 	certFile, keyFile string
 	srv               *http.Server
 	ln                net.Listener
 }
 
-func (s *server) listen() error {
+func (s *httpServer) listen() error {
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
 		return fmt.Errorf("%s listener on %s: %w", s.name, s.addr, err)
@@ -164,13 +235,13 @@ func (s *server) listen() error {
 	return nil
 }
 
-func (s *server) close() {
+func (s *httpServer) close() {
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}
 }
 
-func (s *server) serve() error {
+func (s *httpServer) serve() error {
 	if s.certFile != "" {
 		return s.srv.ServeTLS(s.ln, s.certFile, s.keyFile)
 	}

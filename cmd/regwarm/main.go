@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/regwarm/regwarm/daemon"
 	"github.com/regwarm/regwarm/internal/config"
@@ -24,6 +25,8 @@ const usage = `usage: regwarm <command> [flags]
 commands:
   run           embedded NATS + registry API + worker in one process
   serve         the registry API only
+  worker        the worker daemon: sync jobs from NATS
+  sync IMAGE…   force-sync images through a running deployment and wait for each result
   config check  validate and print the effective config
   version       print version and build info
 
@@ -45,6 +48,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return runDaemon(daemon.ModeRun, args[1:], stderr)
 	case "serve":
 		return runDaemon(daemon.ModeServe, args[1:], stderr)
+	case "worker":
+		return runDaemon(daemon.ModeWorker, args[1:], stderr)
+	case "sync":
+		return syncCmd(args[1:], stdout, stderr)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			fmt.Fprint(stderr, "usage: regwarm config check --config FILE\n")
@@ -108,6 +115,29 @@ func runDaemon(mode daemon.Mode, args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+func syncCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sync", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "config file (YAML); defaults when absent")
+	natsURL := fs.String("nats-url", "", "NATS server (default: nats.url, else the embedded server's address)")
+	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for the results")
+	if err := fs.Parse(args); err != nil {
+		return daemon.ExitError
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprint(stderr, "usage: regwarm sync [--config F] [--nats-url U] [--timeout D] IMAGE…\n")
+		return daemon.ExitError
+	}
+	cfg, err := loadConfig(*cfgPath, config.Overrides{})
+	if err != nil {
+		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
+		return daemon.ExitError
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return daemon.Sync(ctx, cfg, daemon.NATSURL(cfg, *natsURL), fs.Args(), *timeout, stdout)
 }
 
 func configCheck(args []string, stdout, stderr io.Writer) int {

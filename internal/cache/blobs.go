@@ -126,6 +126,15 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d digest.Digest, sources []connector.Source) {
 	ctx, cancel := c.detached(reqCtx)
 	defer cancel()
+	if c.leases != nil {
+		release, finished := c.awaitLease(ctx, f, repo, d, sources)
+		if finished {
+			return
+		}
+		if release != nil {
+			defer release()
+		}
+	}
 	start := time.Now()
 	var lastErr error
 	for _, src := range sources {
@@ -211,3 +220,87 @@ func (c *Cache) stream(ctx context.Context, cancel context.CancelFunc, f *fill, 
 type readerFunc func(p []byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// leasePoll is how often a fill waiting for another process looks again.
+const leasePoll = 100 * time.Millisecond
+
+// awaitLease takes the cross-process fetch lease of d. While another
+// process holds it, it waits for the blob to land in the shared store and
+// then finishes f without fetching (finished is true). Without a working
+// lease service it lets the fill go ahead unleased: pulls never depend on
+// NATS.
+func (c *Cache) awaitLease(ctx context.Context, f *fill, repo store.Repo, d digest.Digest, sources []connector.Source) (release func(), finished bool) {
+	key := "blob." + string(d.Algorithm()) + "." + d.Encoded()
+	for {
+		rel, ok, err := c.leases.Acquire(ctx, key)
+		if err != nil {
+			c.log.Warn("fetch lease unavailable; fetching without it", "digest", d, "error", err)
+			return nil, false
+		}
+		if ok {
+			if _, err := c.store.HasBlob(ctx, d); err != nil {
+				return rel, false
+			}
+			rel() // stored meanwhile by the previous holder
+		}
+		for {
+			if _, err := c.store.HasBlob(ctx, d); err == nil {
+				f.setViaLease()
+				_, _, err := c.headBlob(ctx, repo, d, sources)
+				if err == nil {
+					err = c.store.LinkBlob(ctx, repo, d)
+				}
+				c.fills.finish(fillKey{repo.Registry, d}, f, err)
+				return nil, true
+			}
+			held, err := c.leases.Held(ctx, key)
+			if err != nil {
+				return nil, false
+			}
+			if !held {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				c.fills.finish(fillKey{repo.Registry, d}, f, ctx.Err())
+				return nil, true
+			case <-time.After(leasePoll):
+			}
+		}
+	}
+}
+
+// Fetch makes sure blob d of repo is in the store, fetching it through the
+// connectors when needed and sharing any fill in flight. fetched reports
+// whether this call brought the bytes from upstream (joining another
+// caller's fill counts as present, so bytes are counted once).
+func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fetched bool, size int64, err error) {
+	if n, err := c.store.StatBlob(ctx, repo, d); err == nil {
+		return false, n, nil
+	}
+	sources := c.sources(repo)
+	if len(sources) == 0 {
+		return false, 0, fmt.Errorf("%w: %s", store.ErrBlobUnknown, d)
+	}
+	if _, err := c.store.HasBlob(ctx, d); err == nil && c.fills.get(fillKey{repo.Registry, d}) == nil {
+		n, err := c.StatBlob(ctx, repo, d)
+		return false, n, err
+	}
+	leader := false
+	f := c.fills.join(fillKey{repo.Registry, d}, func() *fill {
+		leader = true
+		f := newFill()
+		go c.runFill(ctx, f, repo, d, sources)
+		return f
+	}, c.metrics.Coalesced.Inc)
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return false, 0, ctx.Err()
+	}
+	if err := f.result(); err != nil {
+		return false, 0, err
+	}
+	n, err := c.store.StatBlob(ctx, repo, d)
+	return leader && !f.wasViaLease(), n, err
+}

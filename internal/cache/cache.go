@@ -39,6 +39,7 @@ type Cache struct {
 	log     *slog.Logger
 	metrics *metrics.Set
 	onMiss  func(context.Context, Miss)
+	leases  Leaser
 	now     func() time.Time
 
 	fillTimeout time.Duration
@@ -84,6 +85,20 @@ func WithMetrics(m *metrics.Set) Option {
 // WithMissHook calls fn (which must not block) on every miss.
 func WithMissHook(fn func(context.Context, Miss)) Option {
 	return func(c *Cache) error { c.onMiss = fn; return nil }
+}
+
+// Leaser grants cross-process leases (NATS KV in regwarm): with one, a
+// blob is fetched from upstream once across every process.
+type Leaser interface {
+	// Acquire takes key; ok is false when another process holds it.
+	Acquire(ctx context.Context, key string) (release func(), ok bool, err error)
+	// Held reports whether anyone holds key.
+	Held(ctx context.Context, key string) (bool, error)
+}
+
+// WithLeases coordinates blob fetches with other processes through l.
+func WithLeases(l Leaser) Option {
+	return func(c *Cache) error { c.leases = l; return nil }
 }
 
 // WithClock sets the clock used for tag freshness.

@@ -69,7 +69,20 @@ type fill struct {
 	readers  int
 	finished bool
 	handed   bool // a reader was given out
+	viaLease bool // another process fetched it; this fill only waited
 	err      error
+}
+
+func (f *fill) setViaLease() {
+	f.mu.Lock()
+	f.viaLease = true
+	f.mu.Unlock()
+}
+
+func (f *fill) wasViaLease() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.viaLease
 }
 
 func newFill() *fill {

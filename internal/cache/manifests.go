@@ -19,13 +19,19 @@ import (
 // tag, a GET fetches an unknown one); if every connector fails, the stale
 // copy.
 func (c *Cache) Tag(ctx context.Context, repo store.Repo, tag string) (store.TagInfo, error) {
+	return c.ResolveTag(ctx, repo, tag, false)
+}
+
+// ResolveTag is Tag; with force, a connector's tag is revalidated even
+// when it is younger than tag_ttl (sync and tag refresh use that).
+func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, force bool) (store.TagInfo, error) {
 	local, lerr := c.store.Tag(ctx, repo, tag)
 	if lerr != nil && !errors.Is(lerr, store.ErrTagUnknown) && !errors.Is(lerr, store.ErrNameUnknown) {
 		return local, lerr
 	}
 	have := lerr == nil
 	reg := c.regs[repo.Registry]
-	if reg == nil || (have && (local.Source == "" || c.now().Sub(local.Checked) < reg.ttl)) {
+	if reg == nil || (have && (local.Source == "" || (!force && c.now().Sub(local.Checked) < reg.ttl))) {
 		return local, lerr
 	}
 	sources := c.sources(repo)

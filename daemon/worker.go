@@ -1,0 +1,318 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/connector"
+	"github.com/regwarm/regwarm/internal/events"
+	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/ref"
+	"github.com/regwarm/regwarm/internal/store"
+	"github.com/regwarm/regwarm/internal/trace"
+	"github.com/regwarm/regwarm/jobs"
+)
+
+// Worker consumes sync requests and cache misses from the work stream and
+// runs them as sync jobs, with bounded concurrency and explicit acks.
+type Worker struct {
+	cfg     *config.Config
+	bus     *bus
+	syncer  *jobs.Syncer
+	log     *slog.Logger
+	metrics *metrics.Set
+	ackWait time.Duration
+}
+
+// jobDrain is how long running jobs may finish after shutdown begins;
+// unfinished ones are handed back to the stream.
+const jobDrain = 10 * time.Second
+
+// Run consumes until ctx ends, then lets running jobs finish (up to
+// jobDrain) and returns.
+func (w *Worker) Run(ctx context.Context) error {
+	select {
+	case <-w.bus.ready:
+	case <-ctx.Done():
+		return nil
+	}
+	cons := w.bus.consumer()
+	n := max(w.cfg.Worker.Concurrency, 1)
+	iter, err := cons.Messages(jetstream.PullMaxMessages(n))
+	if err != nil {
+		return fmt.Errorf("consuming %s: %w", w.bus.subj.Consumer(), err)
+	}
+	go func() {
+		<-ctx.Done()
+		iter.Stop()
+	}()
+	go w.watchPending(ctx, cons)
+
+	// Jobs get their own context: cancelled jobDrain after shutdown starts.
+	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelJobs()
+	go func() {
+		<-ctx.Done()
+		t := time.NewTimer(jobDrain)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelJobs()
+		case <-jobCtx.Done():
+		}
+	}()
+	sem := make(chan struct{}, n)
+	var wg sync.WaitGroup
+	w.log.Info("worker consuming", "consumer", w.bus.subj.Consumer(), "concurrency", n)
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				break
+			}
+			w.log.Warn("fetching work failed", "error", err)
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			w.handle(jobCtx, msg)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// watchPending keeps regwarm_work_pending_messages current.
+func (w *Worker) watchPending(ctx context.Context, cons jetstream.Consumer) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if info, err := cons.Info(ictx); err == nil {
+			w.metrics.WorkPending.Set(float64(info.NumPending + uint64(info.NumAckPending)))
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// handle runs one message to its end: ack and a done event, term and a
+// failed event, or a delayed nak for a temporary failure.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
+	start := time.Now()
+	meta, err := msg.Metadata()
+	if err != nil {
+		w.log.Error("message without metadata", "subject", msg.Subject(), "error", err)
+		_ = msg.Term()
+		return
+	}
+	reqID := msg.Headers().Get(events.RequestIDHeader)
+	res := events.SyncResult{Seq: meta.Sequence.Stream, Deliveries: meta.NumDelivered}
+	target, err := w.target(msg, &reqID)
+	res.RequestID = reqID
+	if err != nil {
+		res.Image = describe(msg.Data())
+		w.finish(msg, res, fmt.Errorf("%w: %w", jobs.ErrPermanent, err), start)
+		return
+	}
+	res.Image = target.Image()
+	if target.Blob != "" {
+		res.Image = target.Repo.String() + "@" + target.Blob.String()
+	}
+	stop := w.keepAlive(msg)
+	jctx := trace.WithRequestID(ctx, reqID)
+	out, err := w.syncer.Run(jctx, target)
+	stop()
+	out.Seq, out.Deliveries, out.RequestID = res.Seq, res.Deliveries, reqID
+	if target.Blob != "" {
+		out.Image = res.Image
+	}
+	w.finish(msg, out, err, start)
+}
+
+// target decodes a message into a sync target. Both sync requests and
+// miss events are accepted; anything else is malformed.
+func (w *Worker) target(msg jetstream.Msg, reqID *string) (jobs.Target, error) {
+	subj := msg.Subject()
+	if subj == w.bus.subj.Sync() {
+		req, err := events.ParseSyncRequest(msg.Data())
+		if err != nil {
+			return jobs.Target{}, err
+		}
+		return w.syncer.Resolve(req)
+	}
+	if !strings.HasPrefix(subj, strings.TrimSuffix(w.bus.subj.Misses(), ">")) {
+		return jobs.Target{}, fmt.Errorf("%w: unexpected subject %q", events.ErrBadMessage, subj)
+	}
+	var ev events.MissEvent
+	dec := json.NewDecoder(bytes.NewReader(msg.Data()))
+	if len(msg.Data()) > events.MaxMessageSize {
+		return jobs.Target{}, fmt.Errorf("%w: miss event of %d bytes", events.ErrBadMessage, len(msg.Data()))
+	}
+	if err := dec.Decode(&ev); err != nil {
+		return jobs.Target{}, fmt.Errorf("%w: miss event: %v", events.ErrBadMessage, err)
+	}
+	if *reqID == "" {
+		*reqID = ev.RequestID
+	}
+	d, err := ref.ParseDigest(ev.Digest)
+	if err != nil {
+		return jobs.Target{}, fmt.Errorf("%w: miss event digest: %v", events.ErrBadMessage, err)
+	}
+	reg, ok := w.cfg.Registry(ev.Registry)
+	if !ok {
+		return jobs.Target{}, fmt.Errorf("%w: no registry named %q", jobs.ErrUnknownRegistry, ev.Registry)
+	}
+	if err := ref.ValidName(ev.Repository); err != nil {
+		return jobs.Target{}, fmt.Errorf("%w: miss event: %v", events.ErrBadMessage, err)
+	}
+	t := jobs.Target{Repo: store.Repo{Registry: reg.Name, Name: ev.Repository}, Reference: d.String(),
+		Platforms: reg.Sync.Platforms, Referrers: reg.SyncReferrers()}
+	switch ev.Kind {
+	case metrics.KindBlob:
+		t.Blob = d
+	case metrics.KindManifest:
+	default:
+		return jobs.Target{}, fmt.Errorf("%w: miss event kind %q", events.ErrBadMessage, ev.Kind)
+	}
+	return t, nil
+}
+
+// keepAlive tells JetStream the job is still running, so long downloads
+// are not redelivered to another worker.
+func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	every := max(w.ackWait/3, time.Second)
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// finish acknowledges msg according to err and publishes the outcome.
+func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, start time.Time) {
+	res.DurationMS = time.Since(start).Milliseconds()
+	log := w.log.With("image", res.Image, "seq", res.Seq, "request_id", res.RequestID)
+	if err == nil {
+		if aerr := msg.DoubleAck(context.Background()); aerr != nil {
+			// Not confirmed: the job runs again; it is idempotent.
+			log.Warn("ack failed", "error", aerr)
+		}
+		w.metrics.SyncJobs.WithLabelValues(metrics.ResultDone).Inc()
+		w.metrics.SyncDuration.Observe(time.Since(start).Seconds())
+		w.metrics.SyncBytes.Add(float64(res.Bytes))
+		w.metrics.SyncBlobs.WithLabelValues("fetched").Add(float64(res.BlobsFetched))
+		w.metrics.SyncBlobs.WithLabelValues("present").Add(float64(res.BlobsPresent))
+		log.Info("sync done", "digest", res.Digest, "manifests", res.Manifests, "blobs_fetched", res.BlobsFetched,
+			"blobs_present", res.BlobsPresent, "bytes", res.Bytes, "duration_ms", res.DurationMS)
+		w.publish(msg, w.bus.subj.SyncDone(), res)
+		return
+	}
+	res.Error = jobs.ErrorText(err)
+	permanent := jobs.Permanent(err)
+	if !permanent && res.Deliveries < uint64(max(w.cfg.Worker.MaxDeliveries, 1)) {
+		delay := retryDelay(res.Deliveries, err)
+		log.Warn("sync failed; will retry", "error", err, "deliveries", res.Deliveries, "retry_in", delay)
+		if nerr := msg.NakWithDelay(delay); nerr != nil {
+			log.Warn("nak failed", "error", nerr)
+		}
+		return
+	}
+	if !permanent {
+		res.Error = fmt.Sprintf("gave up after %d deliveries: %s", res.Deliveries, res.Error)
+	}
+	if terr := msg.TermWithReason(truncateReason(res.Error)); terr != nil {
+		log.Warn("term failed", "error", terr)
+	}
+	w.metrics.SyncJobs.WithLabelValues(metrics.ResultFailed).Inc()
+	w.metrics.SyncDuration.Observe(time.Since(start).Seconds())
+	log.Warn("sync failed", "error", res.Error, "permanent", permanent)
+	w.publish(msg, w.bus.subj.SyncFailed(), res)
+}
+
+func (w *Worker) publish(msg jetstream.Msg, subject string, res events.SyncResult) {
+	data, err := json.Marshal(res)
+	if err != nil {
+		return
+	}
+	if err := w.bus.nc.Publish(subject, data); err != nil {
+		w.log.Warn("publishing result failed", "subject", subject, "error", err)
+	}
+	if reply := msg.Headers().Get(events.ReplyHeader); reply != "" && validSubject(reply) {
+		if err := w.bus.nc.Publish(reply, data); err != nil {
+			w.log.Warn("publishing result failed", "subject", reply, "error", err)
+		}
+	}
+}
+
+// validSubject accepts a literal subject a client may ask results on.
+func validSubject(s string) bool {
+	if s == "" || len(s) > 256 || strings.ContainsAny(s, " \t\r\n*>") {
+		return false
+	}
+	for _, tok := range strings.Split(s, ".") {
+		if tok == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// retryDelay backs off exponentially from 1s to 5m, or longer if the
+// upstream asked for it with Retry-After.
+func retryDelay(deliveries uint64, err error) time.Duration {
+	d := time.Second << min(deliveries, 9)
+	d = min(d, 5*time.Minute)
+	var ce *connector.Error
+	if errors.As(err, &ce) && ce.RetryAfter > d {
+		d = ce.RetryAfter
+	}
+	return d
+}
+
+func truncateReason(s string) string {
+	if len(s) > 200 {
+		return s[:200]
+	}
+	return s
+}
+
+// describe renders a message body for a failure event: printable text up
+// to 128 bytes.
+func describe(data []byte) string {
+	s := strings.TrimSpace(string(data))
+	if len(s) > 128 {
+		s = s[:128] + "…"
+	}
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f || r == 0xfffd {
+			return '?'
+		}
+		return r
+	}, s)
+}

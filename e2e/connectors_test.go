@@ -1,0 +1,339 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/regwarm/regwarm/e2e/harness"
+)
+
+// hubConfig has one default registry "hub" whose connector "up" (host
+// lab.local) is the docker-registry up.
+func hubConfig(up *harness.Upstream, ttl time.Duration) string {
+	return harness.ConfigHeader + fmt.Sprintf(`registries:
+  - {name: hub, default: true, connectors: [up], tag_ttl: %s}
+connectors:
+  - {name: up, url: %q, host: lab.local}
+`, ttl, up.URL())
+}
+
+// requireRegwarm skips a test that checks connector behaviour when the
+// suite runs against the docker-registry stand-in, which has no connectors.
+func requireRegwarm(t *testing.T) {
+	t.Helper()
+	if harness.Target != harness.TargetRegwarm {
+		t.Skipf("connectors need regwarm, not the %s stand-in", harness.Target)
+	}
+}
+
+// accessEntry is an upstream access-log line with its User-Agent.
+type accessEntry struct {
+	harness.Request
+	Agent string
+}
+
+var accessAgentLine = regexp.MustCompile(`^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) \S+ "[^"]*" "(.*)"\s*$`)
+
+// accessLog returns the upstream's access-log lines with their agents.
+func accessLog(t *testing.T, up *harness.Upstream) []accessEntry {
+	t.Helper()
+	b, err := os.ReadFile(up.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []accessEntry
+	for _, line := range strings.Split(string(b), "\n") {
+		m := accessAgentLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		var e accessEntry
+		e.Method, e.Agent = m[1], m[4]
+		e.Path, e.Query, _ = strings.Cut(m[2], "?")
+		fmt.Sscan(m[3], &e.Status)
+		out = append(out, e)
+	}
+	if n := len(up.Requests()); n != len(out) {
+		t.Fatalf("access log: %d lines with a user agent, %d requests", len(out), n)
+	}
+	return out
+}
+
+// foreignRequests lists upstream requests after the first mark lines that
+// regwarm did not send: a client that went around the cache.
+func foreignRequests(t *testing.T, up *harness.Upstream, mark int) []string {
+	t.Helper()
+	var out []string
+	for _, e := range accessLog(t, up)[mark:] {
+		if !strings.HasPrefix(e.Agent, "regwarm") {
+			out = append(out, fmt.Sprintf("%s %s (%s)", e.Method, e.Path, e.Agent))
+		}
+	}
+	return out
+}
+
+// assertBlobGETs fails unless the upstream logged exactly want GETs of each
+// blob of repo.
+func assertBlobGETs(t *testing.T, up *harness.Upstream, repo string, want int, digests ...string) {
+	t.Helper()
+	for _, d := range digests {
+		if n := up.CountRequests("GET", "/v2/"+repo+"/blobs/"+d); n != want {
+			t.Errorf("upstream: %d GETs of %s blob %s, want %d", n, repo, d, want)
+		}
+	}
+}
+
+// blobsOf returns the config and layer digests of the given platforms.
+func blobsOf(im *harness.Image, platforms ...string) []string {
+	var out []string
+	for _, p := range platforms {
+		out = append(out, im.Blobs(p)[1:]...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// cacheCount reads regwarm_cache_requests_total for a registry and labels.
+func cacheCount(t *testing.T, rw *harness.Regwarm, registry string, kv ...string) float64 {
+	t.Helper()
+	return harness.ScrapeMetrics(t, rw.MetricsAddr).Value("regwarm_cache_requests_total", append([]string{"registry", registry}, kv...)...)
+}
+
+// podmanInspect returns a podman image's id and repo digests.
+func podmanInspect(t *testing.T, p *harness.PodmanCLI, ref string) (string, []string) {
+	t.Helper()
+	var inspect []struct {
+		ID          string   `json:"Id"`
+		RepoDigests []string `json:"RepoDigests"`
+	}
+	if err := json.Unmarshal([]byte(p.Run("image", "inspect", ref)), &inspect); err != nil || len(inspect) != 1 {
+		t.Fatalf("podman image inspect %s: %v (%d images)", ref, err, len(inspect))
+	}
+	return "sha256:" + inspect[0].ID, inspect[0].RepoDigests
+}
+
+// podmanMirror writes a registries.conf for t: lab.local lives on the
+// upstream and is mirrored by regwarm's hub registry.
+func podmanMirror(t *testing.T, up *harness.Upstream, rw *harness.Regwarm) {
+	t.Helper()
+	conf := fmt.Sprintf(`unqualified-search-registries = []
+
+[[registry]]
+prefix = "lab.local"
+location = %q
+insecure = true
+
+[[registry.mirror]]
+location = "%s/hub"
+insecure = true
+`, up.Addr, rw.Addr)
+	if err := os.WriteFile(harness.RegistriesConf(t), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// containerdMirror writes a containerd hosts dir for t: lab.local lives on
+// the upstream and is mirrored by regwarm, which then receives
+// /v2/<repo>/…?ns=lab.local.
+func containerdMirror(t *testing.T, up *harness.Upstream, rw *harness.Regwarm) string {
+	t.Helper()
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`server = %q
+
+[host.%q]
+  capabilities = ["pull", "resolve"]
+`, up.URL(), rw.URL())
+	if err := os.MkdirAll(filepath.Join(dir, "lab.local"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lab.local", "hosts.toml"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// assertContainerdHas fails unless containerd lists im by its index and
+// holds the host platform's content.
+func assertContainerdHas(t *testing.T, c *harness.Containerd, im *harness.Image) {
+	t.Helper()
+	if out := c.Ctr("images", "ls"); !strings.Contains(out, im.IndexDigest) {
+		t.Errorf("ctr images ls lacks %s:\n%s", im.IndexDigest, out)
+	}
+	content := strings.Fields(c.Ctr("content", "ls", "--quiet"))
+	for _, d := range append([]string{im.IndexDigest}, im.Blobs(hostPlatform())...) {
+		if !slices.Contains(content, d) {
+			t.Errorf("containerd content store lacks %s", d)
+		}
+	}
+}
+
+// TestConnectorPullThroughClients pulls five cold images through the hub
+// registry with skopeo (all platforms, one platform), podman (registries.conf
+// mirror), containerd (hosts.toml mirror, ?ns=lab.local) and dockerd
+// (--registry-mirror, a docker.io name), checking bytes and digests and that
+// regwarm fetched each blob once. Then it stops the upstream, waits out
+// tag_ttl and pulls everything again by tag and by digest: served stale.
+func TestConnectorPullThroughClients(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	const ttl = 2 * time.Second
+	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
+	rw := harness.StartRegwarm(t, "serve", hubConfig(up, ttl))
+
+	// One image per client, so that every first pull is cold.
+	repos := map[string]string{
+		"all": "e2e/skopeo-all", "one": "e2e/skopeo-one", "podman": "e2e/podman",
+		"ctr": "e2e/ctr", "docker": "library/rwdocker",
+	}
+	ims := map[string]*harness.Image{}
+	for i, k := range []string{"all", "one", "podman", "ctr", "docker"} {
+		ims[k] = harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: int64(101 + i)})
+		pushImage(t, ims[k], up.Addr+"/"+repos[k]+":v1")
+	}
+	mark := len(accessLog(t, up))
+	hub := rw.Addr + "/hub/"
+	d := harness.StartDockerd(t, harness.DockerdOptions{RegistryMirror: rw.URL()})
+
+	// skopeoAll copies every platform and compares the layout with the source.
+	skopeoAll := func(t *testing.T, src string) {
+		out := filepath.Join(t.TempDir(), "out")
+		harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+src, "oci:"+out+":v1")
+		harness.AssertSameLayout(t, ims["all"], out)
+	}
+	// skopeoArm copies the arm64 image only.
+	skopeoArm := func(t *testing.T, src string) {
+		arm := ims["one"].Platform("linux/arm64")
+		out := filepath.Join(t.TempDir(), "arm64")
+		harness.Skopeo(t, "--override-os", "linux", "--override-arch", "arm64", "copy", "--preserve-digests",
+			"--src-tls-verify=false", "docker://"+src, "oci:"+out+":arm64")
+		if got := harness.LayoutTags(t, out)["arm64"]; got != arm.Digest {
+			t.Errorf("arm64 copy: tag -> %s, want %s", got, arm.Digest)
+		}
+		want := slices.Sorted(slices.Values(ims["one"].Blobs("linux/arm64")))
+		if got := harness.LayoutBlobs(t, out); !slices.Equal(got, want) {
+			t.Errorf("arm64 copy: blobs\n got %v\nwant %v", got, want)
+		}
+	}
+	podmanPull := func(t *testing.T, refs ...string) {
+		podmanMirror(t, up, rw)
+		p := harness.Podman(t)
+		im, want := ims["podman"], ims["podman"].Platform(hostPlatform())
+		for _, ref := range refs {
+			p.Run("pull", ref)
+			id, digests := podmanInspect(t, p, ref)
+			if id != want.Config || !slices.Contains(digests, "lab.local/e2e/podman@"+im.IndexDigest) {
+				t.Errorf("podman %s: id %s digests %v, want %s and the index %s", ref, id, digests, want.Config, im.IndexDigest)
+			}
+		}
+	}
+	ctrPull := func(t *testing.T, refs ...string) {
+		hosts := containerdMirror(t, up, rw)
+		c := harness.StartContainerd(t)
+		for _, ref := range refs {
+			c.Ctr("images", "pull", "--hosts-dir", hosts, ref)
+		}
+		assertContainerdHas(t, c, ims["ctr"])
+	}
+	dockerPull := func(t *testing.T, refs ...string) {
+		im, want := ims["docker"], ims["docker"].Platform(hostPlatform())
+		for _, ref := range refs {
+			d.Docker("pull", ref)
+			id, digests := dockerInspect(t, d, ref)
+			if id != want.Config || !slices.Contains(digests, "rwdocker@"+im.IndexDigest) {
+				t.Errorf("docker %s: id %s digests %v, want %s and rwdocker@%s", ref, id, digests, want.Config, im.IndexDigest)
+			}
+		}
+	}
+
+	t.Run("cold", func(t *testing.T) {
+		t.Run("skopeo-all", func(t *testing.T) {
+			skopeoAll(t, hub+repos["all"]+":v1")
+			assertBlobGETs(t, up, repos["all"], 1, blobsOf(ims["all"], "linux/amd64", "linux/arm64")...)
+		})
+		t.Run("skopeo-one-platform", func(t *testing.T) {
+			skopeoArm(t, hub+repos["one"]+":v1")
+			im := ims["one"]
+			assertBlobGETs(t, up, repos["one"], 1, blobsOf(im, "linux/arm64")...)
+			// Only what was asked for is fetched: nothing amd64-only.
+			amd := im.Platform("linux/amd64")
+			assertBlobGETs(t, up, repos["one"], 0, append([]string{amd.Config}, amd.Layers[1:]...)...)
+			if n := up.CountRequests("GET", "/v2/"+repos["one"]+"/manifests/"+amd.Digest); n != 0 {
+				t.Errorf("upstream: the amd64 manifest was fetched %d times, want 0", n)
+			}
+		})
+		t.Run("podman", func(t *testing.T) {
+			podmanPull(t, "lab.local/e2e/podman:v1")
+			assertBlobGETs(t, up, repos["podman"], 1, blobsOf(ims["podman"], hostPlatform())...)
+		})
+		t.Run("containerd", func(t *testing.T) {
+			before := cacheCount(t, rw, "hub", "kind", "blob", "result", "miss")
+			ctrPull(t, "lab.local/e2e/ctr:v1")
+			host := blobsOf(ims["ctr"], hostPlatform())
+			assertBlobGETs(t, up, repos["ctr"], 1, host...)
+			if got := cacheCount(t, rw, "hub", "kind", "blob", "result", "miss") - before; got < float64(len(host)) {
+				t.Errorf("regwarm counted %v blob misses for containerd's pull, want at least %d", got, len(host))
+			}
+		})
+		t.Run("dockerd", func(t *testing.T) {
+			dockerPull(t, "rwdocker:v1")
+			assertBlobGETs(t, up, repos["docker"], 1, blobsOf(ims["docker"], hostPlatform())...)
+		})
+		// Every client went through regwarm; none reached the upstream itself.
+		if reqs := foreignRequests(t, up, mark); len(reqs) > 0 {
+			t.Errorf("the upstream served clients directly:\n%s", strings.Join(reqs, "\n"))
+		}
+		if n := cacheCount(t, rw, "hub", "result", "stale"); n != 0 {
+			t.Errorf("regwarm_cache_requests_total{result=stale} = %v with the upstream up, want 0", n)
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	coldEnd := time.Now()
+
+	if err := up.Stop(); err != nil && !strings.Contains(err.Error(), "terminated") {
+		t.Logf("stop docker-registry: %v", err)
+	}
+	if _, err := harness.TryCrane(t, "digest", "--insecure", up.Addr+"/"+repos["all"]+":v1"); err == nil {
+		t.Fatal("the upstream still answers after Stop")
+	}
+	// Every tag was last checked during the cold pulls: once tag_ttl has
+	// passed, each pull by tag must revalidate, fail, and serve stale.
+	time.Sleep(time.Until(coldEnd.Add(ttl + 300*time.Millisecond)))
+	staleBefore := cacheCount(t, rw, "hub", "kind", "manifest", "result", "stale")
+
+	t.Run("upstream-down", func(t *testing.T) {
+		t.Run("skopeo-all", func(t *testing.T) {
+			skopeoAll(t, hub+repos["all"]+":v1")
+			skopeoAll(t, hub+repos["all"]+"@"+ims["all"].IndexDigest)
+		})
+		t.Run("skopeo-one-platform", func(t *testing.T) {
+			skopeoArm(t, hub+repos["one"]+":v1")
+			skopeoArm(t, hub+repos["one"]+"@"+ims["one"].Platform("linux/arm64").Digest)
+		})
+		t.Run("podman", func(t *testing.T) {
+			podmanPull(t, "lab.local/e2e/podman:v1", "lab.local/e2e/podman@"+ims["podman"].IndexDigest)
+		})
+		t.Run("containerd", func(t *testing.T) {
+			ctrPull(t, "lab.local/e2e/ctr:v1", "lab.local/e2e/ctr@"+ims["ctr"].IndexDigest)
+		})
+		t.Run("dockerd", func(t *testing.T) {
+			d.Docker("rmi", "rwdocker:v1")
+			if _, err := d.TryDocker("image", "inspect", "rwdocker:v1"); err == nil {
+				t.Fatal("image still present after docker rmi")
+			}
+			dockerPull(t, "rwdocker:v1", "rwdocker@"+ims["docker"].IndexDigest)
+		})
+	})
+	// Five clients pulled by tag; each resolution fell back to the stale tag.
+	if got := cacheCount(t, rw, "hub", "kind", "manifest", "result", "stale") - staleBefore; got < 5 {
+		t.Errorf("regwarm_cache_requests_total{registry=hub,kind=manifest,result=stale} moved by %v, want at least 5", got)
+	}
+}

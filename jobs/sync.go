@@ -1,0 +1,256 @@
+// Package jobs holds regwarm's units of work: syncing an image tree, the
+// dangling-reference scan, integrity verification and tag refresh, and the
+// reports they write.
+package jobs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/regwarm/regwarm/internal/cache"
+	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/events"
+	"github.com/regwarm/regwarm/internal/manifest"
+	"github.com/regwarm/regwarm/internal/ref"
+	"github.com/regwarm/regwarm/internal/store"
+)
+
+// Syncer warms images: it resolves a manifest tree through the registry's
+// connectors and fetches every blob the store lacks, verified.
+type Syncer struct {
+	cfg   *config.Config
+	cache *cache.Cache
+	store store.Store
+	log   *slog.Logger
+}
+
+// NewSyncer returns a Syncer over c (the pull-through cache) and st.
+func NewSyncer(cfg *config.Config, c *cache.Cache, st store.Store, log *slog.Logger) *Syncer {
+	return &Syncer{cfg: cfg, cache: c, store: st, log: log}
+}
+
+// Target is a resolved sync request.
+type Target struct {
+	Repo      store.Repo
+	Reference string        // tag or digest
+	Blob      digest.Digest // only this blob, when set
+	Platforms []string      // empty: all
+	Referrers bool
+}
+
+// Image renders the target as <registry>/<repo>:<tag> or @digest.
+func (t Target) Image() string {
+	if ref.IsDigest(t.Reference) {
+		return t.Repo.String() + "@" + t.Reference
+	}
+	return t.Repo.String() + ":" + t.Reference
+}
+
+// Resolve maps a request to a target: an image names a local registry, or
+// an upstream host served by a registry's connector. Failures are permanent.
+func (s *Syncer) Resolve(req events.SyncRequest) (Target, error) {
+	img, err := ref.ParseImage(req.Image)
+	if err != nil {
+		return Target{}, err
+	}
+	var reg *config.Registry
+	if img.Host != "" {
+		r, ok := s.cfg.RegistryForHost(img.Host)
+		if !ok {
+			return Target{}, fmt.Errorf("%w: no connector has host %q", ErrUnknownRegistry, img.Host)
+		}
+		reg = r
+	} else {
+		r, ok := s.cfg.Registry(img.Registry)
+		if !ok {
+			return Target{}, fmt.Errorf("%w: no registry named %q", ErrUnknownRegistry, img.Registry)
+		}
+		reg = r
+	}
+	t := Target{Repo: store.Repo{Registry: reg.Name, Name: img.Repo}, Reference: img.Reference(),
+		Platforms: reg.Sync.Platforms, Referrers: reg.SyncReferrers()}
+	if req.Platforms != nil {
+		t.Platforms = req.Platforms
+	}
+	if req.Referrers != nil {
+		t.Referrers = *req.Referrers
+	}
+	if req.Blob != "" {
+		t.Blob = digest.Digest(req.Blob)
+	}
+	return t, nil
+}
+
+// maxDepth bounds referrers of referrers and nested indexes.
+const maxDepth = 4
+
+// Run syncs t and reports what it did. It is idempotent: content already
+// stored is only counted.
+func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
+	start := time.Now()
+	res := events.SyncResult{Image: t.Image()}
+	w := &walk{s: s, t: t, seen: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}
+	var err error
+	if t.Blob != "" {
+		w.addBlob(t.Blob)
+	} else {
+		var top digest.Digest
+		top, err = s.resolve(ctx, t)
+		if err == nil {
+			res.Digest = top.String()
+			err = w.visit(ctx, top, 0)
+		}
+	}
+	if err == nil {
+		err = w.fetchBlobs(ctx)
+	}
+	res.Manifests = w.manifests
+	res.BlobsFetched, res.BlobsPresent, res.Bytes = w.fetched, w.present, w.bytes
+	res.DurationMS = time.Since(start).Milliseconds()
+	return res, err
+}
+
+// resolve returns the digest of the target's top manifest, revalidating a
+// tag with its connector whatever its age (a sync is explicit).
+func (s *Syncer) resolve(ctx context.Context, t Target) (digest.Digest, error) {
+	if ref.IsDigest(t.Reference) {
+		return digest.Digest(t.Reference), nil
+	}
+	ti, err := s.cache.ResolveTag(ctx, t.Repo, t.Reference, true)
+	if err != nil {
+		return "", err
+	}
+	return ti.Digest, nil
+}
+
+type walk struct {
+	s         *Syncer
+	t         Target
+	seen      map[digest.Digest]bool
+	mu        sync.Mutex
+	blobs     map[digest.Digest]bool
+	order     []digest.Digest
+	manifests int
+	fetched   int
+	present   int
+	bytes     int64
+}
+
+func (w *walk) addBlob(d digest.Digest) {
+	if !w.blobs[d] {
+		w.blobs[d] = true
+		w.order = append(w.order, d)
+	}
+}
+
+// visit stores manifest d (through the cache) and walks what it references.
+func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
+	if w.seen[d] || depth > maxDepth {
+		return nil
+	}
+	w.seen[d] = true
+	m, err := w.s.cache.Manifest(ctx, w.t.Repo, d)
+	if err != nil {
+		return fmt.Errorf("manifest %s: %w", d, err)
+	}
+	w.manifests++
+	p, err := manifest.Parse(m.MediaType, m.Data)
+	if err != nil {
+		return fmt.Errorf("manifest %s: %w: %w", d, ErrPermanent, err)
+	}
+	if manifest.IsIndex(p.MediaType) {
+		for _, c := range p.Manifests {
+			if !platformWanted(w.t.Platforms, c.Platform) {
+				continue
+			}
+			if err := w.visit(ctx, c.Digest, depth+1); err != nil {
+				return err
+			}
+		}
+	} else {
+		for _, b := range p.References() {
+			if !manifest.NonDistributable(b) {
+				w.addBlob(b.Digest)
+			}
+		}
+	}
+	if w.t.Referrers {
+		refs, err := w.s.cache.Referrers(ctx, w.t.Repo, d)
+		if err != nil {
+			return fmt.Errorf("referrers of %s: %w", d, err)
+		}
+		for _, r := range refs {
+			if err := w.visit(ctx, r.Digest, depth+1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// platformWanted reports whether an index entry matches the filter. Entries
+// without a platform (attestations, artifacts) are always kept.
+func platformWanted(want []string, p *ocispec.Platform) bool {
+	if len(want) == 0 || p == nil {
+		return true
+	}
+	for _, w := range want {
+		if w == p.OS+"/"+p.Architecture || (p.Variant != "" && w == p.OS+"/"+p.Architecture+"/"+p.Variant) {
+			return true
+		}
+	}
+	return false
+}
+
+// fetchBlobs makes every collected blob present, a few at a time.
+func (w *walk) fetchBlobs(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(w.s.parallelism(w.t.Repo.Registry))
+	for _, d := range w.order {
+		g.Go(func() error {
+			fetched, n, err := w.s.cache.Fetch(gctx, w.t.Repo, d)
+			if err != nil {
+				return fmt.Errorf("blob %s: %w", d, err)
+			}
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			if fetched {
+				w.fetched++
+				w.bytes += n
+			} else {
+				w.present++
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// parallelism is the first connector's concurrency (4 without connectors).
+func (s *Syncer) parallelism(registry string) int {
+	if r, ok := s.cfg.Registry(registry); ok && len(r.Connectors) > 0 {
+		if c, ok := s.cfg.Connector(r.Connectors[0]); ok && c.Concurrency > 0 {
+			return c.Concurrency
+		}
+	}
+	return 4
+}
+
+// ErrorText is the error of a failed job as published: short, no secrets.
+func ErrorText(err error) string {
+	if err == nil {
+		return ""
+	}
+	s := err.Error()
+	if len(s) > 500 {
+		s = s[:500] + "…"
+	}
+	return s
+}
