@@ -40,7 +40,7 @@ func StartEmbeddedNATS(cfg *config.Config, log *slog.Logger) (*server.Server, st
 		JetStream:  true,
 		StoreDir:   cfg.NATSStoreDir(),
 		NoSigs:     true,
-		MaxPayload: 1 << 20,
+		MaxPayload: 2 << 20, // room for a 1 MiB bad message to be refused by a worker
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {

@@ -15,13 +15,13 @@ import (
 )
 
 // hubConfig has one default registry "hub" whose connector "up" (host
-// lab.local) is the docker-registry up.
-func hubConfig(up *harness.Upstream, ttl time.Duration) string {
+// lab.local) is the registry at upURL.
+func hubConfig(upURL string, ttl time.Duration) string {
 	return harness.ConfigHeader + fmt.Sprintf(`registries:
   - {name: hub, default: true, connectors: [up], tag_ttl: %s}
 connectors:
   - {name: up, url: %q, host: lab.local}
-`, ttl, up.URL())
+`, ttl, upURL)
 }
 
 // requireRegwarm skips a test that checks connector behaviour when the
@@ -185,7 +185,7 @@ func TestConnectorPullThroughClients(t *testing.T) {
 	requireRegwarm(t)
 	const ttl = 2 * time.Second
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
-	rw := harness.StartRegwarm(t, "serve", hubConfig(up, ttl))
+	rw := harness.StartRegwarm(t, "serve", hubConfig(up.URL(), ttl))
 
 	// One image per client, so that every first pull is cold.
 	repos := map[string]string{

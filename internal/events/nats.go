@@ -78,7 +78,7 @@ func (s Setup) StreamConfig() jetstream.StreamConfig {
 		Replicas:    max(s.Replicas, 1),
 		MaxMsgs:     1_000_000,
 		MaxBytes:    1 << 30,
-		MaxMsgSize:  MaxMessageSize * 4,
+		MaxMsgSize:  -1, // the server's max_payload; oversized requests are refused by workers
 		MaxAge:      7 * 24 * time.Hour,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  2 * time.Minute,

@@ -349,3 +349,37 @@ func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, repo string
 		_, _ = w.Write(data)
 	}
 }
+
+// Index is a generated multi-platform image.
+type Index struct {
+	Index    []byte
+	Digest   digest.Digest
+	Children map[string]Image // by "os/arch"
+}
+
+// Blobs lists every blob of every platform.
+func (ix Index) Blobs() []digest.Digest {
+	var out []digest.Digest
+	for _, c := range ix.Children {
+		out = append(out, c.Config)
+		out = append(out, c.Layers...)
+	}
+	return out
+}
+
+// AddIndex generates one image per platform ("linux/amd64", …) with
+// layers of the given sizes, and an OCI index over them tagged tag.
+func (u *Upstream) AddIndex(repo, tag string, platforms []string, sizes ...int) Index {
+	ix := Index{Children: map[string]Image{}}
+	var entries []string
+	for _, p := range platforms {
+		img := u.AddImage(repo, "", sizes...)
+		ix.Children[p] = img
+		os, arch, _ := strings.Cut(p, "/")
+		entries = append(entries, fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":%d,"platform":{"os":%q,"architecture":%q}}`,
+			img.Digest, len(img.Manifest), os, arch))
+	}
+	ix.Index = []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` + strings.Join(entries, ",") + `]}`)
+	ix.Digest = u.AddManifest(repo, tag, "application/vnd.oci.image.index.v1+json", ix.Index)
+	return ix
+}

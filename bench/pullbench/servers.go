@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Target names, as the report spells them.
+const (
+	targetDirect  = "direct"
+	targetRegwarm = "regwarm"
+	targetProxy   = "proxy"
+)
+
+// server is a running registry (or file server) under test.
+type server struct {
+	target string
+	addr   string
+	data   string // data directory, removed by stopServer
+	proc   *proc
+}
+
+// env is what every scenario shares: the tools, the work directory, the
+// upstream and the process table.
+type env struct {
+	ctx       context.Context
+	work      string
+	regwarm   string // regwarm binary
+	servefile string // servefile binary
+	procs     *procs
+	upstream  *server
+	accessLog string // the upstream's access log
+	seq       int    // numbers data directories
+}
+
+func (e *env) dir(kind string) (string, error) {
+	e.seq++
+	d := filepath.Join(e.work, fmt.Sprintf("%s-%03d", kind, e.seq))
+	return d, os.MkdirAll(d, 0o755)
+}
+
+// registryConfig is a docker-registry (distribution 2.8) config: filesystem
+// storage, default logging (info, with the access log on stdout), and a
+// pull-through proxy when remote is set.
+func registryConfig(root, addr, remote string) string {
+	s := fmt.Sprintf(`version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %s
+`, root, addr)
+	if remote != "" {
+		s += "proxy:\n  remoteurl: http://" + remote + "\n"
+	}
+	return s
+}
+
+// startRegistry starts docker-registry on a free port; remote makes it a
+// pull-through proxy of that address. Its access log (stdout) goes to
+// access.log in its directory.
+func (e *env) startRegistry(target, remote string) (*server, error) {
+	dir, err := e.dir(target)
+	if err != nil {
+		return nil, err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfg, []byte(registryConfig(filepath.Join(dir, "data"), addr, remote)), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := e.procs.start(target, filepath.Join(dir, "access.log"), filepath.Join(dir, "registry.log"),
+		"docker-registry", "serve", cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{target: target, addr: addr, data: dir, proc: p}
+	if err := waitHTTP(e.ctx, p, "http://"+addr+"/v2/"); err != nil {
+		e.stopServer(s)
+		return nil, err
+	}
+	return s, nil
+}
+
+// startRegwarm starts `regwarm serve` with a fresh data directory and one
+// connector to the upstream, at the default log level.
+func (e *env) startRegwarm() (*server, error) {
+	dir, err := e.dir(targetRegwarm)
+	if err != nil {
+		return nil, err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	maddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(dir, "regwarm.yaml")
+	yaml := fmt.Sprintf(`version: 1
+data_dir: %q
+serve: {listen: %q}
+metrics: {listen: %q}
+registries:
+  - {name: hub, default: true, connectors: [up]}
+connectors:
+  - {name: up, url: "http://%s"}
+`, filepath.Join(dir, "data"), addr, maddr, e.upstream.addr)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := e.procs.start(targetRegwarm, filepath.Join(dir, "regwarm.log"), "", e.regwarm, "serve", "--config", cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{target: targetRegwarm, addr: addr, data: dir, proc: p}
+	if err := waitHTTP(e.ctx, p, "http://"+addr+"/v2/"); err != nil {
+		e.stopServer(s)
+		return nil, err
+	}
+	return s, nil
+}
+
+// startCache starts a fresh, empty cache of the upstream for target; for
+// the direct target it returns the upstream itself.
+func (e *env) startCache(target string) (*server, error) {
+	switch target {
+	case targetRegwarm:
+		return e.startRegwarm()
+	case targetProxy:
+		return e.startRegistry(targetProxy, e.upstream.addr)
+	case targetDirect:
+		return e.upstream, nil
+	}
+	return nil, fmt.Errorf("unknown target %q", target)
+}
+
+// stopServer stops a cache and removes its data; the upstream stays.
+func (e *env) stopServer(s *server) {
+	if s == nil || s == e.upstream {
+		return
+	}
+	e.procs.stop(s.proc)
+	if s.data != "" {
+		_ = os.RemoveAll(s.data)
+	}
+}
+
+// startServeFile serves file with bench/servefile.
+func (e *env) startServeFile(file string) (*server, error) {
+	dir, err := e.dir("servefile")
+	if err != nil {
+		return nil, err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	p, err := e.procs.start("servefile", filepath.Join(dir, "servefile.log"), "", e.servefile, "-listen", addr, "-file", file)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{target: "servefile", addr: addr, data: dir, proc: p}
+	if err := waitHTTP(e.ctx, p, "http://"+addr+"/"); err != nil {
+		e.stopServer(s)
+		return nil, err
+	}
+	return s, nil
+}
+
+// idle waits until the process's RSS has been steady for a moment (start-up
+// allocations done) and returns it.
+func idle(p *proc) (int64, error) {
+	var last int64
+	for range 40 {
+		time.Sleep(50 * time.Millisecond)
+		rss, _, err := memStatus(p.pid())
+		if err != nil {
+			return 0, err
+		}
+		if rss == last {
+			return rss, nil
+		}
+		last = rss
+	}
+	return last, nil
+}
+
+// logTail returns the last lines of a log file, for error messages.
+func logTail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
