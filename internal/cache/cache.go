@@ -190,6 +190,18 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 	return c, nil
 }
 
+// Source returns the connector named name, if it is configured.
+func (c *Cache) Source(name string) (connector.Source, bool) {
+	for _, r := range c.regs {
+		for _, s := range r.sources {
+			if s.Name() == name {
+				return s, true
+			}
+		}
+	}
+	return nil, false
+}
+
 // Sources returns the connectors of a registry, in order.
 func (c *Cache) Sources(registry string) []connector.Source {
 	if r, ok := c.regs[registry]; ok {
