@@ -191,6 +191,35 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 				errc <- err
 			}
 		}()
+		repair := func(ctx context.Context, image string) error {
+			_, err := b.js.Publish(ctx, b.subj.Sync(), []byte(image))
+			return err
+		}
+		sch := &scheduler{cfg: cfg, bus: b, jobs: jobFuncs(cfg, st, c, log, repair), log: log, metrics: m,
+			owner: fmt.Sprintf("%s/%d", mode, os.Getpid()), now: time.Now, running: map[string]bool{}}
+		workerWG.Add(1)
+		go func() {
+			defer workerWG.Done()
+			select {
+			case <-b.ready:
+			case <-workerCtx.Done():
+				return
+			}
+			stopCron, err := sch.start(workerCtx)
+			if err != nil {
+				errc <- err
+				return
+			}
+			stopReqs, err := sch.serveRequests(workerCtx)
+			if err != nil {
+				stopCron()
+				errc <- err
+				return
+			}
+			<-workerCtx.Done()
+			stopReqs()
+			stopCron()
+		}()
 	}
 	health.SetReady(true)
 	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot(), "version", Version)

@@ -27,6 +27,8 @@ commands:
   serve         the registry API only
   worker        the worker daemon: sync jobs from NATS
   sync IMAGE…   force-sync images through a running deployment and wait for each result
+  scan          one-shot dangling-reference scan of the store (exit 1 on problems)
+  verify        one-shot integrity check of stored content (exit 1 on problems)
   config check  validate and print the effective config
   version       print version and build info
 
@@ -52,6 +54,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return runDaemon(daemon.ModeWorker, args[1:], stderr)
 	case "sync":
 		return syncCmd(args[1:], stdout, stderr)
+	case "scan":
+		return oneShot("dangling_scan", args[1:], stdout, stderr)
+	case "verify":
+		return oneShot("verify", args[1:], stdout, stderr)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			fmt.Fprint(stderr, "usage: regwarm config check --config FILE\n")
@@ -138,6 +144,32 @@ func syncCmd(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return daemon.Sync(ctx, cfg, daemon.NATSURL(cfg, *natsURL), fs.Args(), *timeout, stdout)
+}
+
+func oneShot(job string, args []string, stdout, stderr io.Writer) int {
+	name := map[string]string{"dangling_scan": "scan", "verify": "verify"}[job]
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "config file (YAML)")
+	format := fs.String("format", "text", "report format: text or json")
+	output := fs.String("output", "", "write the report to this file (default stdout)")
+	var o config.Overrides
+	registerOverrides(fs, &o)
+	if err := fs.Parse(args); err != nil {
+		return daemon.ExitError
+	}
+	if *cfgPath == "" {
+		fmt.Fprintf(stderr, "regwarm %s: --config is required\n", name)
+		return daemon.ExitError
+	}
+	cfg, err := loadConfig(*cfgPath, o)
+	if err != nil {
+		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
+		return daemon.ExitError
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return daemon.OneShot(ctx, cfg, job, *format, *output, stdout, stderr, daemon.NewLogger(cfg.Log, stderr))
 }
 
 func configCheck(args []string, stdout, stderr io.Writer) int {

@@ -75,3 +75,17 @@ func (l *Leases) Held(ctx context.Context, key string) (bool, error) {
 	}
 	return err == nil, err
 }
+
+// Claim takes key once, without refreshing or releasing it: the claim
+// lapses with the bucket TTL. It reports whether this call got it. Cron
+// ticks use it so that each tick runs once across all workers.
+func (l *Leases) Claim(ctx context.Context, key string) (bool, error) {
+	_, err := l.kv.Create(ctx, key, []byte(l.owner))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("claiming %s: %w", key, err)
+	}
+	return true, nil
+}

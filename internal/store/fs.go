@@ -20,6 +20,7 @@ import (
 //
 //	blobs/<alg>/<first 2 hex>/<hex>   content of blobs and manifests
 //	tmp/                              temporary files of atomic writes
+//	quarantine/<alg>-<hex>-<unix>     content that failed verification
 //	uploads/<id>/data                 bytes received by an upload session
 //	uploads/<id>/info.json            its repository, start time, offset and
 //	                                  marshalled sha256 state

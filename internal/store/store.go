@@ -161,3 +161,22 @@ type Spool interface {
 	Commit(ctx context.Context, repo Repo) error
 	Close() error
 }
+
+// Quarantiner is an optional store ability: move content that failed
+// verification aside so it is never served again.
+type Quarantiner interface {
+	// Quarantine moves blob d out of blobs/ (to
+	// quarantine/<alg>-<hex>-<unix time>) if its bytes still do not hash
+	// to d; it returns where it went. Content that hashes to d after all is
+	// left in place and Quarantine returns "" and no error. A blob that is
+	// not stored yields ErrBlobUnknown.
+	Quarantine(ctx context.Context, d digest.Digest) (string, error)
+}
+
+// ContentReader is an optional store ability used by integrity checks: read
+// stored content by digest alone, whichever repositories link it (or none).
+type ContentReader interface {
+	// OpenContent opens the stored content of d, ErrBlobUnknown if absent.
+	// The bytes are not verified.
+	OpenContent(ctx context.Context, d digest.Digest) (Blob, error)
+}

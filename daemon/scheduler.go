@@ -1,0 +1,234 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/robfig/cron/v3"
+
+	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/jobs"
+)
+
+// JobFunc runs one scheduled job and returns its report.
+type JobFunc func(ctx context.Context) (*jobs.Report, error)
+
+// ReportEvent is published on <prefix>.events.report after a job run and
+// answers on-demand job requests.
+type ReportEvent struct {
+	Job      string       `json:"job"`
+	Started  time.Time    `json:"started"`
+	Finished time.Time    `json:"finished"`
+	Summary  jobs.Summary `json:"summary"`
+	Problems int          `json:"problems"`
+	Path     string       `json:"path,omitempty"`
+	Worker   string       `json:"worker,omitempty"`
+	Error    string       `json:"error,omitempty"`
+	Skipped  bool         `json:"skipped,omitempty"`
+}
+
+// scheduler runs the cron jobs of a worker. Each tick runs on exactly one
+// worker of the cluster (a claim in the lease bucket), never while another
+// run of the same job is still going (a held lease), and SkipIfStillRunning
+// within the process.
+type scheduler struct {
+	cfg     *config.Config
+	bus     *bus
+	jobs    map[string]JobFunc
+	log     *slog.Logger
+	metrics *metrics.Set
+	owner   string
+	now     func() time.Time
+	mu      sync.Mutex // serialises runs of one job within the process
+	running map[string]bool
+}
+
+// schedules returns the configured schedule of each job ("" = disabled).
+func schedules(cfg *config.Config) map[string]string {
+	return map[string]string{
+		jobs.JobDanglingScan: cfg.Jobs.DanglingScan.Schedule,
+		jobs.JobVerify:       cfg.Jobs.Verify.Schedule,
+		jobs.JobRefresh:      cfg.Jobs.Refresh.Schedule,
+	}
+}
+
+// start registers the schedules and starts cron; stop waits for running
+// jobs to end.
+func (s *scheduler) start(ctx context.Context) (stop func(), err error) {
+	c := cron.New(cron.WithParser(cron.NewParser(cron.Minute|cron.Hour|cron.Dom|cron.Month|cron.Dow|cron.Descriptor)),
+		cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)), cron.WithLocation(time.UTC))
+	for job, spec := range schedules(s.cfg) {
+		if spec == "" || s.jobs[job] == nil {
+			continue
+		}
+		sched, grain, err := parseSchedule(spec)
+		if err != nil {
+			return nil, fmt.Errorf("jobs.%s.schedule: %w", job, err)
+		}
+		c.Schedule(sched, cron.FuncJob(func() { s.tick(ctx, job, grain) }))
+		s.log.Info("job scheduled", "job", job, "schedule", spec, "next", sched.Next(time.Now()).UTC())
+	}
+	c.Start()
+	return func() { <-c.Stop().Done() }, nil
+}
+
+// parseSchedule parses a five-field expression or descriptor (CRON_TZ=
+// allowed). "@every D" is aligned to multiples of D since the epoch so that
+// every worker's ticks fall on the same instants. grain is the precision a
+// tick's time is known to: D, or a minute.
+func parseSchedule(spec string) (cron.Schedule, time.Duration, error) {
+	if rest, ok := strings.CutPrefix(spec, "@every "); ok {
+		d, err := time.ParseDuration(strings.TrimSpace(rest))
+		if err != nil || d < time.Second {
+			return nil, 0, fmt.Errorf("@every needs a duration of at least 1s: %q", rest)
+		}
+		return aligned{d.Truncate(time.Second)}, d.Truncate(time.Second), nil
+	}
+	sched, err := cron.ParseStandard(spec)
+	return sched, time.Minute, err
+}
+
+// aligned fires at every multiple of its period.
+type aligned struct{ every time.Duration }
+
+func (a aligned) Next(t time.Time) time.Time { return t.Truncate(a.every).Add(a.every) }
+
+// tick runs job if this worker wins the tick's claim.
+func (s *scheduler) tick(ctx context.Context, job string, grain time.Duration) {
+	if ctx.Err() != nil {
+		return
+	}
+	leases := s.bus.leaseService()
+	if leases == nil {
+		s.log.Warn("job tick skipped: nats not ready", "job", job)
+		s.metrics.JobRuns.WithLabelValues(job, metrics.ResultSkipped).Inc()
+		return
+	}
+	// Ticks of one schedule fire at the same instant on every worker; that
+	// instant, rounded to the schedule's grain, names the tick.
+	tickKey := "job." + job + ".tick." + strconv.FormatInt(s.now().Round(grain).Unix(), 10)
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	won, err := leases.Claim(cctx, tickKey)
+	cancel()
+	if err != nil {
+		s.log.Warn("job tick skipped: claim failed", "job", job, "error", err)
+		s.metrics.JobRuns.WithLabelValues(job, metrics.ResultSkipped).Inc()
+		return
+	}
+	if !won {
+		return // another worker runs this tick
+	}
+	s.run(ctx, job, true)
+}
+
+// run runs job now, unless a run is still going in the cluster. It
+// returns the event describing the outcome.
+func (s *scheduler) run(ctx context.Context, job string, publish bool) ReportEvent {
+	ev := ReportEvent{Job: job, Worker: s.owner, Started: s.now().UTC()}
+	fn := s.jobs[job]
+	if fn == nil {
+		ev.Error = "unknown job " + strconv.Quote(job)
+		return ev
+	}
+	s.mu.Lock()
+	if s.running[job] {
+		s.mu.Unlock()
+		ev.Skipped, ev.Error = true, "a run is still going on this worker"
+		s.metrics.JobRuns.WithLabelValues(job, metrics.ResultSkipped).Inc()
+		return ev
+	}
+	s.running[job] = true
+	s.mu.Unlock()
+	defer func() { s.mu.Lock(); delete(s.running, job); s.mu.Unlock() }()
+
+	if leases := s.bus.leaseService(); leases != nil {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		release, ok, err := leases.Acquire(lctx, "job."+job+".running")
+		cancel()
+		switch {
+		case err != nil:
+			s.log.Warn("job lease unavailable; running anyway", "job", job, "error", err)
+		case !ok:
+			ev.Skipped, ev.Error = true, "a run is still going on another worker"
+			s.metrics.JobRuns.WithLabelValues(job, metrics.ResultSkipped).Inc()
+			s.log.Info("job skipped: still running elsewhere", "job", job)
+			return ev
+		default:
+			defer release()
+		}
+	}
+	s.log.Info("job started", "job", job)
+	start := time.Now()
+	rep, err := fn(ctx)
+	if err == nil && (job == jobs.JobDanglingScan || job == jobs.JobVerify) {
+		err = rep.Save(s.cfg.ReportsDir())
+	}
+	s.metrics.JobDuration.WithLabelValues(job).Observe(time.Since(start).Seconds())
+	ev.Finished = s.now().UTC()
+	if err != nil {
+		ev.Error = jobs.ErrorText(err)
+		s.metrics.JobRuns.WithLabelValues(job, metrics.ResultError).Inc()
+		s.log.Error("job failed", "job", job, "error", err)
+	} else {
+		ev.Summary, ev.Problems, ev.Path = rep.Summary, rep.Summary.Problems, rep.Path
+		s.metrics.JobRuns.WithLabelValues(job, metrics.ResultOK).Inc()
+		s.metrics.JobLastSuccess.WithLabelValues(job).Set(float64(ev.Finished.Unix()))
+		if job == jobs.JobDanglingScan {
+			for reg, n := range rep.Summary.ByRegistry {
+				s.metrics.DanglingReferences.WithLabelValues(reg).Set(float64(n))
+			}
+		}
+		s.log.Info("job done", "job", job, "problems", ev.Problems, "report", ev.Path, "duration", time.Since(start).Round(time.Millisecond))
+	}
+	if publish {
+		s.publish(ev)
+	}
+	return ev
+}
+
+func (s *scheduler) publish(ev ReportEvent) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return
+	}
+	if err := s.bus.nc.Publish(s.bus.subj.Report(), data); err != nil {
+		s.log.Warn("publishing report event failed", "job", ev.Job, "error", err)
+	}
+}
+
+// serveRequests answers on-demand job requests on <prefix>.jobs.run.<job>
+// (one worker of the queue group takes each), replying with the outcome.
+func (s *scheduler) serveRequests(ctx context.Context) (func(), error) {
+	var subs []*nats.Subscription
+	for job := range s.jobs {
+		sub, err := s.bus.nc.QueueSubscribe(s.bus.subj.JobRun(job), "regwarm-workers", func(m *nats.Msg) {
+			go func() {
+				ev := s.run(ctx, job, true)
+				data, _ := json.Marshal(ev)
+				if m.Reply != "" {
+					_ = m.Respond(data)
+				}
+			}()
+		})
+		if err != nil {
+			for _, s := range subs {
+				_ = s.Unsubscribe()
+			}
+			return nil, fmt.Errorf("subscribing to job requests: %w", err)
+		}
+		subs = append(subs, sub)
+	}
+	return func() {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
+	}, nil
+}

@@ -1,0 +1,139 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/jobs"
+)
+
+func TestParseSchedule(t *testing.T) {
+	t.Parallel()
+	for _, spec := range []string{"0 3 * * *", "@weekly", "@daily", "*/30 * * * *", "CRON_TZ=Europe/Paris 0 3 * * *", "@every 5s"} {
+		if _, _, err := parseSchedule(spec); err != nil {
+			t.Errorf("%q: %v", spec, err)
+		}
+	}
+	for _, spec := range []string{"61 * * * *", "@sometimes", "* * *", "@every 10ms", "@every x"} {
+		if _, _, err := parseSchedule(spec); err == nil {
+			t.Errorf("%q accepted", spec)
+		}
+	}
+	s, _, _ := parseSchedule("@every 3s")
+	next := s.Next(time.Unix(100, 500))
+	if next.Unix()%3 != 0 || !next.After(time.Unix(100, 500)) {
+		t.Errorf("@every 3s not aligned: %v", next)
+	}
+}
+
+// TestEachTickRunsOnce runs two workers' schedulers on one NATS: every tick
+// of a job runs on exactly one of them.
+func TestEachTickRunsOnce(t *testing.T) {
+	t.Parallel()
+	e := newWorkerEnv(t, "")
+	e.cfg.Jobs.DanglingScan.Schedule = "@every 1s"
+	e.cfg.Jobs.Verify.Schedule = ""
+	e.cfg.Jobs.Refresh.Schedule = ""
+	e.cfg.DataDir = t.TempDir()
+	var mu sync.Mutex
+	runs := map[int64]int{} // tick second → runs
+	job := func(ctx context.Context) (*jobs.Report, error) {
+		mu.Lock()
+		runs[time.Now().Round(time.Second).Unix()]++
+		mu.Unlock()
+		now := time.Now()
+		return &jobs.Report{Version: 1, Job: jobs.JobDanglingScan, Started: now, Finished: now}, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var stops []func()
+	for _, b := range []*bus{e.bus, e.newBus("second")} {
+		s := &scheduler{cfg: e.cfg, bus: b, jobs: map[string]JobFunc{jobs.JobDanglingScan: job}, log: slog.New(slog.DiscardHandler),
+			metrics: metrics.New(prometheus.NewRegistry(), metrics.Labels{}), now: time.Now, running: map[string]bool{}}
+		stop, err := s.start(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stops = append(stops, stop)
+	}
+	time.Sleep(5500 * time.Millisecond)
+	cancel()
+	for _, stop := range stops {
+		stop()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(runs) < 4 {
+		t.Fatalf("only %d ticks ran in 5.5s", len(runs))
+	}
+	for tick, n := range runs {
+		if n != 1 {
+			t.Errorf("tick %d ran %d times", tick, n)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.cfg.ReportsDir(), "dangling_scan-latest.json")); err != nil {
+		t.Errorf("no latest report: %v", err)
+	}
+}
+
+func TestJobRunFailsCleanlyOnUnwritableReports(t *testing.T) {
+	t.Parallel()
+	e := newWorkerEnv(t, "")
+	e.cfg.DataDir = t.TempDir()
+	// reports is a file, so the directory cannot be created.
+	if err := os.WriteFile(filepath.Join(e.cfg.DataDir, "reports"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{})
+	s := &scheduler{cfg: e.cfg, bus: e.bus, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now, running: map[string]bool{},
+		jobs: map[string]JobFunc{jobs.JobDanglingScan: func(context.Context) (*jobs.Report, error) {
+			return &jobs.Report{Version: 1, Job: jobs.JobDanglingScan, Started: time.Now(), Finished: time.Now()}, nil
+		}}}
+	ev := s.run(context.Background(), jobs.JobDanglingScan, true)
+	if ev.Error == "" {
+		t.Fatal("run with an unwritable report directory succeeded")
+	}
+	if got := testutil.ToFloat64(m.JobRuns.WithLabelValues(jobs.JobDanglingScan, metrics.ResultError)); got != 1 {
+		t.Fatalf("error runs %v", got)
+	}
+	if got := testutil.ToFloat64(m.JobLastSuccess.WithLabelValues(jobs.JobDanglingScan)); got != 0 {
+		t.Fatalf("last success set on failure: %v", got)
+	}
+}
+
+func TestJobSkippedWhileRunningElsewhere(t *testing.T) {
+	t.Parallel()
+	e := newWorkerEnv(t, "")
+	e.cfg.DataDir = t.TempDir()
+	started, release := make(chan struct{}), make(chan struct{})
+	slow := func(context.Context) (*jobs.Report, error) {
+		close(started)
+		<-release
+		return &jobs.Report{Version: 1, Job: jobs.JobRefresh, Started: time.Now(), Finished: time.Now()}, nil
+	}
+	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{})
+	mk := func(b *bus, fn JobFunc) *scheduler {
+		return &scheduler{cfg: e.cfg, bus: b, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now,
+			running: map[string]bool{}, jobs: map[string]JobFunc{jobs.JobRefresh: fn}}
+	}
+	a := mk(e.bus, slow)
+	b := mk(e.newBus("b"), func(context.Context) (*jobs.Report, error) { t.Error("ran while another run held the lease"); return nil, nil })
+	done := make(chan ReportEvent)
+	go func() { done <- a.run(context.Background(), jobs.JobRefresh, false) }()
+	<-started
+	if ev := b.run(context.Background(), jobs.JobRefresh, false); !ev.Skipped {
+		t.Fatalf("second run not skipped: %+v", ev)
+	}
+	close(release)
+	if ev := <-done; ev.Error != "" {
+		t.Fatal(ev.Error)
+	}
+}
