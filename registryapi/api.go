@@ -26,6 +26,7 @@ type Handler struct {
 	read    store.Reader
 	log     *slog.Logger
 	metrics *metrics.Set
+	auth    *authenticator // nil: no authentication
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -80,6 +81,13 @@ func New(cfg *config.Config, st store.Store, opts ...Option) (*Handler, error) {
 	if h.metrics == nil {
 		h.metrics = metrics.New(prometheus.NewRegistry(), metrics.Labels{})
 	}
+	if cfg.Auth != nil {
+		a, err := newAuthenticator(cfg)
+		if err != nil {
+			return nil, err
+		}
+		h.auth = a
+	}
 	return h, nil
 }
 
@@ -96,7 +104,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rw.Header().Set("X-Request-Id", id)
 	h.metrics.HTTPInflight.Inc()
 
+	if h.auth != nil && r.URL.Path == "/auth/token" {
+		h.serveToken(rw, r)
+		h.metrics.HTTPInflight.Dec()
+		return
+	}
 	rt, ae := h.parsePath(r)
+	if ae == nil && h.auth != nil {
+		ae = h.authorize(rw, r, rt)
+	}
 	if ae == nil {
 		ae = h.dispatch(rw, r, rt)
 	}

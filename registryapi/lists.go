@@ -78,6 +78,9 @@ func (h *Handler) tags(w http.ResponseWriter, r *http.Request, rt route) *apiErr
 func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) *apiError {
 	var all []string
 	err := h.store.Repositories(r.Context(), "", func(repo store.Repo) error {
+		if !h.canPull(r, repo.Registry) {
+			return nil
+		}
 		all = append(all, repo.String())
 		if len(all) > 1_000_000 {
 			return errors.New("catalog too large")
