@@ -100,7 +100,7 @@ func newBus(url string, cfg *config.Config, name string, log *slog.Logger) (*bus
 	subj := events.Subjects{Prefix: cfg.NATS.SubjectPrefix}
 	return &bus{
 		nc: nc, js: js, subj: subj, log: log, ready: make(chan struct{}),
-		setup: events.Setup{Subjects: subj, Replicas: cfg.NATS.Replicas, MaxDeliveries: cfg.Worker.MaxDeliveries},
+		setup: events.Setup{Subjects: subj, Replicas: cfg.NATS.Replicas, MaxDeliveries: cfg.Worker.MaxDeliveries, AckWait: cfg.Worker.AckWait.D()},
 	}, nil
 }
 

@@ -246,7 +246,8 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 	if !permanent {
 		res.Error = fmt.Sprintf("gave up after %d deliveries: %s", res.Deliveries, res.Error)
 	}
-	if terr := msg.TermWithReason(truncateReason(res.Error)); terr != nil {
+	// Plain Term: nats-server 2.9 ignores a term that carries a reason.
+	if terr := msg.Term(); terr != nil {
 		log.Warn("term failed", "error", terr)
 	}
 	w.metrics.SyncJobs.WithLabelValues(metrics.ResultFailed).Inc()
@@ -293,13 +294,6 @@ func retryDelay(deliveries uint64, err error) time.Duration {
 		d = ce.RetryAfter
 	}
 	return d
-}
-
-func truncateReason(s string) string {
-	if len(s) > 200 {
-		return s[:200]
-	}
-	return s
 }
 
 // describe renders a message body for a failure event: printable text up

@@ -118,8 +118,9 @@ type Connector struct {
 
 // Worker configures the worker daemon.
 type Worker struct {
-	Concurrency   int `yaml:"concurrency"`
-	MaxDeliveries int `yaml:"max_deliveries"`
+	Concurrency   int      `yaml:"concurrency"`
+	MaxDeliveries int      `yaml:"max_deliveries"`
+	AckWait       Duration `yaml:"ack_wait"` // redelivery delay after a worker dies mid-job
 }
 
 // Auth enables authentication and access rules.

@@ -71,6 +71,9 @@ func (c *Config) ApplyDefaults() {
 	}
 	setInt(&c.Worker.Concurrency, defaultWorkers)
 	setInt(&c.Worker.MaxDeliveries, defaultMaxDeliveries)
+	if c.Worker.AckWait == 0 {
+		c.Worker.AckWait = Duration(30 * time.Second)
+	}
 
 	if !c.Jobs.DanglingScan.scheduleSet {
 		setString(&c.Jobs.DanglingScan.Schedule, defaultDanglingSchedule)

@@ -88,7 +88,7 @@ func TestParseFull(t *testing.T) {
 		{"connectors", len(c.Connectors), 3},
 		{"dockerhub.concurrency", c.Connectors[0].Concurrency, 8},
 		{"ghcr.concurrency (default)", c.Connectors[1].Concurrency, 4},
-		{"worker", c.Worker, Worker{Concurrency: 2, MaxDeliveries: 3}},
+		{"worker", c.Worker, Worker{Concurrency: 2, MaxDeliveries: 3, AckWait: Duration(30 * time.Second)}},
 		{"auth rules", len(c.Auth.Rules), 3},
 		{"repair", c.Jobs.DanglingScan.Repair, true},
 		{"verify rate", c.Jobs.Verify.MaxBytesPerSecond, int64(1048576)},

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/robfig/cron/v3"
 
@@ -332,6 +333,9 @@ func (v *validator) worker() {
 	w := v.c.Worker
 	if w.Concurrency < 1 {
 		v.add("worker.concurrency", w.Concurrency, "must be at least 1")
+	}
+	if w.AckWait.D() < 3*time.Second || w.AckWait.D() > time.Hour {
+		v.add("worker.ack_wait", w.AckWait.String(), "must be between 3s and 1h")
 	}
 	if w.MaxDeliveries < 1 {
 		v.add("worker.max_deliveries", w.MaxDeliveries, "must be at least 1")

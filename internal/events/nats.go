@@ -104,7 +104,7 @@ func (s Setup) ConsumerConfig() jetstream.ConsumerConfig {
 }
 
 // LeaseTTL is how long a lease lives without being refreshed.
-const LeaseTTL = 30 * time.Second
+const LeaseTTL = 15 * time.Second
 
 // Apply creates or updates everything and returns the consumer and the
 // lease bucket.

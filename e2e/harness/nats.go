@@ -1,0 +1,83 @@
+package harness
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// NATSMaxPayload is the max_payload of servers started by StartNATS: 2 MiB,
+// so that tests can publish 1 MiB messages (the Debian default is 1 MiB,
+// headers included).
+const NATSMaxPayload = 2 << 20
+
+// NATS is a running Debian nats-server with JetStream on file storage.
+type NATS struct {
+	*Process
+	// Addr is the client listener, 127.0.0.1:PORT.
+	Addr string
+	// MonitorAddr is the HTTP monitoring listener (/healthz, /jsz).
+	MonitorAddr string
+	// StoreDir is the JetStream store directory; it survives Stop and Start.
+	StoreDir string
+
+	t testing.TB
+}
+
+// StartNATS starts nats-server with JetStream on free loopback ports and a
+// store directory in t.TempDir, and waits until /healthz reports ready.
+func StartNATS(t testing.TB) *NATS {
+	t.Helper()
+	dir := t.TempDir()
+	n := &NATS{Addr: FreeAddr(t), MonitorAddr: FreeAddr(t), StoreDir: filepath.Join(dir, "js"), t: t}
+	cfg := fmt.Sprintf(`server_name: regwarm-e2e
+listen: %q
+http: %q
+max_payload: %d
+jetstream {
+  store_dir: %q
+  max_memory_store: 64MB
+  max_file_store: 2GB
+}
+`, n.Addr, n.MonitorAddr, NATSMaxPayload, n.StoreDir)
+	path := filepath.Join(dir, "nats-server.conf")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.Process = StartProcess(t, "nats-server", nil, "nats-server", "-c", path)
+	t.Cleanup(func() { _ = n.Stop() }) // runs first: a clean SIGINT stop
+	waitStart(t, n.Process, n.monitorURL(), ReadyTimeout, http.StatusOK)
+	return n
+}
+
+// URL returns the client URL, "nats://ADDR".
+func (n *NATS) URL() string { return "nats://" + n.Addr }
+
+func (n *NATS) monitorURL() string { return "http://" + n.MonitorAddr + "/healthz" }
+
+// Stop stops the server with SIGINT, on which nats-server exits 0 (it
+// exits 1 on SIGTERM), waiting up to StopTimeout before it sends SIGKILL.
+func (n *NATS) Stop() error {
+	if exited, err := n.Exited(); exited {
+		return err
+	}
+	_ = n.Signal(syscall.SIGINT)
+	if err := n.Wait(StopTimeout); err != nil {
+		n.Kill()
+		return err
+	}
+	return nil
+}
+
+// Start starts the server again after Stop or Kill, on the same ports with
+// the same store, and waits until it is ready.
+func (n *NATS) Start() {
+	n.t.Helper()
+	if err := n.Process.Start(); err != nil {
+		n.t.Fatalf("restart nats-server: %v", err)
+	}
+	waitStart(n.t, n.Process, n.monitorURL(), ReadyTimeout, http.StatusOK)
+}

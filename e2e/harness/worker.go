@@ -1,0 +1,77 @@
+package harness
+
+import (
+	"bytes"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"text/template"
+)
+
+// Worker is a running `regwarm worker`. It has no API listener; its
+// ConfigVars.Addr is rendered into the config but unused.
+type Worker struct {
+	*Process
+	ConfigVars
+	// ConfigPath is the rendered config file.
+	ConfigPath string
+
+	t testing.TB
+}
+
+// StartWorker renders cfgYAML (a text/template over ConfigVars, which must
+// set nats.url) and starts `regwarm worker --config FILE`. Non-empty fields
+// of vars are kept, so workers can share a serve's data directory
+// (vars.DataDir = rw.DataDir); the others get free ports or a new
+// directory. It waits until /readyz answers 200, which needs the worker's
+// JetStream setup to have succeeded. Workers need the regwarm target.
+func StartWorker(t testing.TB, name, cfgYAML string, vars ConfigVars) *Worker {
+	t.Helper()
+	if Target != TargetRegwarm {
+		t.Fatalf("StartWorker: the %s stand-in has no worker", Target)
+	}
+	dir := t.TempDir()
+	if vars.Addr == "" {
+		vars.Addr = FreeAddr(t)
+	}
+	if vars.MetricsAddr == "" {
+		vars.MetricsAddr = FreeAddr(t)
+	}
+	if vars.NATSAddr == "" {
+		vars.NATSAddr = FreeAddr(t)
+	}
+	if vars.DataDir == "" {
+		vars.DataDir = filepath.Join(dir, "data")
+	}
+	tmpl, err := template.New("config").Option("missingkey=error").Parse(cfgYAML)
+	if err != nil {
+		t.Fatalf("StartWorker: config template: %v", err)
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Execute(&buf, vars); err != nil {
+		t.Fatalf("StartWorker: config template: %v", err)
+	}
+	if !bytes.Contains(buf.Bytes(), []byte(vars.MetricsAddr)) {
+		t.Fatal("StartWorker: the config must use {{.MetricsAddr}} for metrics.listen")
+	}
+	w := &Worker{ConfigVars: vars, ConfigPath: filepath.Join(dir, "regwarm.yaml"), t: t}
+	if err := os.WriteFile(w.ConfigPath, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.Process = StartProcess(t, name, nil, RegwarmBinary(t), "worker", "--config", w.ConfigPath)
+	waitStart(t, w.Process, w.readyURL(), ReadyTimeout, http.StatusOK)
+	return w
+}
+
+func (w *Worker) readyURL() string { return "http://" + w.MetricsAddr + "/readyz" }
+
+// Start starts the worker again after Stop or Kill and waits until it is
+// ready.
+func (w *Worker) Start() {
+	w.t.Helper()
+	if err := w.Process.Start(); err != nil {
+		w.t.Fatalf("restart %s: %v", w.Name, err)
+	}
+	waitStart(w.t, w.Process, w.readyURL(), ReadyTimeout, http.StatusOK)
+}
