@@ -28,7 +28,7 @@ import (
 )
 
 // runNATS starts an in-process JetStream server for one test.
-func runNATS(t *testing.T, dir string, port int) *server.Server {
+func runNATS(t testing.TB, dir string, port int) *server.Server {
 	t.Helper()
 	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoSigs: true, MaxPayload: 2 << 20})
 	if err != nil {
@@ -43,7 +43,7 @@ func runNATS(t *testing.T, dir string, port int) *server.Server {
 }
 
 type workerEnv struct {
-	t     *testing.T
+	t     testing.TB
 	ns    *server.Server
 	up    *upstreamtest.Upstream
 	cfg   *config.Config
@@ -54,7 +54,12 @@ type workerEnv struct {
 	cache *cache.Cache
 }
 
-func newWorkerEnv(t *testing.T, extra string) *workerEnv {
+func newWorkerEnv(t *testing.T, extra string) *workerEnv { return newWorkerEnvExtra(t, extra) }
+
+// newWorkerEnvTB is newWorkerEnv for benchmarks.
+func newWorkerEnvTB(b *testing.B) *workerEnv { return newWorkerEnvExtra(b, "") }
+
+func newWorkerEnvExtra(t testing.TB, extra string) *workerEnv {
 	t.Helper()
 	ns := runNATS(t, t.TempDir(), -1)
 	up := upstreamtest.New(t)

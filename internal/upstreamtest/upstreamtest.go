@@ -43,6 +43,7 @@ type Upstream struct {
 	requests  map[string]int                      // "METHOD /path" → count
 	down      bool
 	stall     chan struct{}
+	rate      int64 // bytes/s per blob response, 0 unlimited
 }
 
 type manifestEntry struct {
@@ -173,6 +174,14 @@ func (u *Upstream) SetFault(key string, f Fault) {
 		return
 	}
 	u.faults[key] = f
+}
+
+// SetRate limits each blob response to bytes per second (0: unlimited),
+// like a remote registry on a slower link.
+func (u *Upstream) SetRate(bytesPerSecond int64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.rate = bytesPerSecond
 }
 
 // SetDown makes every request fail with 503 (true) or work again (false).
@@ -315,6 +324,7 @@ func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, repo string
 	data, ok := u.blobs[d]
 	ok = ok && u.repos[repo][d]
 	stall := u.stall
+	rate := u.rate
 	u.mu.Unlock()
 	if u.fault(w, f) {
 		return
@@ -345,8 +355,26 @@ func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, repo string
 		case <-stall:
 		case <-r.Context().Done():
 		}
+	case rate > 0:
+		writeThrottled(w, data, rate)
 	default:
 		_, _ = w.Write(data)
+	}
+}
+
+// writeThrottled sends data in 64 KiB chunks paced to rate bytes/s.
+func writeThrottled(w http.ResponseWriter, data []byte, rate int64) {
+	const chunk = 64 << 10
+	start := time.Now()
+	for off := 0; off < len(data); off += chunk {
+		end := min(off+chunk, len(data))
+		if _, err := w.Write(data[off:end]); err != nil {
+			return
+		}
+		due := start.Add(time.Duration(float64(end) / float64(rate) * float64(time.Second)))
+		if wait := time.Until(due); wait > 0 {
+			time.Sleep(wait)
+		}
 	}
 }
 
