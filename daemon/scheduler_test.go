@@ -125,7 +125,10 @@ func TestJobSkippedWhileRunningElsewhere(t *testing.T) {
 			running: map[string]bool{}, jobs: map[string]JobFunc{jobs.JobRefresh: fn}}
 	}
 	a := mk(e.bus, slow)
-	b := mk(e.newBus("b"), func(context.Context) (*jobs.Report, error) { t.Error("ran while another run held the lease"); return nil, nil })
+	b := mk(e.newBus("b"), func(context.Context) (*jobs.Report, error) {
+		t.Error("ran while another run held the lease")
+		return nil, nil
+	})
 	done := make(chan ReportEvent)
 	go func() { done <- a.run(context.Background(), jobs.JobRefresh, false) }()
 	<-started
