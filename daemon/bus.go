@@ -129,6 +129,21 @@ func (b *bus) run(ctx context.Context, owner string) {
 	}
 }
 
+// reapply runs the setup once more (a consumer or stream deleted behind
+// regwarm's back is created again) and keeps the new consumer.
+func (b *bus) reapply(ctx context.Context) {
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cons, _, err := b.setup.Apply(actx, b.js)
+	if err != nil {
+		b.log.Warn("nats setup failed", "error", err)
+		return
+	}
+	b.mu.Lock()
+	b.cons = cons
+	b.mu.Unlock()
+}
+
 func (b *bus) consumer() jetstream.Consumer {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -39,24 +39,16 @@ type Worker struct {
 const jobDrain = 10 * time.Second
 
 // Run consumes until ctx ends, then lets running jobs finish (up to
-// jobDrain) and returns.
+// jobDrain) and returns. A consumer that goes away (deleted, NATS lost for
+// good) is set up again and consumed anew.
 func (w *Worker) Run(ctx context.Context) error {
 	select {
 	case <-w.bus.ready:
 	case <-ctx.Done():
 		return nil
 	}
-	cons := w.bus.consumer()
 	n := max(w.cfg.Worker.Concurrency, 1)
-	iter, err := cons.Messages(jetstream.PullMaxMessages(n))
-	if err != nil {
-		return fmt.Errorf("consuming %s: %w", w.bus.subj.Consumer(), err)
-	}
-	go func() {
-		<-ctx.Done()
-		iter.Stop()
-	}()
-	go w.watchPending(ctx, cons)
+	go w.watchPending(ctx)
 
 	// Jobs get their own context: cancelled jobDrain after shutdown starts.
 	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
@@ -73,15 +65,40 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	sem := make(chan struct{}, n)
 	var wg sync.WaitGroup
-	w.log.Info("worker consuming", "consumer", w.bus.subj.Consumer(), "concurrency", n)
+	defer wg.Wait()
+	backoff := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		iter, err := w.bus.consumer().Messages(jetstream.PullMaxMessages(n))
+		if err == nil {
+			w.log.Info("worker consuming", "consumer", w.bus.subj.Consumer(), "concurrency", n)
+			err = w.consume(ctx, jobCtx, iter, sem, &wg)
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		w.log.Warn("work consumer lost; setting it up again", "error", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+		w.bus.reapply(ctx)
+	}
+	return nil
+}
+
+// consume hands messages to jobs until the iterator ends.
+func (w *Worker) consume(ctx, jobCtx context.Context, iter jetstream.MessagesContext, sem chan struct{}, wg *sync.WaitGroup) error {
+	stop := context.AfterFunc(ctx, iter.Stop)
+	defer stop()
+	defer iter.Stop()
 	for {
 		msg, err := iter.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				break
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
+				return nil
 			}
-			w.log.Warn("fetching work failed", "error", err)
-			continue
+			return err
 		}
 		sem <- struct{}{}
 		wg.Add(1)
@@ -90,17 +107,15 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.handle(jobCtx, msg)
 		}()
 	}
-	wg.Wait()
-	return nil
 }
 
 // watchPending keeps regwarm_work_pending_messages current.
-func (w *Worker) watchPending(ctx context.Context, cons jetstream.Consumer) {
+func (w *Worker) watchPending(ctx context.Context) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
 		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if info, err := cons.Info(ictx); err == nil {
+		if info, err := w.bus.consumer().Info(ictx); err == nil {
 			w.metrics.WorkPending.Set(float64(info.NumPending + uint64(info.NumAckPending)))
 		}
 		cancel()

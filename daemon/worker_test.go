@@ -421,3 +421,22 @@ func TestPublisherSurvivesNATSOutage(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestWorkerSurvivesConsumerDeletion(t *testing.T) {
+	t.Parallel()
+	e := newWorkerEnv(t, "")
+	e.startWorker()
+	r := e.watch()
+	img := e.up.AddImage("again", "v1", 1000)
+	seq := e.publish(e.bus.subj.Sync(), []byte("hub/again:v1"))
+	r.wait(t, 5*time.Second, func(s events.SyncResult) bool { return s.Seq == seq })
+	// Someone deletes the consumer (and so the worker's subscription).
+	if err := e.bus.js.DeleteConsumer(context.Background(), e.bus.subj.Stream(), e.bus.subj.Consumer()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	seq = e.publish(e.bus.subj.Sync(), []byte("hub/again:v1"))
+	if res := r.wait(t, 15*time.Second, func(s events.SyncResult) bool { return s.Seq == seq }); res.Digest != img.Digest.String() {
+		t.Fatalf("after consumer deletion: %+v", res)
+	}
+}
