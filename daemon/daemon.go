@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -221,6 +222,10 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 			stopCron()
 		}()
 	}
+	if mode != ModeServe {
+		workerWG.Add(1)
+		go func() { defer workerWG.Done(); storeStats(workerCtx, st, m, log) }()
+	}
 	health.SetReady(true)
 	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot(), "version", Version)
 
@@ -246,6 +251,33 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	stopBus()
 	pubWG.Wait()
 	return runErr
+}
+
+// storeStatsEvery is how often workers count the store's blobs and bytes.
+const storeStatsEvery = 5 * time.Minute
+
+// storeStats keeps regwarm_store_blobs and regwarm_store_bytes current by
+// walking the store now and then (workers only: serve stays lean).
+func storeStats(ctx context.Context, st store.Store, m *metrics.Set, log *slog.Logger) {
+	for {
+		var n, size int64
+		err := st.Blobs(ctx, func(_ digest.Digest, sz int64) error {
+			n++
+			size += sz
+			return nil
+		})
+		if err == nil {
+			m.StoreBlobs.Set(float64(n))
+			m.StoreBytes.Set(float64(size))
+		} else if ctx.Err() == nil {
+			log.Warn("counting the store failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(storeStatsEvery):
+		}
+	}
 }
 
 type httpServer struct {

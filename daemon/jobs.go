@@ -24,6 +24,7 @@ func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, log *slog.Logg
 	syncer := jobs.NewSyncer(cfg, c, st, log)
 	return map[string]JobFunc{
 		jobs.JobDanglingScan: func(ctx context.Context) (*jobs.Report, error) {
+			ctx = cache.Background(ctx)
 			var opts []jobs.ScanOption
 			if cfg.Jobs.DanglingScan.Repair && repair != nil {
 				opts = append(opts, jobs.WithRepair(repair))
@@ -31,6 +32,7 @@ func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, log *slog.Logg
 			return jobs.NewScanner(cfg, st, c.Source, log, opts...).Run(ctx)
 		},
 		jobs.JobVerify: func(ctx context.Context) (*jobs.Report, error) {
+			ctx = cache.Background(ctx)
 			fetch := func(ctx context.Context, repo store.Repo, d digest.Digest) error {
 				_, _, err := c.Fetch(ctx, repo, d)
 				return err

@@ -94,6 +94,7 @@ const maxDepth = 4
 // Run syncs t and reports what it did. It is idempotent: content already
 // stored is only counted.
 func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
+	ctx = cache.Background(ctx)
 	start := time.Now()
 	res := events.SyncResult{Image: t.Image()}
 	w := &walk{s: s, t: t, seen: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}

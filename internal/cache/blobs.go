@@ -145,6 +145,7 @@ func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d dige
 		}
 		err = c.stream(ctx, cancel, f, repo, d, rc, size)
 		_ = rc.Close()
+		c.metrics.StoreWrites.WithLabelValues(resultOf(err)).Inc()
 		if err == nil {
 			c.log.Debug("blob cached", "registry", repo.Registry, "repo", repo.Name, "digest", d,
 				"connector", src.Name(), "bytes", f.knownSize(), "duration", time.Since(start))
@@ -303,4 +304,11 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 	}
 	n, err := c.store.StatBlob(ctx, repo, d)
 	return leader && !f.wasViaLease(), n, err
+}
+
+func resultOf(err error) string {
+	if err != nil {
+		return metrics.ResultError
+	}
+	return metrics.ResultOK
 }

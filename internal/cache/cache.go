@@ -224,10 +224,21 @@ func (c *Cache) sources(repo store.Repo) []connector.Source {
 	return out
 }
 
+type backgroundKey struct{}
+
+// Background marks ctx as background work (worker syncs, scheduled jobs):
+// its reads are not counted as client cache requests.
+func Background(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
+}
+
 // count records one cache result per request and kind: a tag resolution
 // that fetched (miss) or fell back (stale) is not counted again as a hit
-// when the manifest is read next.
+// when the manifest is read next. Background work is not counted.
 func (c *Cache) count(ctx context.Context, registry, kind, result string) {
+	if ctx.Value(backgroundKey{}) != nil {
+		return
+	}
 	if trace.Once(ctx, "cache-"+kind) {
 		c.metrics.CacheRequests.WithLabelValues(registry, kind, result).Inc()
 	}
