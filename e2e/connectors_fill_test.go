@@ -87,17 +87,23 @@ func pushManifestHTTP(t *testing.T, base, repo, tag, layer string, layerSize int
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest(http.MethodPut, base+"/v2/"+repo+"/manifests/"+tag, bytes.NewReader(m))
-	req.Header.Set("Content-Type", harness.MediaTypeManifest)
+	putManifestHTTP(t, base, repo, tag, harness.MediaTypeManifest, m)
+	return harness.Digest(m)
+}
+
+// putManifestHTTP puts manifest bytes under repo:ref.
+func putManifestHTTP(t *testing.T, base, repo, ref, mediaType string, m []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPut, base+"/v2/"+repo+"/manifests/"+ref, bytes.NewReader(m))
+	req.Header.Set("Content-Type", mediaType)
 	resp, err := httpClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("PUT manifest %s:%s: status %d", repo, tag, resp.StatusCode)
+		t.Fatalf("PUT manifest %s:%s: status %d", repo, ref, resp.StatusCode)
 	}
-	return harness.Digest(m)
 }
 
 // getBlobHTTP reads a whole blob and returns its digest and length.
@@ -127,10 +133,11 @@ func storedBlobPath(rw *harness.Regwarm, d string) string {
 // blobGate is a reverse proxy in front of an upstream that stops the body
 // of one blob after pause bytes until Release: it holds a fill in flight.
 type blobGate struct {
-	URL     string
-	held    chan struct{} // closed when a body reached pause
-	release chan struct{}
-	once    sync.Once
+	URL      string
+	held     chan struct{} // closed when a body reached pause
+	release  chan struct{}
+	heldOnce sync.Once
+	relOnce  sync.Once
 }
 
 // startBlobGate proxies to up, holding blob d after pause bytes.
@@ -138,14 +145,13 @@ func startBlobGate(t *testing.T, up *harness.Upstream, d string, pause int64) *b
 	t.Helper()
 	target, _ := url.Parse(up.URL())
 	g := &blobGate{held: make(chan struct{}), release: make(chan struct{})}
-	var heldOnce sync.Once
 	proxy := &httputil.ReverseProxy{
 		Rewrite:       func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.Out.Host = pr.In.Host },
 		FlushInterval: -1,
 		ModifyResponse: func(resp *http.Response) error {
 			if resp.Request.Method == http.MethodGet && resp.StatusCode == http.StatusOK &&
 				strings.HasSuffix(resp.Request.URL.Path, "/blobs/"+d) {
-				resp.Body = &gatedBody{ReadCloser: resp.Body, left: pause, g: g, heldOnce: &heldOnce}
+				resp.Body = &gatedBody{ReadCloser: resp.Body, left: pause, g: g}
 			}
 			return nil
 		},
@@ -158,19 +164,18 @@ func startBlobGate(t *testing.T, up *harness.Upstream, d string, pause int64) *b
 }
 
 // Release lets held bodies continue.
-func (g *blobGate) Release() { g.once.Do(func() { close(g.release) }) }
+func (g *blobGate) Release() { g.relOnce.Do(func() { close(g.release) }) }
 
 // gatedBody passes left bytes, then waits for the gate's release.
 type gatedBody struct {
 	io.ReadCloser
-	left     int64
-	g        *blobGate
-	heldOnce *sync.Once
+	left int64
+	g    *blobGate
 }
 
 func (b *gatedBody) Read(p []byte) (int, error) {
 	if b.left <= 0 {
-		b.heldOnce.Do(func() { close(b.g.held) })
+		b.g.heldOnce.Do(func() { close(b.g.held) })
 		<-b.g.release
 		return b.ReadCloser.Read(p)
 	}
@@ -242,6 +247,7 @@ func TestCacheConcurrentColdPulls(t *testing.T) {
 	for _, ref := range manifests {
 		if n := up.CountRequests("GET", "/v2/"+repo+"/manifests/"+ref); n > 1 {
 			t.Errorf("upstream: %d GETs of manifest %s, want at most 1", n, ref)
+			explainFetches(t, up, rw, ref)
 		}
 	}
 

@@ -125,9 +125,11 @@ connectors:
 }
 
 // TestConnectorPushRegistryLocalWins uses a registry that accepts pushes
-// and has a connector: a tag first pulled through is replaced by a push,
-// and from then on the pushed image is served, also after tag_ttl, while
-// tags only the upstream has are still pulled through.
+// and has a connector. A tag first resolved through the connector is
+// replaced by a push of a rebuilt image (sharing base layers with the
+// upstream's): from then on the pushed image is served, also with the
+// upstream down and after tag_ttl, while tags only the upstream has are
+// still pulled through.
 func TestConnectorPushRegistryLocalWins(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
@@ -138,8 +140,11 @@ func TestConnectorPushRegistryLocalWins(t *testing.T) {
 connectors:
   - {name: up, url: %q, host: lab.local}
 `, ttl, up.URL()))
+	// Same seed, one more layer: the pushed image shares the shared layer
+	// and each platform's first layer with the upstream's, like an image
+	// rebuilt on the same base.
 	upstream := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 401, Layers: 1})
-	pushed := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 402, Layers: 1})
+	pushed := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 401, Layers: 2})
 	for _, tag := range []string{"v1", "v2"} {
 		pushImage(t, upstream, up.Addr+"/e2e/app:"+tag)
 	}
@@ -153,6 +158,20 @@ connectors:
 	}
 	pushImage(t, pushed, ref+":v1")
 	mark := len(up.Requests())
+
+	// Pushed content is local: it needs no upstream.
+	_ = up.Stop()
+	out := filepath.Join(t.TempDir(), "down")
+	if o, err := harness.TrySkopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
+		"docker://"+ref+":v1", "oci:"+out+":v1"); err != nil {
+		// A layer reported present must really be local: a pushing client
+		// told so skips uploading it.
+		t.Errorf("the pushed image cannot be pulled while the upstream is down "+
+			"(blobs it shares with the upstream were never uploaded): %v\n%s", err, o)
+	} else {
+		harness.AssertSameLayout(t, pushed, out)
+	}
+	up.Start()
 
 	check := func(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "out")
@@ -170,7 +189,10 @@ connectors:
 			t.Errorf("the pushed tag was checked upstream: %s %s", r.Method, r.Path)
 		}
 	}
-	for _, d := range blobsOf(pushed, "linux/amd64", "linux/arm64") {
+	own := slices.DeleteFunc(blobsOf(pushed, "linux/amd64", "linux/arm64"), func(d string) bool {
+		return slices.Contains(blobsOf(upstream, "linux/amd64", "linux/arm64"), d)
+	})
+	for _, d := range own {
 		if n := up.CountRequests("GET", "/v2/e2e/app/blobs/"+d); n != 0 {
 			t.Errorf("pushed blob %s was fetched upstream %d times", d, n)
 		}
@@ -178,7 +200,7 @@ connectors:
 
 	// A tag only the upstream has still comes through, and the tag list
 	// is the union.
-	out := filepath.Join(t.TempDir(), "v2")
+	out = filepath.Join(t.TempDir(), "v2")
 	harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+ref+":v2", "oci:"+out+":v2")
 	upstream.Tag = "v2"
 	harness.AssertSameLayout(t, upstream, out)

@@ -3,11 +3,13 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,6 +79,25 @@ func foreignRequests(t *testing.T, up *harness.Upstream, mark int) []string {
 		}
 	}
 	return out
+}
+
+// explainFetches logs the upstream's requests for manifest key (a tag or
+// digest) and regwarm's debug lines about it, to tell why it was fetched
+// more than once.
+func explainFetches(t *testing.T, up *harness.Upstream, rw *harness.Regwarm, key string) {
+	t.Helper()
+	var lines []string
+	for _, l := range strings.Split(up.Log(), "\n") {
+		if strings.HasPrefix(l, "127.") && strings.Contains(l, "/manifests/"+key+" ") {
+			lines = append(lines, "upstream: "+l)
+		}
+	}
+	for _, l := range strings.Split(rw.Log(), "\n") {
+		if strings.Contains(l, key) && !strings.Contains(l, "msg=request") && !strings.Contains(l, "level=INFO") {
+			lines = append(lines, "regwarm: "+l)
+		}
+	}
+	t.Logf("log lines about %s:\n%s", key, strings.Join(lines, "\n"))
 }
 
 // assertBlobGETs fails unless the upstream logged exactly want GETs of each
@@ -335,5 +356,147 @@ func TestConnectorPullThroughClients(t *testing.T) {
 	// Five clients pulled by tag; each resolution fell back to the stale tag.
 	if got := cacheCount(t, rw, "hub", "kind", "manifest", "result", "stale") - staleBefore; got < 5 {
 		t.Errorf("regwarm_cache_requests_total{registry=hub,kind=manifest,result=stale} moved by %v, want at least 5", got)
+	}
+	if got := strings.Fields(harness.Crane(t, "ls", "--insecure", hub+repos["all"])); !slices.Equal(got, []string{"v1"}) {
+		t.Errorf("crane ls with the upstream down: %v, want [v1]", got)
+	}
+
+	// A stale answer must be quick: the dead upstream refuses connections
+	// at once. Two rounds of the five tags at once, each bounded by 3s.
+	var slow []string
+	for round := range 2 {
+		lat := staleLatencies(rw, repos)
+		for repo, d := range lat {
+			if d > 1500*time.Millisecond {
+				slow = append(slow, fmt.Sprintf("round %d %s: %v", round, repo, d))
+			}
+		}
+	}
+	if len(slow) > 0 {
+		slices.Sort(slow)
+		// A down upstream must not delay stale answers (no backoff sleeps
+		// inside the connector; the breaker fails fast).
+		t.Errorf("stale tags answered slowly (> 1.5s, capped at 3s) with the upstream down:\n%s", strings.Join(slow, "\n"))
+	}
+}
+
+// staleLatencies GETs the v1 manifest of every repo through hub at once
+// and returns how long each took (3s when it timed out or failed).
+func staleLatencies(rw *harness.Regwarm, repos map[string]string) map[string]time.Duration {
+	client := &http.Client{Timeout: 3 * time.Second}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := map[string]time.Duration{}
+	for _, repo := range repos {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodGet, rw.URL()+"/v2/hub/"+repo+"/manifests/v1", nil)
+			req.Header.Set("Accept", harness.MediaTypeIndex)
+			start := time.Now()
+			resp, err := client.Do(req)
+			d := time.Since(start)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				d = client.Timeout
+			}
+			if err == nil {
+				resp.Body.Close()
+			}
+			mu.Lock()
+			out[repo] = d
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// TestConnectorTagRevalidation moves a tag upstream: regwarm trusts its
+// copy for tag_ttl, then one HEAD (shared by concurrent clients) finds the
+// new digest; an unchanged tag costs only a HEAD; a tag deleted upstream
+// becomes unknown while its content stays reachable by digest.
+func TestConnectorTagRevalidation(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	const ttl = 2 * time.Second
+	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
+	rw := harness.StartRegwarm(t, "serve", hubConfig(up.URL(), ttl))
+	a := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 601, Layers: 1, LayerSize: 4096})
+	b := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 602, Layers: 1, LayerSize: 4096})
+	const repo = "e2e/moving"
+	pushImage(t, a, up.Addr+"/"+repo+":v1")
+	pushImage(t, b, up.Addr+"/"+repo+":next")
+	path := "/v2/hub/" + repo + "/manifests/v1"
+	tagPath := "/v2/" + repo + "/manifests/v1"
+	since := func(mark int, method, p string) int {
+		n := 0
+		for _, r := range up.Requests()[mark:] {
+			if r.Method == method && r.Path == p {
+				n++
+			}
+		}
+		return n
+	}
+	expect := func(what string, status int, digest string) {
+		t.Helper()
+		got, d := manifestDigest(t, rw, path)
+		if got != status || (status == http.StatusOK && d != digest) {
+			t.Errorf("%s: GET %s = %d %s, want %d %s", what, path, got, d, status, digest)
+		}
+	}
+
+	expect("cold", http.StatusOK, a.IndexDigest)
+	checked := time.Now()
+	// Move v1 to b upstream (one quick PUT: b's content is there already).
+	putManifestHTTP(t, up.URL(), repo, "v1", harness.MediaTypeIndex, b.ReadBlob(t, b.IndexDigest))
+	mark := len(up.Requests())
+	expect("within tag_ttl", http.StatusOK, a.IndexDigest)
+	if time.Since(checked) < ttl {
+		if n := len(up.Requests()) - mark; n != 0 {
+			t.Errorf("within tag_ttl regwarm asked the upstream %d times", n)
+		}
+	}
+
+	time.Sleep(time.Until(checked.Add(ttl + 200*time.Millisecond)))
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() { defer wg.Done(); expect("after tag_ttl, concurrently", http.StatusOK, b.IndexDigest) }()
+	}
+	wg.Wait()
+	checked = time.Now()
+	if n := since(mark, "HEAD", tagPath); n != 1 {
+		t.Errorf("revalidation: %d HEADs of %s, want 1 for 10 concurrent clients", n, tagPath)
+	}
+	if n := since(mark, "GET", tagPath); n != 0 {
+		t.Errorf("revalidation: %d GETs of %s, want 0 (HEAD, then the new digest)", n, tagPath)
+	}
+	if n := since(mark, "GET", "/v2/"+repo+"/manifests/"+b.IndexDigest); n != 1 {
+		t.Errorf("revalidation: %d GETs of the new index, want 1", n)
+	}
+
+	mark = len(up.Requests())
+	time.Sleep(time.Until(checked.Add(ttl + 200*time.Millisecond)))
+	expect("unchanged after tag_ttl", http.StatusOK, b.IndexDigest)
+	for _, r := range up.Requests()[mark:] {
+		if r.Method != "HEAD" || r.Path != tagPath {
+			t.Errorf("an unchanged tag cost more than a HEAD: %s %s", r.Method, r.Path)
+		}
+	}
+
+	// Deleting b upstream removes its tags: regwarm believes the 404.
+	req, _ := http.NewRequest(http.MethodDelete, up.URL()+"/v2/"+repo+"/manifests/"+b.IndexDigest, nil)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("DELETE upstream manifest: status %d", resp.StatusCode)
+	}
+	time.Sleep(ttl + 200*time.Millisecond)
+	expect("deleted upstream", http.StatusNotFound, "")
+	if got, d := manifestDigest(t, rw, "/v2/hub/"+repo+"/manifests/"+b.IndexDigest); got != http.StatusOK || d != b.IndexDigest {
+		t.Errorf("by digest after the tag went away: %d %s, want 200 %s", got, d, b.IndexDigest)
 	}
 }

@@ -23,6 +23,10 @@ type NATS struct {
 	MonitorAddr string
 	// StoreDir is the JetStream store directory; it survives Stop and Start.
 	StoreDir string
+	// ServerName is the server_name of a cluster node (StartNATSCluster).
+	ServerName string
+	// ClusterAddr is a cluster node's route listener (StartNATSCluster).
+	ClusterAddr string
 
 	t testing.TB
 }
@@ -32,8 +36,8 @@ type NATS struct {
 func StartNATS(t testing.TB) *NATS {
 	t.Helper()
 	dir := t.TempDir()
-	n := &NATS{Addr: FreeAddr(t), MonitorAddr: FreeAddr(t), StoreDir: filepath.Join(dir, "js"), t: t}
-	cfg := fmt.Sprintf(`server_name: regwarm-e2e
+	n := &NATS{Addr: FreeAddr(t), MonitorAddr: FreeAddr(t), StoreDir: filepath.Join(dir, "js"), ServerName: "regwarm-e2e", t: t}
+	cfg := fmt.Sprintf(`server_name: %s
 listen: %q
 http: %q
 max_payload: %d
@@ -42,7 +46,7 @@ jetstream {
   max_memory_store: 64MB
   max_file_store: 2GB
 }
-`, n.Addr, n.MonitorAddr, NATSMaxPayload, n.StoreDir)
+`, n.ServerName, n.Addr, n.MonitorAddr, NATSMaxPayload, n.StoreDir)
 	path := filepath.Join(dir, "nats-server.conf")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

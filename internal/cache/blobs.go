@@ -17,7 +17,9 @@ import (
 
 // StatBlob returns a blob's size: from the store, or from the first
 // connector that has it (content already stored for another repository is
-// then linked into this one).
+// then linked into this one). In a registry that accepts pushes the blob is
+// fetched first: a pushing client told that a layer exists skips uploading
+// it, so it must really be here.
 func (c *Cache) StatBlob(ctx context.Context, repo store.Repo, d digest.Digest) (int64, error) {
 	n, err := c.store.StatBlob(ctx, repo, d)
 	if err == nil || !errors.Is(err, store.ErrBlobUnknown) {
@@ -25,6 +27,13 @@ func (c *Cache) StatBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 	}
 	sources := c.sources(repo)
 	if len(sources) == 0 {
+		return n, err
+	}
+	if reg := c.regs[repo.Registry]; reg != nil && reg.push {
+		if _, _, err := c.headBlob(ctx, repo, d, sources); err != nil {
+			return 0, err
+		}
+		_, n, err := c.Fetch(ctx, repo, d)
 		return n, err
 	}
 	if f := c.fills.get(fillKey{repo.Registry, d}); f != nil {
@@ -126,6 +135,12 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d digest.Digest, sources []connector.Source) {
 	ctx, cancel := c.detached(reqCtx)
 	defer cancel()
+	// A fill that finished just before this one started may have stored it.
+	if _, err := c.store.StatBlob(ctx, repo, d); err == nil {
+		f.setViaLease()
+		c.fills.finish(fillKey{repo.Registry, d}, f, nil)
+		return
+	}
 	if c.leases != nil {
 		release, finished := c.awaitLease(ctx, f, repo, d, sources)
 		if finished {

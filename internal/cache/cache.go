@@ -54,6 +54,7 @@ var _ store.Reader = (*Cache)(nil)
 type registry struct {
 	name    string
 	ttl     time.Duration
+	push    bool
 	sources []connector.Source
 }
 
@@ -169,7 +170,7 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 		sources[cc.Name] = up
 	}
 	for _, r := range cfg.Registries {
-		reg := &registry{name: r.Name, ttl: r.TagTTL.D()}
+		reg := &registry{name: r.Name, ttl: r.TagTTL.D(), push: r.Push}
 		for _, name := range r.Connectors {
 			s, ok := sources[name]
 			if !ok {

@@ -42,6 +42,11 @@ func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, for
 		return local, lerr
 	}
 	v, err := c.shared(ctx, "tag\x00"+repo.String()+"\x00"+tag, func(ctx context.Context) (any, error) {
+		// A flight that finished just before this one started may have
+		// resolved it already.
+		if cur, err := c.store.Tag(ctx, repo, tag); err == nil && !force && cur.Source != "" && c.now().Sub(cur.Checked) < reg.ttl {
+			return tagResult{info: cur}, nil
+		}
 		return c.resolveTag(ctx, repo, tag, sources, local, have)
 	})
 	if err == nil {
@@ -153,6 +158,10 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 	}
 	c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
 	v, ferr := c.shared(ctx, "manifest\x00"+repo.String()+"\x00"+d.String(), func(ctx context.Context) (any, error) {
+		// A flight that finished just before this one started may have stored it.
+		if m, err := c.store.Manifest(ctx, repo, d); err == nil {
+			return m, nil
+		}
 		var lastErr error
 		for _, src := range sources {
 			m, err := c.fetchManifest(ctx, repo, src, d.String(), "")

@@ -39,7 +39,15 @@ type Upstream struct {
 	// retryUntil is the UnixNano time before which the upstream asked us
 	// (Retry-After) not to come back; calls fail fast until then.
 	retryUntil atomic.Int64
+	// downUntil is the UnixNano time before which calls fail fast after the
+	// upstream was unreachable (a short circuit breaker, so that stale
+	// answers go out at once); failures counts consecutive failures.
+	downUntil atomic.Int64
+	failures  atomic.Int32
 }
+
+// maxBreak caps how long the breaker keeps an unreachable upstream off.
+const maxBreak = 5 * time.Second
 
 var _ Source = (*Upstream)(nil)
 
@@ -162,7 +170,9 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 			// One retry leaves room for the auth round trip; regwarm's
 			// callers decide about retrying and stale answers themselves.
 			reg.WithRetryLimit(1),
-			reg.WithDelay(100*time.Millisecond, 5*time.Second),
+			// No sleeping inside regclient: an unreachable upstream is
+			// handled by regwarm's breaker and stale answers.
+			reg.WithDelay(time.Millisecond, time.Millisecond),
 		),
 	)
 	return up, nil
@@ -204,8 +214,30 @@ func (u *Upstream) begin(ctx context.Context, kind Kind, repo string) (context.C
 				RetryAfter: wait, Temporary: true, Message: "waiting for Retry-After", Err: ErrRateLimit}
 		}
 	}
+	if until := u.downUntil.Load(); until > 0 && time.Now().UnixNano() < until {
+		return ctx, nil, &Error{Connector: u.name, Kind: kind, Temporary: true,
+			Message: "upstream unreachable; not retried for a moment"}
+	}
 	ctx, o := withObservation(ctx)
 	return ctx, o, nil
+}
+
+// settle updates the breaker from a call's outcome and returns err typed.
+func (u *Upstream) settle(ctx context.Context, kind Kind, o *observation, err error) error {
+	if err == nil {
+		u.failures.Store(0)
+		u.downUntil.Store(0)
+		return nil
+	}
+	werr := u.wrap(ctx, kind, o, err)
+	var e *Error
+	if errors.As(werr, &e) && ctx.Err() == nil && (e.Status == 0 || e.Status == http.StatusBadGateway ||
+		e.Status == http.StatusServiceUnavailable || e.Status == http.StatusGatewayTimeout) {
+		n := u.failures.Add(1)
+		d := min(250*time.Millisecond<<min(n-1, 8), maxBreak)
+		u.downUntil.Store(time.Now().Add(d).UnixNano())
+	}
+	return werr
 }
 
 func (u *Upstream) ref(repo, reference string) rcref.Ref {
@@ -265,8 +297,8 @@ func (u *Upstream) HeadManifest(ctx context.Context, repo, reference string) (oc
 		return ocispec.Descriptor{}, err
 	}
 	m, err := u.rc.ManifestHead(ctx, u.ref(repo, reference), regclient.WithManifestRequireDigest())
-	if err != nil {
-		return ocispec.Descriptor{}, u.wrap(ctx, KindManifest, o, err)
+	if err := u.settle(ctx, KindManifest, o, err); err != nil {
+		return ocispec.Descriptor{}, err
 	}
 	d := m.GetDescriptor()
 	return ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size}, nil
@@ -279,8 +311,8 @@ func (u *Upstream) GetManifest(ctx context.Context, repo, reference string) (Man
 		return Manifest{}, err
 	}
 	m, err := u.rc.ManifestGet(ctx, u.ref(repo, reference))
-	if err != nil {
-		return Manifest{}, u.wrap(ctx, KindManifest, o, err)
+	if err := u.settle(ctx, KindManifest, o, err); err != nil {
+		return Manifest{}, err
 	}
 	raw, err := m.RawBody()
 	if err != nil {
@@ -325,8 +357,8 @@ func (u *Upstream) HeadBlob(ctx context.Context, repo string, d digest.Digest) (
 		return 0, err
 	}
 	r, err := u.rc.BlobHead(ctx, u.ref(repo, ""), descriptor.Descriptor{Digest: d})
-	if err != nil {
-		return 0, u.wrap(ctx, KindBlob, o, err)
+	if err := u.settle(ctx, KindBlob, o, err); err != nil {
+		return 0, err
 	}
 	defer r.Close()
 	return r.GetDescriptor().Size, nil
@@ -340,8 +372,8 @@ func (u *Upstream) GetBlob(ctx context.Context, repo string, d digest.Digest) (i
 		return nil, 0, err
 	}
 	r, err := u.rc.BlobGet(ctx, u.ref(repo, ""), descriptor.Descriptor{Digest: d})
-	if err != nil {
-		return nil, 0, u.wrap(ctx, KindBlob, o, err)
+	if err := u.settle(ctx, KindBlob, o, err); err != nil {
+		return nil, 0, err
 	}
 	size := r.GetDescriptor().Size
 	if size <= 0 {
@@ -378,8 +410,8 @@ func (u *Upstream) Tags(ctx context.Context, repo string) ([]string, error) {
 		return nil, err
 	}
 	tl, err := u.rc.TagList(ctx, u.ref(repo, "latest"))
-	if err != nil {
-		return nil, u.wrap(ctx, KindTags, o, err)
+	if err := u.settle(ctx, KindTags, o, err); err != nil {
+		return nil, err
 	}
 	tags, err := tl.GetTags()
 	if err != nil {
@@ -396,8 +428,8 @@ func (u *Upstream) Referrers(ctx context.Context, repo string, d digest.Digest) 
 		return nil, err
 	}
 	rl, err := u.rc.ReferrerList(ctx, u.ref(repo, d.String()))
-	if err != nil {
-		return nil, u.wrap(ctx, KindReferrers, o, err)
+	if err := u.settle(ctx, KindReferrers, o, err); err != nil {
+		return nil, err
 	}
 	out := make([]ocispec.Descriptor, 0, len(rl.Descriptors))
 	for _, x := range rl.Descriptors {

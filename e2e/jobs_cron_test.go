@@ -1,0 +1,248 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/regwarm/regwarm/e2e/harness"
+)
+
+// cronPeriod is the schedule of TestCronTicksOnceAcrossWorkers, and
+// cronWindow how long it watches the ticks.
+const (
+	cronPeriod = 3 * time.Second
+	cronWindow = 60 * time.Second
+)
+
+// TestCronTicksOnceAcrossWorkers runs two workers with
+// jobs.refresh.schedule "@every 3s" for a minute and watches
+// regwarm.events.report: no tick runs twice, at least 80% of the elapsed
+// ticks run, every run succeeds, and the workers' regwarm_job_runs_total
+// {job="refresh",result="ok"} add up to the number of events.
+func TestCronTicksOnceAcrossWorkers(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	ns := harness.StartNATS(t)
+	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
+	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1104, Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 4 << 10})
+	const repo = "e2e/cron"
+	pushImage(t, im, up.Addr+"/"+repo+":v1")
+	cfg := workerConfig(ns.URL(), up.URL()) + fmt.Sprintf(`jobs:
+  dangling_scan: {schedule: ""}
+  verify: {schedule: ""}
+  refresh: {schedule: "@every %s", images: ["hub/%s:v1"]}
+`, cronPeriod, repo)
+	reports := watchReports(t, natsConn(t, ns.URL()))
+	dataDir := filepath.Join(t.TempDir(), "data")
+	ws := startWorkers(t, cfg, dataDir, 2)
+	start := time.Now()
+	time.Sleep(cronWindow)
+	end := time.Now()
+
+	// Settle between two ticks, then take the events and the metrics.
+	var evs []reportEvent
+	var runs, errs, skips float64
+	for attempt := 1; ; attempt++ {
+		time.Sleep(time.Until(time.Now().Truncate(cronPeriod).Add(cronPeriod + cronPeriod/2)))
+		evs = reports.all()
+		runs, errs, skips = 0, 0, 0
+		for _, w := range ws {
+			m := harness.ScrapeMetrics(t, w.MetricsAddr)
+			runs += m.Value("regwarm_job_runs_total", "job", "refresh", "result", "ok")
+			errs += m.Value("regwarm_job_runs_total", "job", "refresh", "result", "error")
+			skips += m.Value("regwarm_job_runs_total", "job", "refresh", "result", "skipped")
+		}
+		if runs+errs+skips == float64(len(evs)) && len(reports.all()) == len(evs) || attempt == 3 {
+			break
+		}
+		t.Logf("attempt %d: %d events, metrics %v ok, %v error, %v skipped; sampling again", attempt, len(evs), runs, errs, skips)
+	}
+
+	perTick := map[int64][]reportEvent{}
+	perWorker := map[string]int{}
+	ok := 0
+	for _, e := range evs {
+		if e.Job != "refresh" {
+			t.Errorf("unexpected event for job %q (disabled): %+v", e.Job, e)
+			continue
+		}
+		tick := e.Started.Round(cronPeriod).Unix()
+		perTick[tick] = append(perTick[tick], e)
+		perWorker[e.Worker]++
+		if e.ok() {
+			ok++
+			if e.Summary.Manifests != 1 || e.Problems != 0 {
+				t.Errorf("refresh run %+v: want 1 tag checked and no problem", e)
+			}
+		} else {
+			t.Errorf("refresh run failed or skipped: %+v", e)
+		}
+	}
+	for tick, es := range perTick {
+		if len(es) > 1 {
+			t.Errorf("tick %s ran %d times: %+v", time.Unix(tick, 0).UTC().Format(time.TimeOnly), len(es), es)
+		}
+	}
+	// Ticks that fell in the window, and those of them that ran.
+	elapsed, ran := 0, 0
+	var missed []string
+	for tick := start.Truncate(cronPeriod).Add(cronPeriod); !tick.After(end); tick = tick.Add(cronPeriod) {
+		elapsed++
+		if len(perTick[tick.Unix()]) > 0 {
+			ran++
+		} else {
+			missed = append(missed, tick.UTC().Format(time.TimeOnly))
+		}
+	}
+	t.Logf("%d ticks elapsed in %s, %d ran (missed: %v); %d events in all, by worker %v; metrics: %v ok, %v error, %v skipped",
+		elapsed, end.Sub(start).Round(time.Millisecond), ran, missed, len(evs), perWorker, runs, errs, skips)
+	if need := int(math.Ceil(0.8 * float64(elapsed))); ran < need {
+		t.Errorf("%d of %d elapsed ticks ran, want at least %d", ran, elapsed, need)
+	}
+	if runs != float64(ok) || errs != 0 || skips != 0 {
+		t.Errorf(`workers' regwarm_job_runs_total{job="refresh"}: %v ok, %v error, %v skipped; want %d ok (one per event), no error or skip`,
+			runs, errs, skips, ok)
+	}
+	if m := missingBlobs(dataDir, im.AllBlobs()); len(m) > 0 {
+		t.Errorf("the refresh runs did not sync hub/%s:v1: blobs missing %v", repo, m)
+	}
+}
+
+// TestJobScheduleInvalid: `regwarm config check` rejects a verify schedule
+// with minute 61 (exit 2, naming jobs.verify.schedule), as do `worker` and
+// `scan` with that config; the same config with "@every 3s" is valid.
+func TestJobScheduleInvalid(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	dir := t.TempDir()
+	cfg := func(name, schedule string) string {
+		path := filepath.Join(dir, name+".yaml")
+		writeFile(t, path, fmt.Sprintf(`version: 1
+data_dir: %q
+nats: {url: "nats://127.0.0.1:%d"}
+registries:
+  - {name: local, default: true, push: true}
+jobs:
+  dangling_scan: {schedule: ""}
+  verify: {schedule: %q}
+  refresh: {schedule: ""}
+`, filepath.Join(dir, "data"), harness.FreePort(t), schedule))
+		return path
+	}
+	bad := cfg("bad", "61 * * * *")
+	res := runRegwarmCLI(t, "config", "check", "--config", bad)
+	res.wantCode(t, 2)
+	if !strings.Contains(res.stderr, "jobs.verify.schedule") || !strings.Contains(res.stderr, "61 * * * *") {
+		t.Errorf("config check: stderr does not name jobs.verify.schedule and its value:\n%s", res.stderr)
+	}
+	if strings.Contains(res.stdout, "valid; effective config") {
+		t.Errorf("config check of an invalid config printed it as valid:\n%s", res.stdout)
+	}
+	for _, args := range [][]string{{"worker", "--config", bad}, {"scan", "--config", bad}} {
+		res := runRegwarmCLI(t, args...)
+		if res.code != 2 || !strings.Contains(res.stderr, "jobs.verify.schedule") {
+			t.Errorf("regwarm %s: exit %d, want 2 naming jobs.verify.schedule\nstderr:\n%s", strings.Join(args, " "), res.code, lastLines(res.stderr, 10))
+		}
+	}
+	res = runRegwarmCLI(t, "config", "check", "--config", cfg("good", "@every 3s"))
+	res.wantCode(t, 0)
+	if !strings.Contains(res.stdout, "@every 3s") {
+		t.Errorf("config check: the effective config does not show the schedule:\n%s", res.stdout)
+	}
+}
+
+// TestJobReportsUnwritable starts a worker whose <data_dir>/reports is a
+// regular file, with a dangling scan every 2s: the scheduled scans fail
+// with an error naming the reports directory, in the log, on
+// regwarm.events.report and in regwarm_job_runs_total{result="error"};
+// the worker stays healthy and still syncs an image afterwards.
+func TestJobReportsUnwritable(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	ns := harness.StartNATS(t)
+	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
+	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1105, Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 16 << 10})
+	const repo = "e2e/jobfail"
+	pushImage(t, im, up.Addr+"/"+repo+":v1")
+	dataDir := filepath.Join(t.TempDir(), "data")
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	reportsPath := filepath.Join(dataDir, "reports")
+	writeFile(t, reportsPath, "a file where the reports directory should be\n")
+	cfg := workerConfig(ns.URL(), up.URL()) + strings.Replace(jobsOff, `dangling_scan: {schedule: ""`, `dangling_scan: {schedule: "@every 2s"`, 1)
+	nc := natsConn(t, ns.URL())
+	reports := watchReports(t, nc)
+	syncs := watchEvents(t, ns.URL())
+	w := harness.StartWorker(t, "worker-1", cfg, harness.ConfigVars{DataDir: dataDir})
+
+	failed := reports.wait(t, 15*time.Second, "a failed scheduled dangling scan", func(e reportEvent) bool {
+		return e.Job == "dangling_scan"
+	})
+	if failed.Error == "" || !strings.Contains(failed.Error, reportsPath) || failed.Path != "" || failed.Skipped {
+		t.Errorf("scheduled scan event %+v; want an error naming %s and no report path", failed, reportsPath)
+	}
+	t.Logf("scheduled scan error: %s", failed.Error)
+	harness.Eventually(t, 10*time.Second, "the failure in the worker's log", func() error {
+		for _, l := range strings.Split(w.Log(), "\n") {
+			if strings.Contains(l, "level=ERROR") && strings.Contains(l, "job=dangling_scan") && strings.Contains(l, reportsPath) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no ERROR line with job=dangling_scan naming %s", reportsPath)
+	})
+	m := harness.ScrapeMetrics(t, w.MetricsAddr)
+	errs := m.Value("regwarm_job_runs_total", "job", "dangling_scan", "result", "error")
+	if errs < 1 || m.Value("regwarm_job_runs_total", "job", "dangling_scan", "result", "ok") != 0 {
+		t.Errorf(`regwarm_job_runs_total{job="dangling_scan"}: %v error, %v ok; want errors only`,
+			errs, m.Value("regwarm_job_runs_total", "job", "dangling_scan", "result", "ok"))
+	}
+
+	// The worker lives on: healthy, ready, syncing, and still ticking.
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + w.MetricsAddr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s of the worker after failed scans: %d, want 200", path, resp.StatusCode)
+		}
+	}
+	js := jetStream(t, ns.URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.Publish(ctx, syncSubject, []byte("hub/"+repo+":v1")); err != nil {
+		t.Fatalf("publish sync: %v", err)
+	}
+	done := syncs.wait(t, 30*time.Second, "the sync after the failed scans", func(e syncEvent) bool {
+		return e.Image == "hub/"+repo+":v1"
+	})
+	if !done.done() || done.Digest != im.IndexDigest {
+		t.Errorf("sync after failed scans: %v; want done with digest %s", done, im.IndexDigest)
+	}
+	if missing := missingBlobs(dataDir, im.AllBlobs()); len(missing) > 0 {
+		t.Errorf("after the sync, blobs missing: %v", missing)
+	}
+	harness.Eventually(t, 10*time.Second, "another failed scheduled scan", func() error {
+		if n := harness.ScrapeMetrics(t, w.MetricsAddr).Value("regwarm_job_runs_total", "job", "dangling_scan", "result", "error"); n <= errs {
+			return fmt.Errorf("%v errors, had %v", n, errs)
+		}
+		return nil
+	})
+	if exited, err := w.Exited(); exited {
+		t.Errorf("the worker exited: %v", err)
+	}
+	for _, e := range reports.all() {
+		if e.Job != "dangling_scan" {
+			t.Errorf("report event for job %q, which is not scheduled: %+v", e.Job, e)
+		}
+	}
+}
