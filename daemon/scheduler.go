@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -80,26 +79,11 @@ func (s *scheduler) start(ctx context.Context) (stop func(), err error) {
 	return func() { <-c.Stop().Done() }, nil
 }
 
-// parseSchedule parses a five-field expression or descriptor (CRON_TZ=
-// allowed). "@every D" is aligned to multiples of D since the epoch so that
-// every worker's ticks fall on the same instants. grain is the precision a
-// tick's time is known to: D, or a minute.
+// parseSchedule is config.ParseSchedule, shared so that `config check`
+// accepts exactly what workers run.
 func parseSchedule(spec string) (cron.Schedule, time.Duration, error) {
-	if rest, ok := strings.CutPrefix(spec, "@every "); ok {
-		d, err := time.ParseDuration(strings.TrimSpace(rest))
-		if err != nil || d < time.Second {
-			return nil, 0, fmt.Errorf("@every needs a duration of at least 1s: %q", rest)
-		}
-		return aligned{d.Truncate(time.Second)}, d.Truncate(time.Second), nil
-	}
-	sched, err := cron.ParseStandard(spec)
-	return sched, time.Minute, err
+	return config.ParseSchedule(spec)
 }
-
-// aligned fires at every multiple of its period.
-type aligned struct{ every time.Duration }
-
-func (a aligned) Next(t time.Time) time.Time { return t.Truncate(a.every).Add(a.every) }
 
 // tick runs job if this worker wins the tick's claim.
 func (s *scheduler) tick(ctx context.Context, job string, grain time.Duration) {
@@ -114,7 +98,7 @@ func (s *scheduler) tick(ctx context.Context, job string, grain time.Duration) {
 	}
 	// Ticks of one schedule fire at the same instant on every worker; that
 	// instant, rounded to the schedule's grain, names the tick.
-	tickKey := "job." + job + ".tick." + strconv.FormatInt(s.now().Round(grain).Unix(), 10)
+	tickKey := "job." + job + ".tick." + strconv.FormatInt(config.Nearest(s.now(), grain).Unix(), 10)
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	won, err := leases.Claim(cctx, tickKey)
 	cancel()

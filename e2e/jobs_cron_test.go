@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -21,11 +22,12 @@ const (
 	cronWindow = 60 * time.Second
 )
 
-// TestCronTicksOnceAcrossWorkers runs two workers with
-// jobs.refresh.schedule "@every 3s" for a minute and watches
-// regwarm.events.report: no tick runs twice, at least 80% of the elapsed
-// ticks run, every run succeeds, and the workers' regwarm_job_runs_total
-// {job="refresh",result="ok"} add up to the number of events.
+// TestCronTicksOnceAcrossWorkers runs two workers sharing a store with
+// jobs.refresh.schedule "@every 3s" (refreshing the tags that match a
+// glob) for a minute and watches regwarm.events.report: no tick runs
+// twice, at least 80% of the elapsed ticks run, every run succeeds, and
+// the workers' regwarm_job_runs_total{job="refresh",result="ok"} add up to
+// the number of events.
 func TestCronTicksOnceAcrossWorkers(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
@@ -33,11 +35,14 @@ func TestCronTicksOnceAcrossWorkers(t *testing.T) {
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
 	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1104, Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 4 << 10})
 	const repo = "e2e/cron"
-	pushImage(t, im, up.Addr+"/"+repo+":v1")
+	// Tags v1 and v2 match the refresh glob "v*", "other" does not.
+	for _, tag := range []string{"v1", "v2", "other"} {
+		pushImage(t, im, up.Addr+"/"+repo+":"+tag)
+	}
 	cfg := workerConfig(ns.URL(), up.URL()) + fmt.Sprintf(`jobs:
   dangling_scan: {schedule: ""}
   verify: {schedule: ""}
-  refresh: {schedule: "@every %s", images: ["hub/%s:v1"]}
+  refresh: {schedule: "@every %s", images: ["hub/%s:v*"]}
 `, cronPeriod, repo)
 	reports := watchReports(t, natsConn(t, ns.URL()))
 	dataDir := filepath.Join(t.TempDir(), "data")
@@ -59,7 +64,7 @@ func TestCronTicksOnceAcrossWorkers(t *testing.T) {
 			errs += m.Value("regwarm_job_runs_total", "job", "refresh", "result", "error")
 			skips += m.Value("regwarm_job_runs_total", "job", "refresh", "result", "skipped")
 		}
-		if runs+errs+skips == float64(len(evs)) && len(reports.all()) == len(evs) || attempt == 3 {
+		if (runs+errs+skips == float64(len(evs)) && len(reports.all()) == len(evs)) || attempt == 3 {
 			break
 		}
 		t.Logf("attempt %d: %d events, metrics %v ok, %v error, %v skipped; sampling again", attempt, len(evs), runs, errs, skips)
@@ -78,8 +83,8 @@ func TestCronTicksOnceAcrossWorkers(t *testing.T) {
 		perWorker[e.Worker]++
 		if e.ok() {
 			ok++
-			if e.Summary.Manifests != 1 || e.Problems != 0 {
-				t.Errorf("refresh run %+v: want 1 tag checked and no problem", e)
+			if e.Summary.Manifests != 2 || e.Problems != 0 {
+				t.Errorf("refresh run %+v: want 2 tags (v1, v2) checked and no problem", e)
 			}
 		} else {
 			t.Errorf("refresh run failed or skipped: %+v", e)
@@ -111,8 +116,23 @@ func TestCronTicksOnceAcrossWorkers(t *testing.T) {
 			runs, errs, skips, ok)
 	}
 	if m := missingBlobs(dataDir, im.AllBlobs()); len(m) > 0 {
-		t.Errorf("the refresh runs did not sync hub/%s:v1: blobs missing %v", repo, m)
+		t.Errorf("the refresh runs did not sync hub/%s:v*: blobs missing %v", repo, m)
 	}
+}
+
+// jobConfigFile writes a config with one push registry, metrics on a free
+// port, NATS at natsURL and the given jobs block, and returns its path.
+func jobConfigFile(t *testing.T, dir, name, natsURL, jobs string) string {
+	t.Helper()
+	path := filepath.Join(dir, name+".yaml")
+	writeFile(t, path, fmt.Sprintf(`version: 1
+data_dir: %q
+metrics: {listen: %q}
+nats: {url: %q}
+registries:
+  - {name: local, default: true, push: true}
+`, filepath.Join(dir, name+"-data"), harness.FreeAddr(t), natsURL)+jobs)
+	return path
 }
 
 // TestJobScheduleInvalid: `regwarm config check` rejects a verify schedule
@@ -122,21 +142,8 @@ func TestJobScheduleInvalid(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
 	dir := t.TempDir()
-	cfg := func(name, schedule string) string {
-		path := filepath.Join(dir, name+".yaml")
-		writeFile(t, path, fmt.Sprintf(`version: 1
-data_dir: %q
-nats: {url: "nats://127.0.0.1:%d"}
-registries:
-  - {name: local, default: true, push: true}
-jobs:
-  dangling_scan: {schedule: ""}
-  verify: {schedule: %q}
-  refresh: {schedule: ""}
-`, filepath.Join(dir, "data"), harness.FreePort(t), schedule))
-		return path
-	}
-	bad := cfg("bad", "61 * * * *")
+	noNATS := fmt.Sprintf("nats://127.0.0.1:%d", harness.FreePort(t))
+	bad := jobConfigFile(t, dir, "bad", noNATS, strings.Replace(jobsOff, `verify: {schedule: ""}`, `verify: {schedule: "61 * * * *"}`, 1))
 	res := runRegwarmCLI(t, "config", "check", "--config", bad)
 	res.wantCode(t, 2)
 	if !strings.Contains(res.stderr, "jobs.verify.schedule") || !strings.Contains(res.stderr, "61 * * * *") {
@@ -146,23 +153,62 @@ jobs:
 		t.Errorf("config check of an invalid config printed it as valid:\n%s", res.stdout)
 	}
 	for _, args := range [][]string{{"worker", "--config", bad}, {"scan", "--config", bad}} {
-		res := runRegwarmCLI(t, args...)
+		res := runRegwarmFor(t, 20*time.Second, args...)
 		if res.code != 2 || !strings.Contains(res.stderr, "jobs.verify.schedule") {
 			t.Errorf("regwarm %s: exit %d, want 2 naming jobs.verify.schedule\nstderr:\n%s", strings.Join(args, " "), res.code, lastLines(res.stderr, 10))
 		}
 	}
-	res = runRegwarmCLI(t, "config", "check", "--config", cfg("good", "@every 3s"))
+	good := jobConfigFile(t, dir, "good", noNATS, strings.Replace(jobsOff, `verify: {schedule: ""}`, `verify: {schedule: "@every 3s"}`, 1))
+	res = runRegwarmCLI(t, "config", "check", "--config", good)
 	res.wantCode(t, 0)
 	if !strings.Contains(res.stdout, "@every 3s") {
 		t.Errorf("config check: the effective config does not show the schedule:\n%s", res.stdout)
 	}
 }
 
+// TestJobScheduleSubsecond checks that `regwarm config check` and the
+// worker agree on `@every` schedules under a second: a schedule that
+// config check calls valid must not stop the worker, and one the worker
+// refuses must fail config check with exit 2.
+func TestJobScheduleSubsecond(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	ns := harness.StartNATS(t)
+	dir := t.TempDir()
+	for i, spec := range []string{"@every 500ms", "@every -5s"} {
+		path := jobConfigFile(t, dir, fmt.Sprintf("sub%d", i), ns.URL(),
+			strings.Replace(jobsOff, `dangling_scan: {schedule: ""`, fmt.Sprintf(`dangling_scan: {schedule: %q`, spec), 1))
+		check := runRegwarmCLI(t, "config", "check", "--config", path)
+		// A worker that has not stopped within 10s has accepted the schedule.
+		worker := runRegwarmFor(t, 10*time.Second, "worker", "--config", path)
+		checkOK, workerOK := check.code == 0, worker.code == timedOut
+		if checkOK != workerOK {
+			t.Errorf("jobs.dangling_scan.schedule %q: `regwarm config check` exits %d but `regwarm worker` %s.\n"+
+				"BUG: internal/config/validate.go parseSchedule accepts it (cron.ParseStandard rounds a sub-second or negative @every up to 1s), "+
+				"while daemon/scheduler.go parseSchedule refuses durations under 1s, so the worker dies after start-up; "+
+				"config check must reject it (exit 2, naming jobs.dangling_scan.schedule) or the scheduler accept it.\nworker stderr:\n%s",
+				spec, check.code, describeWorkerExit(worker), lastLines(worker.stderr, 5))
+		}
+		if !checkOK && !strings.Contains(check.stderr, "jobs.dangling_scan.schedule") {
+			t.Errorf("config check of %q: stderr does not name jobs.dangling_scan.schedule:\n%s", spec, check.stderr)
+		}
+	}
+}
+
+// describeWorkerExit says how a worker run by runRegwarmFor ended.
+func describeWorkerExit(r cliResult) string {
+	if r.code == timedOut {
+		return "keeps running"
+	}
+	return fmt.Sprintf("exits %d at start-up", r.code)
+}
+
 // TestJobReportsUnwritable starts a worker whose <data_dir>/reports is a
 // regular file, with a dangling scan every 2s: the scheduled scans fail
 // with an error naming the reports directory, in the log, on
 // regwarm.events.report and in regwarm_job_runs_total{result="error"};
-// the worker stays healthy and still syncs an image afterwards.
+// the worker stays healthy and still syncs an image afterwards. Once the
+// file is gone, the next scheduled scan writes its report.
 func TestJobReportsUnwritable(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
@@ -240,6 +286,37 @@ func TestJobReportsUnwritable(t *testing.T) {
 	if exited, err := w.Exited(); exited {
 		t.Errorf("the worker exited: %v", err)
 	}
+
+	// Once the directory can be created, the next scheduled scan writes
+	// its report.
+	if err := os.Remove(reportsPath); err != nil {
+		t.Fatal(err)
+	}
+	fixedAt := time.Now()
+	saved := reports.wait(t, 15*time.Second, "a successful scheduled scan", func(e reportEvent) bool {
+		return e.Job == "dangling_scan" && e.ok() && e.Started.After(fixedAt)
+	})
+	name := regexp.MustCompile(`^dangling_scan-\d{8}T\d{6}(\.\d{3})?Z\.json$`)
+	if filepath.Dir(saved.Path) != reportsPath || !name.MatchString(filepath.Base(saved.Path)) {
+		t.Errorf("scheduled scan event %+v: want a report path %s/dangling_scan-<UTC timestamp>.json", saved, reportsPath)
+	} else {
+		rep, _ := readReport(t, saved.Path)
+		latest, _ := readReport(t, filepath.Join(reportsPath, "dangling_scan-latest.json"))
+		// A later run may have replaced -latest.json meanwhile.
+		if rep.Job != "dangling_scan" || rep.Summary.Manifests != 2 || rep.Summary.Problems != 0 || latest.Finished.Before(rep.Finished) {
+			t.Errorf("scheduled report %+v (latest %+v): want 2 manifests, no problem", rep, latest)
+		}
+	}
+	harness.Eventually(t, 5*time.Second, "the ok run in the metrics", func() error {
+		m := harness.ScrapeMetrics(t, w.MetricsAddr)
+		ok := m.Value("regwarm_job_runs_total", "job", "dangling_scan", "result", "ok")
+		last := m.Value("regwarm_job_last_success_timestamp_seconds", "job", "dangling_scan")
+		if ok < 1 || last < float64(fixedAt.Unix()) {
+			return fmt.Errorf("%v ok runs, last success %v", ok, last)
+		}
+		return nil
+	})
+
 	for _, e := range reports.all() {
 		if e.Job != "dangling_scan" {
 			t.Errorf("report event for job %q, which is not scheduled: %+v", e.Job, e)

@@ -142,7 +142,21 @@ type cliResult struct {
 // stdout and stderr and returns its exit code.
 func runRegwarmCLI(t *testing.T, args ...string) cliResult {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	r := runRegwarmFor(t, 2*time.Minute, args...)
+	if r.code == timedOut {
+		t.Fatalf("regwarm %s: still running after 2m", strings.Join(args, " "))
+	}
+	return r
+}
+
+// timedOut is the cliResult code of a command that runRegwarmFor killed.
+const timedOut = -1
+
+// runRegwarmFor runs the regwarm binary for at most timeout; a command
+// still running then is killed and its code is timedOut.
+func runRegwarmFor(t *testing.T, timeout time.Duration, args ...string) cliResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, harness.RegwarmBinary(t), args...)
 	cmd.Env = append(os.Environ(), harness.ClientEnv(t)...)
@@ -157,6 +171,8 @@ func runRegwarmCLI(t *testing.T, args ...string) cliResult {
 	case err == nil:
 	case errors.As(err, &ee) && ee.Exited():
 		r.code = ee.ExitCode()
+	case ctx.Err() != nil:
+		r.code = timedOut
 	default:
 		t.Fatalf("regwarm %s: %v\nstderr:\n%s", strings.Join(args, " "), err, r.stderr)
 	}
@@ -342,7 +358,9 @@ const jobsOff = `jobs:
 // as remote_only; the text form names the same layer. A scan run on a
 // worker through regwarm.jobs.run.dangling_scan with repair enabled queues
 // a sync of B's manifest, which brings the layer back; the next scan lists
-// only A.
+// only A. `regwarm verify` (CLI and on-demand on the worker) reports A's
+// layer as referenced-but-absent, and with the upstream down the scan
+// lists it as an upstream error that is not counted (exit 0).
 func TestScanDanglingReferences(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
@@ -446,6 +464,21 @@ func TestScanDanglingReferences(t *testing.T) {
 	ns := harness.StartNATS(t)
 	cfg := workerConfig(ns.URL(), up.URL()) + strings.Replace(jobsOff, "repair: false", "repair: true", 1)
 	w := harness.StartWorker(t, "worker-1", cfg, harness.ConfigVars{DataDir: rw.DataDir})
+	// Every job and result is exported from start-up.
+	m := harness.ScrapeMetrics(t, w.MetricsAddr)
+	for _, job := range []string{"dangling_scan", "verify", "refresh"} {
+		for _, result := range []string{"ok", "error", "skipped"} {
+			if !m.Has("regwarm_job_runs_total", "job", job, "result", result) {
+				t.Errorf(`worker: no regwarm_job_runs_total{job=%q,result=%q} at start-up`, job, result)
+			}
+		}
+		if !m.Has("regwarm_job_last_success_timestamp_seconds", "job", job) {
+			t.Errorf(`worker: no regwarm_job_last_success_timestamp_seconds{job=%q} at start-up`, job)
+		}
+	}
+	if !m.Has("regwarm_dangling_references", "registry", "hub") {
+		t.Errorf(`worker: no regwarm_dangling_references{registry="hub"} at start-up`)
+	}
 	nc := natsConn(t, ns.URL())
 	reports := watchReports(t, nc)
 	syncs := watchEvents(t, ns.URL())
@@ -458,7 +491,7 @@ func TestScanDanglingReferences(t *testing.T) {
 		t.Errorf("on-demand scan reply: %+v\nwant job dangling_scan, no error, 1 problem, a worker, summary %+v", ev, repairSummary)
 	}
 	reportsDir := filepath.Join(rw.DataDir, "reports")
-	if !regexp.MustCompile(`^dangling_scan-\d{8}T\d{6}Z\.json$`).MatchString(filepath.Base(ev.Path)) || filepath.Dir(ev.Path) != reportsDir {
+	if !regexp.MustCompile(`^dangling_scan-\d{8}T\d{6}(\.\d{3})?Z\.json$`).MatchString(filepath.Base(ev.Path)) || filepath.Dir(ev.Path) != reportsDir {
 		t.Errorf("on-demand scan: report path %q, want %s/dangling_scan-<UTC timestamp>.json", ev.Path, reportsDir)
 	} else {
 		saved, _ := readReport(t, ev.Path)
@@ -490,7 +523,7 @@ func TestScanDanglingReferences(t *testing.T) {
 			t.Errorf("repair queued a sync of A, whose layer is gone upstream: %v", e)
 		}
 	}
-	m := harness.ScrapeMetrics(t, w.MetricsAddr)
+	m = harness.ScrapeMetrics(t, w.MetricsAddr)
 	if v := m.Value("regwarm_job_runs_total", "job", "dangling_scan", "result", "ok"); v != 1 {
 		t.Errorf(`regwarm_job_runs_total{job="dangling_scan",result="ok"} = %v, want 1`, v)
 	}
@@ -501,6 +534,15 @@ func TestScanDanglingReferences(t *testing.T) {
 		t.Errorf(`regwarm_job_last_success_timestamp_seconds{job="dangling_scan"} = %v, want at least %d`, v, start.Unix())
 	}
 
+	// An on-demand verify on the worker writes its own report.
+	vev := requestJob(t, nc, "verify", time.Minute)
+	if vev.Job != "verify" || !vev.ok() || vev.Problems != 1 || vev.Summary.Absent != 1 || vev.Summary.Corrupt != 0 ||
+		filepath.Dir(vev.Path) != reportsDir || !strings.HasPrefix(filepath.Base(vev.Path), "verify-") {
+		t.Errorf("on-demand verify reply: %+v\nwant job verify, 1 problem (A's layer absent), a report in %s", vev, reportsDir)
+	} else if vrep, _ := readReport(t, vev.Path); vrep.Job != "verify" || vrep.Summary.Absent != 1 {
+		t.Errorf("on-demand verify report %s: %+v", vev.Path, vrep)
+	}
+
 	// B is whole again; A is still dangling.
 	res = runRegwarmCLI(t, "scan", "--config", rw.ConfigPath, "--format", "json", "--output", out)
 	res.wantCode(t, 1)
@@ -508,14 +550,41 @@ func TestScanDanglingReferences(t *testing.T) {
 	fixed := wantSummary
 	fixed.Local, fixed.RemoteOnly = 19, 0
 	checkScan("scan after the repair", rep, fixed)
+
+	// The integrity check sees A's layer as referenced but absent.
+	vout := filepath.Join(t.TempDir(), "verify.json")
+	res = runRegwarmCLI(t, "verify", "--config", rw.ConfigPath, "--format", "json", "--output", vout)
+	res.wantCode(t, 1)
+	vrep, _ := readReport(t, vout)
+	wantAbsent := jobProblem{Registry: "hub", Repository: repoA, Manifest: amdA.Digest, Missing: layerA,
+		MediaType: harness.MediaTypeLayer, Reason: "referenced-but-absent"}
+	if vrep.Summary.Absent != 1 || vrep.Summary.Corrupt != 0 || vrep.Summary.Problems != 1 ||
+		len(vrep.Problems) != 1 || !reflect.DeepEqual(vrep.Problems[0], wantAbsent) {
+		t.Errorf("verify: summary %+v, problems %+v; want exactly [%+v]", vrep.Summary, vrep.Problems, wantAbsent)
+	}
+
+	// With the upstream down nothing can be told about A's layer: an
+	// upstream error is listed but not counted, and the scan exits 0.
+	if err := up.Stop(); err != nil {
+		t.Logf("stop docker-registry: %v", err)
+	}
+	res = runRegwarmCLI(t, "scan", "--config", rw.ConfigPath, "--format", "json", "--output", out)
+	res.wantCode(t, 0)
+	rep, raw = readReport(t, out)
+	down := fixed
+	down.Problems, down.ByRegistry, down.UpstreamErrors = 0, map[string]int{"hub": 0}, 1
+	if !reflect.DeepEqual(rep.Summary, down) || len(rep.Problems) != 1 || rep.Problems[0].Reason != "upstream-error" ||
+		rep.Problems[0].Missing != layerA || rep.Problems[0].Connector != "up" || rep.Problems[0].Detail == "" {
+		t.Errorf("scan with the upstream down: want summary %+v and one upstream-error for %s via up with a detail, got\n%s", down, layerA, raw)
+	}
 }
 
 // TestVerifyQuarantinesCorruptBlob flips a byte in a stored layer. With
 // the upstream up, `regwarm verify` exits 1, reports the layer as corrupt,
 // moves the file to <store>/quarantine/ and fetches it again. With the
 // upstream down it still quarantines and reports the failed re-fetch; a
-// pull through serve then brings correct bytes, and a last verify is
-// clean (exit 0).
+// pull through serve then brings correct bytes, and a last verify exits 0,
+// listing a stray blob as unreferenced (with its size) without counting it.
 func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
@@ -531,22 +600,16 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 	quarantine := filepath.Join(rw.DataDir, "store", "quarantine")
 	out := filepath.Join(t.TempDir(), "verify.json")
 
-	verify := func(what string, code int, layer, platformManifest string, size int64) jobProblem {
+	verify := func(what, layer, platformManifest string, size int64) jobProblem {
 		t.Helper()
 		res := runRegwarmCLI(t, "verify", "--config", rw.ConfigPath, "--format", "json", "--output", out)
-		res.wantCode(t, code)
+		res.wantCode(t, 1)
 		rep, raw := readReport(t, out)
 		t.Logf("%s: verify report:\n%s", what, raw)
 		if rep.Job != "verify" || rep.Summary.Blobs != len(im.AllBlobs()) || rep.Summary.Manifests != 3 ||
 			rep.Summary.Absent != 0 || rep.Summary.Unreferenced != 0 {
 			t.Errorf("%s: report %+v; want job verify, %d blobs, 3 manifests, nothing absent or unreferenced",
 				what, rep.Summary, len(im.AllBlobs()))
-		}
-		if layer == "" {
-			if rep.Summary.Problems != 0 || rep.Summary.Corrupt != 0 || len(rep.Problems) != 0 {
-				t.Errorf("%s: want a clean report, got %+v %+v", what, rep.Summary, rep.Problems)
-			}
-			return jobProblem{}
 		}
 		if rep.Summary.Corrupt != 1 || rep.Summary.Quarantined != 1 || rep.Summary.Problems != 1 || rep.Summary.ByRegistry["hub"] != 1 {
 			t.Errorf("%s: summary %+v; want 1 corrupt, 1 quarantined, 1 problem, by_registry hub 1", what, rep.Summary)
@@ -579,7 +642,7 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 	x := amd.Layers[1]
 	sizeX := int64(len(im.ReadBlob(t, x)))
 	badX := flipByte(t, blobFile(rw.DataDir, x))
-	p := verify("upstream up", 1, x, amd.Digest, sizeX)
+	p := verify("upstream up", x, amd.Digest, sizeX)
 	if !strings.Contains(p.Detail, "re-fetched from upstream") {
 		t.Errorf("upstream up: detail %q does not say the blob was re-fetched", p.Detail)
 	}
@@ -602,7 +665,7 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 		t.Logf("stop docker-registry: %v", err)
 	}
 	badY := flipByte(t, blobFile(rw.DataDir, y))
-	p = verify("upstream down", 1, y, arm.Digest, sizeY)
+	p = verify("upstream down", y, arm.Digest, sizeY)
 	if !strings.Contains(p.Detail, "re-fetch failed") {
 		t.Errorf("upstream down: detail %q does not say the re-fetch failed", p.Detail)
 	}
@@ -617,7 +680,25 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 	if got, err := fileDigest(blobFile(rw.DataDir, y)); err != nil || got != y {
 		t.Errorf("after the pull the blob file of %s hashes to %s (%v)", y, got, err)
 	}
-	verify("repaired", 0, "", "", 0)
+
+	// Repaired, plus a stored blob no manifest references: garbage is
+	// listed with its size but is no problem, so verify exits 0.
+	junk := randomBytes(1106, 1000)
+	junkDigest := harness.Digest(junk)
+	if err := os.MkdirAll(filepath.Dir(blobFile(rw.DataDir, junkDigest)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, blobFile(rw.DataDir, junkDigest), string(junk))
+	res := runRegwarmCLI(t, "verify", "--config", rw.ConfigPath, "--format", "json", "--output", out)
+	res.wantCode(t, 0)
+	rep, raw := readReport(t, out)
+	t.Logf("repaired: verify report:\n%s", raw)
+	want := jobSummary{Registries: 1, Manifests: 3, ByRegistry: map[string]int{"hub": 0}, Blobs: len(im.AllBlobs()) + 1,
+		Bytes: rep.Summary.Bytes, Unreferenced: 1, UnreferencedBytes: int64(len(junk))}
+	wantProblems := []jobProblem{{Reason: "unreferenced", Digest: junkDigest, Size: int64(len(junk))}}
+	if !reflect.DeepEqual(rep.Summary, want) || !reflect.DeepEqual(rep.Problems, wantProblems) {
+		t.Errorf("repaired: summary %+v, problems %+v\nwant %+v, %+v", rep.Summary, rep.Problems, want, wantProblems)
+	}
 }
 
 // TestScanVerifyExitCodes checks the exit codes of the one-shot commands

@@ -171,7 +171,7 @@ func (r *Report) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("report directory: %w", err)
 	}
-	name := fmt.Sprintf("%s-%s.json", r.Job, r.Finished.UTC().Format("20060102T150405Z"))
+	name := fmt.Sprintf("%s-%s.json", r.Job, r.Finished.UTC().Format("20060102T150405.000Z"))
 	path := filepath.Join(dir, name)
 	for _, p := range []string{path, filepath.Join(dir, r.Job+"-latest.json")} {
 		if err := writeAtomic(p, r.WriteJSON); err != nil {

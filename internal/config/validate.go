@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/robfig/cron/v3"
-
 	"github.com/regwarm/regwarm/internal/ref"
 )
 
@@ -402,16 +400,8 @@ func (v *validator) schedule(p, spec string) {
 	}
 }
 
-// parseSchedule parses spec as regwarm's workers will: five fields,
-// descriptors such as @daily, an optional CRON_TZ= or TZ= prefix.
-func parseSchedule(spec string) (err error) {
-	defer func() {
-		// The cron parser has panicked on odd input in the past; a
-		// config check must not crash on it.
-		if r := recover(); r != nil {
-			err = fmt.Errorf("not a valid cron schedule")
-		}
-	}()
-	_, err = cron.ParseStandard(spec)
+// parseSchedule parses spec as regwarm's workers will (ParseSchedule).
+func parseSchedule(spec string) error {
+	_, _, err := ParseSchedule(spec)
 	return err
 }
