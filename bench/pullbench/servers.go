@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,13 +35,12 @@ type env struct {
 	servefile string // servefile binary
 	procs     *procs
 	upstream  *server
-	accessLog string // the upstream's access log
-	seq       int    // numbers data directories
+	accessLog string       // the upstream's access log
+	seq       atomic.Int64 // numbers directories; concurrent pulls share it
 }
 
 func (e *env) dir(kind string) (string, error) {
-	e.seq++
-	d := filepath.Join(e.work, fmt.Sprintf("%s-%03d", kind, e.seq))
+	d := filepath.Join(e.work, fmt.Sprintf("%s-%03d", kind, e.seq.Add(1)))
 	return d, os.MkdirAll(d, 0o755)
 }
 
@@ -94,8 +94,8 @@ func (e *env) startRegistry(target, remote string) (*server, error) {
 	}
 	s := &server{target: target, addr: addr, data: dir, proc: p}
 	if err := waitHTTP(e.ctx, p, "http://"+addr+"/v2/"); err != nil {
-		e.stopServer(s)
-		return nil, err
+		e.procs.stop(p)
+		return nil, fmt.Errorf("%w\n%s", err, logTail(filepath.Join(dir, "registry.log"), 20))
 	}
 	return s, nil
 }
@@ -134,8 +134,8 @@ connectors:
 	}
 	s := &server{target: targetRegwarm, addr: addr, data: dir, proc: p}
 	if err := waitHTTP(e.ctx, p, "http://"+addr+"/v2/"); err != nil {
-		e.stopServer(s)
-		return nil, err
+		e.procs.stop(p)
+		return nil, fmt.Errorf("%w\n%s", err, logTail(filepath.Join(dir, "regwarm.log"), 20))
 	}
 	return s, nil
 }
@@ -187,22 +187,22 @@ func (e *env) startServeFile(file string) (*server, error) {
 	return s, nil
 }
 
-// idle waits until the process's RSS has been steady for a moment (start-up
-// allocations done) and returns it.
-func idle(p *proc) (int64, error) {
+// idle waits (up to 2 s) until the process's RSS has been steady for a
+// moment: start-up allocations are done.
+func idle(p *proc) error {
 	var last int64
 	for range 40 {
 		time.Sleep(50 * time.Millisecond)
 		rss, _, err := memStatus(p.pid())
 		if err != nil {
-			return 0, err
+			return err
 		}
 		if rss == last {
-			return rss, nil
+			return nil
 		}
 		last = rss
 	}
-	return last, nil
+	return nil
 }
 
 // logTail returns the last lines of a log file, for error messages.

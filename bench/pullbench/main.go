@@ -1,0 +1,231 @@
+// Command pullbench measures image pulls through regwarm against the same
+// pulls through Debian's docker-registry in proxy mode and directly from the
+// upstream (a plain docker-registry), all in one run, and writes the results
+// into docs/benchmarks.md. bench/pull.sh builds and runs it; see there.
+//
+// Scenarios, each against a fresh, empty cache per run:
+//   - cold and warm single-platform pulls of a small image (skopeo), with
+//     the upstream requests and bytes they caused (upstream access log);
+//   - concurrent cold pulls, with upstream GETs per blob;
+//   - a cold pull of a 256 MiB layer, with the cache's peak RSS above idle;
+//   - warm throughput of that blob vs http.ServeFile of the same file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "pullbench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	regwarm, servefile, work, doc, command, goBench string
+
+	runs, concurrent, concRuns, bigRuns, rounds int
+	each                                        time.Duration
+	bigMiB                                      int64
+}
+
+func parseFlags() (options, error) {
+	var o options
+	flag.StringVar(&o.regwarm, "regwarm", "", "regwarm binary (required)")
+	flag.StringVar(&o.servefile, "servefile", "", "bench/servefile binary (required)")
+	flag.StringVar(&o.work, "work", "", "empty scratch directory (required)")
+	flag.StringVar(&o.doc, "doc", "docs/benchmarks.md", "markdown file whose generated section is rewritten; empty: print to stdout")
+	flag.StringVar(&o.command, "command", "bench/pull.sh", "the command line recorded in the report")
+	flag.StringVar(&o.goBench, "gobench", "", "file with `go test -bench` output to include in the report")
+	flag.IntVar(&o.runs, "runs", 5, "cold/warm pull runs per target")
+	flag.IntVar(&o.concurrent, "concurrent", 10, "pulls started at once in the concurrency scenario")
+	flag.IntVar(&o.concRuns, "conc-runs", 3, "runs of the concurrency scenario per target")
+	flag.IntVar(&o.bigRuns, "big-runs", 5, "cold pulls of the large image per target")
+	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds per server")
+	flag.DurationVar(&o.each, "each", 1500*time.Millisecond, "minimum duration of one throughput round")
+	flag.Int64Var(&o.bigMiB, "big-mib", 256, "payload of the large image's layer in MiB")
+	flag.Parse()
+	if o.regwarm == "" || o.servefile == "" || o.work == "" {
+		return o, errors.New("-regwarm, -servefile and -work are required")
+	}
+	if o.runs < 1 || o.concurrent < 1 || o.concRuns < 1 || o.bigRuns < 1 || o.rounds < 1 || o.bigMiB < 1 {
+		return o, errors.New("counts must be positive")
+	}
+	for _, tool := range []string{"docker-registry", "skopeo"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return o, fmt.Errorf("%s is not installed (apt-get install docker-registry skopeo)", tool)
+		}
+	}
+	return o, nil
+}
+
+func run() error {
+	o, err := parseFlags()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ps := &procs{}
+	defer ps.stopAll()
+
+	md := &meta{start: time.Now(), command: o.command, machine: machine(), versions: versions(ctx, o.regwarm), each: o.each,
+		loadStart: loadAvg()}
+	md.runs.cold, md.runs.conc, md.runs.big, md.runs.rounds, md.runs.concurrent = o.runs, o.concRuns, o.bigRuns, o.rounds, o.concurrent
+	if o.goBench != "" {
+		b, err := os.ReadFile(o.goBench)
+		if err != nil {
+			return err
+		}
+		md.goBench = string(b)
+	}
+
+	e := &env{ctx: ctx, work: o.work, regwarm: o.regwarm, servefile: o.servefile, procs: ps}
+	e.upstream, err = e.startRegistry(targetDirect, "")
+	if err != nil {
+		return fmt.Errorf("upstream: %w", err)
+	}
+	e.accessLog = filepath.Join(e.upstream.data, "access.log")
+
+	start := time.Now()
+	md.small, err = buildImage(filepath.Join(o.work, "img-small"), "bench/small", 1, []int64{2 << 20, 3 << 20, 4 << 20, 5 << 20, 6 << 20})
+	if err != nil {
+		return err
+	}
+	md.big, err = buildImage(filepath.Join(o.work, "img-big"), "bench/big", 2, []int64{o.bigMiB << 20})
+	if err != nil {
+		return err
+	}
+	for _, im := range []*image{md.small, md.big} {
+		if err := im.push(ctx, e.upstream.addr); err != nil {
+			return fmt.Errorf("push %s: %w", im.repo, err)
+		}
+	}
+	progress("images built and pushed in %v", time.Since(start).Round(time.Millisecond))
+	// One unmeasured pull of each image warms the upstream's page cache
+	// and the client's first-run costs.
+	for _, im := range []*image{md.small, md.big} {
+		if _, err := e.skopeoPull(im, e.upstream.addr); err != nil {
+			return err
+		}
+	}
+
+	res := newResults()
+	if err := e.coldWarm(res, md.small, o.runs); err != nil {
+		return err
+	}
+	if err := e.concurrent(res, md.small, o.concurrent, o.concRuns); err != nil {
+		return err
+	}
+	servers, err := e.bigCold(res, md.big, o.bigRuns)
+	defer func() {
+		for _, s := range servers {
+			e.stopServer(s)
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	layer := md.big.layers[0].desc.Digest
+	rw := servers[targetRegwarm]
+	file := filepath.Join(rw.data, "data", "store", "blobs", string(layer.Algorithm()), layer.Encoded()[:2], layer.Encoded())
+	sf, err := e.startServeFile(file)
+	if err != nil {
+		return fmt.Errorf("servefile of regwarm's stored blob: %w", err)
+	}
+	servers["servefile"] = sf
+	blobPath := "/v2/" + md.big.repo + "/blobs/" + layer.String()
+	paths := map[string]string{"servefile": "/blob", targetDirect: blobPath, targetRegwarm: blobPath, targetProxy: blobPath}
+	if err := e.throughput(res, servers, paths, md.big.layers[0].desc.Size, o.rounds, o.each); err != nil {
+		return err
+	}
+
+	md.duration = time.Since(md.start)
+	md.loadEnd = loadAvg()
+	section, missed := res.render(md)
+	if o.doc == "" {
+		fmt.Print(section)
+	} else if err := writeDoc(o.doc, section); err != nil {
+		return err
+	} else {
+		progress("wrote %s", o.doc)
+	}
+	if len(missed) > 0 {
+		progress("regwarm missed: %s", strings.Join(missed, "; "))
+	}
+	progress("done in %v", md.duration.Round(time.Second))
+	return nil
+}
+
+// machine describes the host: CPUs, model, memory, kernel.
+func machine() string {
+	model, mem := "", ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+				var kb int64
+				if _, err := fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kb); err == nil {
+					mem = fmt.Sprintf("%.1f GiB RAM", float64(kb)/(1<<20))
+				}
+			}
+		}
+	}
+	kernel := ""
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = "Linux " + strings.TrimSpace(string(b))
+	}
+	parts := []string{fmt.Sprintf("`nproc` = %d", runtime.NumCPU())}
+	for _, s := range []string{model, mem, kernel} {
+		if s != "" {
+			parts = append(parts, s)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// versions reports the versions of everything measured.
+func versions(ctx context.Context, regwarm string) []string {
+	first := func(name string, args ...string) string {
+		out, err := exec.CommandContext(ctx, name, args...).Output()
+		if err != nil {
+			return name + " (version unknown)"
+		}
+		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	rw, _ := exec.CommandContext(ctx, regwarm, "version").Output()
+	rwv := strings.Join(strings.Fields(string(rw)), " ")
+	return []string{rwv, first("docker-registry", "--version"), first("skopeo", "--version"), runtime.Version() + " (pullbench)"}
+}
