@@ -248,6 +248,14 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	}
 	wg.Wait()
 	workerWG.Wait()
+	// Let detached upstream fills finish what clients already received.
+	fillsDone := make(chan struct{})
+	go func() { c.Wait(); close(fillsDone) }()
+	select {
+	case <-fillsDone:
+	case <-sctx.Done():
+		log.Warn("upstream fills still running at shutdown; their temporary files are discarded")
+	}
 	stopBus()
 	pubWG.Wait()
 	return runErr

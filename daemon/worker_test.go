@@ -114,6 +114,7 @@ func (e *workerEnv) newCache(b *bus, opts ...cache.Option) *cache.Cache {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.t.Cleanup(c.Wait)
 	return c
 }
 

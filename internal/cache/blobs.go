@@ -108,7 +108,8 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 	c.count(ctx, repo.Registry, metrics.KindBlob, metrics.ResultMiss)
 	f := c.fills.join(fillKey{repo.Registry, d}, func() *fill {
 		f := newFill()
-		go c.runFill(ctx, f, repo, d, sources)
+		c.work.Add(1)
+		go func() { defer c.work.Done(); c.runFill(ctx, f, repo, d, sources) }()
 		return f
 	}, c.metrics.Coalesced.Inc)
 	select {
@@ -230,6 +231,11 @@ func (c *Cache) stream(ctx context.Context, cancel context.CancelFunc, f *fill, 
 			return rerr
 		}
 	}
+	if err := spool.Verify(); err != nil {
+		return err
+	}
+	// Readers get the last byte now; making it durable is the fill's job.
+	f.markVerified()
 	return spool.Commit(ctx, repo)
 }
 
@@ -306,7 +312,8 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 	f := c.fills.join(fillKey{repo.Registry, d}, func() *fill {
 		leader = true
 		f := newFill()
-		go c.runFill(ctx, f, repo, d, sources)
+		c.work.Add(1)
+		go func() { defer c.work.Done(); c.runFill(ctx, f, repo, d, sources) }()
 		return f
 	}, c.metrics.Coalesced.Inc)
 	select {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -47,6 +48,7 @@ type Cache struct {
 
 	calls flights[string, any] // manifests and tags
 	fills fillSet              // blobs
+	work  sync.WaitGroup       // detached fills and flights in progress
 }
 
 var _ store.Reader = (*Cache)(nil)
@@ -191,6 +193,10 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 	return c, nil
 }
 
+// Wait blocks until every detached fill and flight has finished (they
+// outlive the requests that started them).
+func (c *Cache) Wait() { c.work.Wait() }
+
 // Source returns the connector named name, if it is configured.
 func (c *Cache) Source(name string) (connector.Source, bool) {
 	for _, r := range c.regs {
@@ -264,7 +270,9 @@ func (c *Cache) detached(ctx context.Context) (context.Context, context.CancelFu
 func (c *Cache) shared(ctx context.Context, key string, fn func(ctx context.Context) (any, error)) (any, error) {
 	call, leader := c.calls.join(key, func() *flight[any] {
 		f := newFlight[any]()
+		c.work.Add(1)
 		go func() {
+			defer c.work.Done()
 			fctx, cancel := c.detached(ctx)
 			defer cancel()
 			v, err := fn(fctx)

@@ -76,6 +76,7 @@ connectors:
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c.Wait)
 	return &fixture{t: t, up: up, store: st, cache: c, m: m, clock: clk}
 }
 

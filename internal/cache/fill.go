@@ -70,7 +70,17 @@ type fill struct {
 	finished bool
 	handed   bool // a reader was given out
 	viaLease bool // another process fetched it; this fill only waited
+	verified bool // every byte is written and matches the digest
 	err      error
+}
+
+// markVerified lets readers have the final byte.
+func (f *fill) markVerified() {
+	f.mu.Lock()
+	f.verified = true
+	close(f.progress)
+	f.progress = make(chan struct{})
+	f.mu.Unlock()
 }
 
 func (f *fill) setViaLease() {
@@ -177,10 +187,10 @@ func (r *fillReader) Read(p []byte) (int, error) {
 	f := r.f
 	for {
 		f.mu.Lock()
-		written, finished, err, progress, size := f.written, f.finished, f.err, f.progress, f.size
+		written, finished, err, progress, size, verified := f.written, f.finished, f.err, f.progress, f.size, f.verified
 		f.mu.Unlock()
 		limit := written
-		if (!finished || err != nil) && limit >= size {
+		if !verified && limit >= size {
 			limit = size - 1
 		}
 		if r.off < limit {
@@ -191,6 +201,9 @@ func (r *fillReader) Read(p []byte) (int, error) {
 				rerr = nil
 			}
 			return m, rerr
+		}
+		if verified && r.off >= size {
+			return 0, io.EOF
 		}
 		if finished {
 			if err != nil {

@@ -364,8 +364,8 @@ func (u *Upstream) HeadBlob(ctx context.Context, repo string, d digest.Digest) (
 	return r.GetDescriptor().Size, nil
 }
 
-// GetBlob opens a blob. The body streams from the upstream; regclient
-// checks the digest at the end and the caller verifies it again.
+// GetBlob opens a blob. The body streams from the upstream unverified; the
+// caller verifies the digest while storing it.
 func (u *Upstream) GetBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadCloser, int64, error) {
 	ctx, o, err := u.begin(ctx, KindBlob, repo)
 	if err != nil {
@@ -384,7 +384,18 @@ func (u *Upstream) GetBlob(ctx context.Context, repo string, d digest.Digest) (i
 	if size < 0 {
 		size = -1
 	}
-	return &blobReader{ReadCloser: r, u: u, ctx: ctx, o: o}, size, nil
+	// Read the response body itself: the cache hashes while it stores, so
+	// regclient's own hashing would only add a second pass on the pull path.
+	var body io.Reader = r
+	if resp := r.Response(); resp != nil && resp.Body != nil {
+		body = resp.Body
+	}
+	return &blobReader{ReadCloser: readCloser{body, r}, u: u, ctx: ctx, o: o}, size, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 // blobReader maps read errors to the typed error.

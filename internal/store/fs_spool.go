@@ -36,6 +36,7 @@ type fsSpool struct {
 	mu        sync.Mutex
 	h         hash.Hash
 	n         int64
+	verified  bool
 	committed bool
 	closed    bool
 }
@@ -43,7 +44,7 @@ type fsSpool struct {
 func (s *fsSpool) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.committed || s.closed {
+	if s.verified || s.committed || s.closed {
 		return 0, fmt.Errorf("%w: write to a finished spool", ErrInvalid)
 	}
 	if s.size >= 0 && s.n+int64(len(p)) > s.size {
@@ -58,6 +59,31 @@ func (s *fsSpool) Write(p []byte) (int, error) {
 // ReadAt reads written bytes; it works after Commit too, until Close.
 func (s *fsSpool) ReadAt(p []byte, off int64) (int, error) { return s.file.ReadAt(p, off) }
 
+// Verify checks size and digest of everything written; no write may
+// follow a successful Verify.
+func (s *fsSpool) Verify() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.verifyLocked()
+}
+
+func (s *fsSpool) verifyLocked() error {
+	if s.verified {
+		return nil
+	}
+	if s.committed || s.closed {
+		return fmt.Errorf("%w: spool already finished", ErrInvalid)
+	}
+	if s.size >= 0 && s.n != s.size {
+		return fmt.Errorf("%w: blob %s: got %d bytes, want %d", ErrSizeMismatch, s.d, s.n, s.size)
+	}
+	if got := digest.NewDigest(s.d.Algorithm(), s.h); got != s.d {
+		return fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, got, s.d)
+	}
+	s.verified = true
+	return nil
+}
+
 func (s *fsSpool) Commit(ctx context.Context, repo Repo) error {
 	if err := check(ctx, repo, s.d); err != nil {
 		return err
@@ -67,11 +93,8 @@ func (s *fsSpool) Commit(ctx context.Context, repo Repo) error {
 	if s.committed || s.closed {
 		return fmt.Errorf("%w: spool already finished", ErrInvalid)
 	}
-	if s.size >= 0 && s.n != s.size {
-		return fmt.Errorf("%w: blob %s: got %d bytes, want %d", ErrSizeMismatch, s.d, s.n, s.size)
-	}
-	if got := digest.NewDigest(s.d.Algorithm(), s.h); got != s.d {
-		return fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, got, s.d)
+	if err := s.verifyLocked(); err != nil {
+		return err
 	}
 	if err := s.file.Sync(); err != nil {
 		return fmt.Errorf("write blob %s: %w", s.d, err)

@@ -150,14 +150,16 @@ type Spooler interface {
 }
 
 // Spool is a blob being written. Write appends and hashes; ReadAt reads
-// what has been written (concurrently with Write); Commit verifies digest
-// and size, makes the blob durable and links it into repo; Close releases
-// the spool and, if it was not committed, discards its bytes. Bytes read
-// before Commit are unverified: readers must not hand out the final byte
-// until Commit succeeded.
+// what has been written (concurrently with Write); Verify checks digest and
+// size once everything is written; Commit (which verifies if Verify was not
+// called) makes the blob durable and links it into repo; Close releases the
+// spool and, if it was not committed, discards its bytes. Readers must not
+// hand out the final byte before Verify succeeded; they need not wait for
+// Commit, whose fsyncs then stay off the response path.
 type Spool interface {
 	io.Writer
 	io.ReaderAt
+	Verify() error
 	Commit(ctx context.Context, repo Repo) error
 	Close() error
 }
