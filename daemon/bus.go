@@ -108,7 +108,9 @@ func newBus(url string, cfg *config.Config, name string, log *slog.Logger) (*bus
 func (b *bus) run(ctx context.Context, owner string) {
 	wait := 250 * time.Millisecond
 	for {
-		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		// Short attempts: a 2.9 cluster may never answer a request made
+		// while the stream is being created elsewhere; the next one does.
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		cons, kv, err := b.setup.Apply(actx, b.js)
 		cancel()
 		if err == nil {

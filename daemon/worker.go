@@ -68,12 +68,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer wg.Wait()
 	backoff := 500 * time.Millisecond
 	for ctx.Err() == nil {
-		iter, err := w.bus.consumer().Messages(jetstream.PullMaxMessages(n))
+		// Short pull expiries: a pull parked on a NATS node that died is
+		// noticed after two missed heartbeats (half the expiry each).
+		iter, err := w.bus.consumer().Messages(jetstream.PullMaxMessages(n), jetstream.PullExpiry(5*time.Second))
 		if err == nil {
 			w.log.Info("worker consuming", "consumer", w.bus.subj.Consumer(), "concurrency", n)
+			began := time.Now()
 			err = w.consume(ctx, jobCtx, iter, sem, &wg)
 			if ctx.Err() != nil {
 				break
+			}
+			if time.Since(began) > time.Minute {
+				backoff = 500 * time.Millisecond
 			}
 		}
 		w.log.Warn("work consumer lost; setting it up again", "error", err, "retry_in", backoff)
@@ -234,7 +240,7 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 	res.DurationMS = time.Since(start).Milliseconds()
 	log := w.log.With("image", res.Image, "seq", res.Seq, "request_id", res.RequestID)
 	if err == nil {
-		if aerr := msg.DoubleAck(context.Background()); aerr != nil {
+		if aerr := ackWithRetry(msg); aerr != nil {
 			// Not confirmed: the job runs again; it is idempotent.
 			log.Warn("ack failed", "error", aerr)
 		}
@@ -269,6 +275,22 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 	w.metrics.SyncDuration.Observe(time.Since(start).Seconds())
 	log.Warn("sync failed", "error", res.Error, "permanent", permanent)
 	w.publish(msg, w.bus.subj.SyncFailed(), res)
+}
+
+// ackWithRetry acknowledges msg and waits for the server's confirmation,
+// retrying for a few seconds while a NATS cluster elects a new leader.
+func ackWithRetry(msg jetstream.Msg) error {
+	var err error
+	for i := range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err = msg.DoubleAck(ctx)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			return nil
+		}
+		time.Sleep(time.Duration(i+1) * 300 * time.Millisecond)
+	}
+	return err
 }
 
 func (w *Worker) publish(msg jetstream.Msg, subject string, res events.SyncResult) {

@@ -68,7 +68,8 @@ func missingNames(have map[string]bool, want []string) []string {
 // contract arrives (all but the upstream counter, whose status-code label
 // cannot be known in advance, before any pull), a cold and a warm pull
 // show up as cache misses and hits with the values regwarm itself
-// reports, and no regwarm series carries a per-image label.
+// reports, no regwarm series carries a per-image label, and the job label
+// of regwarm_job_* arrives as exported_job.
 func TestPrometheusScrapesRegwarm(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
@@ -162,9 +163,19 @@ func TestPrometheusScrapesRegwarm(t *testing.T) {
 		}
 	}
 	t.Logf("prometheus: %d regwarm metric names, labels %v", len(names), labels)
-	// Prometheus keeps the target's job label and renames a scraped "job"
-	// label to exported_job: dashboards must select regwarm_job_* by that.
-	if slices.Contains(labels, "exported_job") {
-		t.Logf(`note: the "job" label of regwarm_job_* is stored as "exported_job" (it clashes with the target label)`)
+	// Prometheus keeps the target's job label and stores the scraped "job"
+	// label of regwarm_job_* as exported_job, which deploy/prometheus's
+	// rules rely on.
+	res, err := prom.Query(`count by (exported_job) (regwarm_job_last_success_timestamp_seconds{job="regwarm"})`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jobs []string
+	for _, s := range res {
+		jobs = append(jobs, s.Metric["exported_job"])
+	}
+	slices.Sort(jobs)
+	if want := []string{"dangling_scan", "refresh", "verify"}; !slices.Equal(jobs, want) {
+		t.Errorf("regwarm_job_last_success_timestamp_seconds by exported_job: %v, want %v", jobs, want)
 	}
 }
