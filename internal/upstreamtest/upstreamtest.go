@@ -44,6 +44,10 @@ type Upstream struct {
 	down      bool
 	stall     chan struct{}
 	rate      int64 // bytes/s per blob response, 0 unlimited
+	user      string
+	pass      string
+	headers   http.Header
+	referrers map[digest.Digest][]string // subject → descriptor JSON
 }
 
 type manifestEntry struct {
@@ -57,6 +61,7 @@ func New(t testing.TB) *Upstream {
 		blobs: map[digest.Digest][]byte{}, manifests: map[digest.Digest]manifestEntry{},
 		tags: map[string]map[string]digest.Digest{}, repos: map[string]map[digest.Digest]bool{},
 		faults: map[string]Fault{}, requests: map[string]int{}, stall: make(chan struct{}),
+		headers: http.Header{}, referrers: map[digest.Digest][]string{},
 	}
 	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
 	t.Cleanup(func() {
@@ -92,11 +97,23 @@ func (u *Upstream) visible(repo string, d digest.Digest) {
 	u.repos[repo][d] = true
 }
 
-// AddManifest stores a manifest in repo, tagged when tag is non-empty.
+// AddManifest stores a manifest in repo, tagged when tag is non-empty. A
+// manifest with a subject is listed by the referrers API.
 func (u *Upstream) AddManifest(repo, tag, mediaType string, data []byte) digest.Digest {
 	d := digest.FromBytes(data)
+	var m struct {
+		ArtifactType string `json:"artifactType"`
+		Subject      *struct {
+			Digest digest.Digest `json:"digest"`
+		} `json:"subject"`
+	}
+	_ = json.Unmarshal(data, &m)
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if m.Subject != nil {
+		u.referrers[m.Subject.Digest] = append(u.referrers[m.Subject.Digest],
+			fmt.Sprintf(`{"mediaType":%q,"digest":%q,"size":%d,"artifactType":%q}`, mediaType, d, len(data), m.ArtifactType))
+	}
 	u.manifests[d] = manifestEntry{mediaType, data}
 	u.visible(repo, d)
 	if tag != "" {
@@ -184,6 +201,20 @@ func (u *Upstream) SetRate(bytesPerSecond int64) {
 	u.rate = bytesPerSecond
 }
 
+// RequireBasic makes every request need Basic credentials user:pass.
+func (u *Upstream) RequireBasic(user, pass string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.user, u.pass = user, pass
+}
+
+// SetHeader adds a header to every response (e.g. RateLimit-Remaining).
+func (u *Upstream) SetHeader(key, value string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.headers.Set(key, value)
+}
+
 // SetDown makes every request fail with 503 (true) or work again (false).
 func (u *Upstream) SetDown(down bool) {
 	u.mu.Lock()
@@ -222,8 +253,19 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 	u.mu.Lock()
 	u.requests[r.Method+" "+r.URL.Path]++
 	down := u.down
+	user, pass := u.user, u.pass
+	for k, v := range u.headers {
+		w.Header()[k] = v
+	}
 	u.mu.Unlock()
 	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	if user != "" {
+		if gu, gp, ok := r.BasicAuth(); !ok || gu != user || gp != pass {
+			w.Header().Set("WWW-Authenticate", `Basic realm="upstreamtest"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+			return
+		}
+	}
 	if down {
 		http.Error(w, `{"errors":[{"code":"UNAVAILABLE","message":"down"}]}`, http.StatusServiceUnavailable)
 		return
@@ -243,8 +285,12 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 		i := strings.LastIndex(p, "/blobs/")
 		u.serveBlob(w, r, p[:i], digest.Digest(p[i+len("/blobs/"):]))
 	case strings.Contains(p, "/referrers/"):
+		i := strings.LastIndex(p, "/referrers/")
+		u.mu.Lock()
+		list := strings.Join(u.referrers[digest.Digest(p[i+len("/referrers/"):])], ",")
+		u.mu.Unlock()
 		w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
-		_, _ = w.Write([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`))
+		_, _ = w.Write([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` + list + `]}`))
 	default:
 		notFound(w, "NAME_UNKNOWN")
 	}
