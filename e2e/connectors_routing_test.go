@@ -12,31 +12,6 @@ import (
 	"github.com/regwarm/regwarm/e2e/harness"
 )
 
-// manifestDigest asks regwarm for a manifest (accepting an OCI index) and
-// returns the status and Docker-Content-Digest.
-func manifestDigest(t *testing.T, rw *harness.Regwarm, path string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, rw.URL()+path, nil)
-	req.Header.Set("Accept", harness.MediaTypeIndex+", "+harness.MediaTypeManifest)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode, resp.Header.Get("Docker-Content-Digest")
-}
-
-// statusOf returns the status of a GET of path on regwarm.
-func statusOf(t *testing.T, rw *harness.Regwarm, path string) int {
-	t.Helper()
-	resp, err := httpClient.Get(rw.URL() + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
 // TestConnectorOrderAndExclude gives registry "multi" two connectors: the
 // first lacks the image, the second has it, so the pull falls through to
 // the second. A repository excluded on both is never asked upstream and is
@@ -54,8 +29,7 @@ connectors:
   - {name: second, url: %q, host: two.local, exclude: ["secret/**"]}
 `, first.URL(), second.URL()))
 
-	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 301})
-	pushImage(t, im, second.Addr+"/e2e/app:v1")
+	im := pushNewImage(t, second, "e2e/app:v1", harness.ImageOptions{Seed: 301})
 	secret := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 302, Layers: 1})
 	for _, up := range []*harness.Upstream{first, second} {
 		pushImage(t, secret, up.Addr+"/secret/app:v1")
@@ -107,7 +81,7 @@ connectors:
 		"/v2/multi/secret/app/tags/list",
 		"/v2/secret/app/manifests/v1?ns=two.local",
 	} {
-		if status := statusOf(t, rw, path); status != http.StatusNotFound {
+		if status := httpStatus(t, http.MethodGet, rw.URL()+path); status != http.StatusNotFound {
 			t.Errorf("GET %s: status %d, want 404", path, status)
 		}
 	}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -16,23 +15,12 @@ import (
 	"github.com/regwarm/regwarm/e2e/harness"
 )
 
-// hubConfig has one default registry "hub" whose connector "up" (host
-// lab.local) is the registry at upURL.
-func hubConfig(upURL string, ttl time.Duration) string {
-	return harness.ConfigHeader + fmt.Sprintf(`registries:
-  - {name: hub, default: true, connectors: [up], tag_ttl: %s}
-connectors:
-  - {name: up, url: %q, host: lab.local}
-`, ttl, upURL)
-}
-
-// requireRegwarm skips a test that checks connector behaviour when the
-// suite runs against the docker-registry stand-in, which has no connectors.
-func requireRegwarm(t *testing.T) {
+// startHub starts a docker-registry upstream and regwarm serve with the
+// hub registry on it.
+func startHub(t *testing.T, ttl time.Duration) (*harness.Upstream, *harness.Regwarm) {
 	t.Helper()
-	if harness.Target != harness.TargetRegwarm {
-		t.Skipf("connectors need regwarm, not the %s stand-in", harness.Target)
-	}
+	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
+	return up, harness.StartRegwarm(t, "serve", hubConfig(up.URL(), ttl))
 }
 
 // accessEntry is an upstream access-log line with its User-Agent.
@@ -81,65 +69,6 @@ func foreignRequests(t *testing.T, up *harness.Upstream, mark int) []string {
 	return out
 }
 
-// explainFetches logs the upstream's requests for manifest key (a tag or
-// digest) and regwarm's debug lines about it, to tell why it was fetched
-// more than once.
-func explainFetches(t *testing.T, up *harness.Upstream, rw *harness.Regwarm, key string) {
-	t.Helper()
-	var lines []string
-	for _, l := range strings.Split(up.Log(), "\n") {
-		if strings.HasPrefix(l, "127.") && strings.Contains(l, "/manifests/"+key+" ") {
-			lines = append(lines, "upstream: "+l)
-		}
-	}
-	for _, l := range strings.Split(rw.Log(), "\n") {
-		if strings.Contains(l, key) && !strings.Contains(l, "msg=request") && !strings.Contains(l, "level=INFO") {
-			lines = append(lines, "regwarm: "+l)
-		}
-	}
-	t.Logf("log lines about %s:\n%s", key, strings.Join(lines, "\n"))
-}
-
-// assertBlobGETs fails unless the upstream logged exactly want GETs of each
-// blob of repo.
-func assertBlobGETs(t *testing.T, up *harness.Upstream, repo string, want int, digests ...string) {
-	t.Helper()
-	for _, d := range digests {
-		if n := up.CountRequests("GET", "/v2/"+repo+"/blobs/"+d); n != want {
-			t.Errorf("upstream: %d GETs of %s blob %s, want %d", n, repo, d, want)
-		}
-	}
-}
-
-// blobsOf returns the config and layer digests of the given platforms.
-func blobsOf(im *harness.Image, platforms ...string) []string {
-	var out []string
-	for _, p := range platforms {
-		out = append(out, im.Blobs(p)[1:]...)
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}
-
-// cacheCount reads regwarm_cache_requests_total for a registry and labels.
-func cacheCount(t *testing.T, rw *harness.Regwarm, registry string, kv ...string) float64 {
-	t.Helper()
-	return harness.ScrapeMetrics(t, rw.MetricsAddr).Value("regwarm_cache_requests_total", append([]string{"registry", registry}, kv...)...)
-}
-
-// podmanInspect returns a podman image's id and repo digests.
-func podmanInspect(t *testing.T, p *harness.PodmanCLI, ref string) (string, []string) {
-	t.Helper()
-	var inspect []struct {
-		ID          string   `json:"Id"`
-		RepoDigests []string `json:"RepoDigests"`
-	}
-	if err := json.Unmarshal([]byte(p.Run("image", "inspect", ref)), &inspect); err != nil || len(inspect) != 1 {
-		t.Fatalf("podman image inspect %s: %v (%d images)", ref, err, len(inspect))
-	}
-	return "sha256:" + inspect[0].ID, inspect[0].RepoDigests
-}
-
 // podmanMirror writes a registries.conf for t: lab.local lives on the
 // upstream and is mirrored by regwarm's hub registry.
 func podmanMirror(t *testing.T, up *harness.Upstream, rw *harness.Regwarm) {
@@ -155,9 +84,7 @@ insecure = true
 location = "%s/hub"
 insecure = true
 `, up.Addr, rw.Addr)
-	if err := os.WriteFile(harness.RegistriesConf(t), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, harness.RegistriesConf(t), conf)
 }
 
 // containerdMirror writes a containerd hosts dir for t: lab.local lives on
@@ -174,25 +101,8 @@ func containerdMirror(t *testing.T, up *harness.Upstream, rw *harness.Regwarm) s
 	if err := os.MkdirAll(filepath.Join(dir, "lab.local"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "lab.local", "hosts.toml"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, filepath.Join(dir, "lab.local", "hosts.toml"), conf)
 	return dir
-}
-
-// assertContainerdHas fails unless containerd lists im by its index and
-// holds the host platform's content.
-func assertContainerdHas(t *testing.T, c *harness.Containerd, im *harness.Image) {
-	t.Helper()
-	if out := c.Ctr("images", "ls"); !strings.Contains(out, im.IndexDigest) {
-		t.Errorf("ctr images ls lacks %s:\n%s", im.IndexDigest, out)
-	}
-	content := strings.Fields(c.Ctr("content", "ls", "--quiet"))
-	for _, d := range append([]string{im.IndexDigest}, im.Blobs(hostPlatform())...) {
-		if !slices.Contains(content, d) {
-			t.Errorf("containerd content store lacks %s", d)
-		}
-	}
 }
 
 // TestConnectorPullThroughClients pulls five cold images through the hub
@@ -205,8 +115,7 @@ func TestConnectorPullThroughClients(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
 	const ttl = 2 * time.Second
-	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
-	rw := harness.StartRegwarm(t, "serve", hubConfig(up.URL(), ttl))
+	up, rw := startHub(t, ttl)
 
 	// One image per client, so that every first pull is cold.
 	repos := map[string]string{
@@ -215,8 +124,7 @@ func TestConnectorPullThroughClients(t *testing.T) {
 	}
 	ims := map[string]*harness.Image{}
 	for i, k := range []string{"all", "one", "podman", "ctr", "docker"} {
-		ims[k] = harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: int64(101 + i)})
-		pushImage(t, ims[k], up.Addr+"/"+repos[k]+":v1")
+		ims[k] = pushNewImage(t, up, repos[k]+":v1", harness.ImageOptions{Seed: int64(101 + i)})
 	}
 	mark := len(accessLog(t, up))
 	hub := rw.Addr + "/hub/"
@@ -230,17 +138,10 @@ func TestConnectorPullThroughClients(t *testing.T) {
 	}
 	// skopeoArm copies the arm64 image only.
 	skopeoArm := func(t *testing.T, src string) {
-		arm := ims["one"].Platform("linux/arm64")
 		out := filepath.Join(t.TempDir(), "arm64")
 		harness.Skopeo(t, "--override-os", "linux", "--override-arch", "arm64", "copy", "--preserve-digests",
 			"--src-tls-verify=false", "docker://"+src, "oci:"+out+":arm64")
-		if got := harness.LayoutTags(t, out)["arm64"]; got != arm.Digest {
-			t.Errorf("arm64 copy: tag -> %s, want %s", got, arm.Digest)
-		}
-		want := slices.Sorted(slices.Values(ims["one"].Blobs("linux/arm64")))
-		if got := harness.LayoutBlobs(t, out); !slices.Equal(got, want) {
-			t.Errorf("arm64 copy: blobs\n got %v\nwant %v", got, want)
-		}
+		assertPlatformCopy(t, ims["one"], "linux/arm64", out, "arm64")
 	}
 	podmanPull := func(t *testing.T, refs ...string) {
 		podmanMirror(t, up, rw)
@@ -260,7 +161,8 @@ func TestConnectorPullThroughClients(t *testing.T) {
 		for _, ref := range refs {
 			c.Ctr("images", "pull", "--hosts-dir", hosts, ref)
 		}
-		assertContainerdHas(t, c, ims["ctr"])
+		im := ims["ctr"]
+		assertContainerdHas(t, c, im, append([]string{im.IndexDigest}, im.Blobs(hostPlatform())...))
 	}
 	dockerPull := func(t *testing.T, refs ...string) {
 		im, want := ims["docker"], ims["docker"].Platform(hostPlatform())
@@ -391,16 +293,11 @@ func staleLatencies(rw *harness.Regwarm, repos map[string]string) map[string]tim
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest(http.MethodGet, rw.URL()+"/v2/hub/"+repo+"/manifests/v1", nil)
-			req.Header.Set("Accept", harness.MediaTypeIndex)
 			start := time.Now()
-			resp, err := client.Do(req)
+			resp, err := send(client, http.MethodGet, rw.URL()+"/v2/hub/"+repo+"/manifests/v1", harness.MediaTypeIndex)
 			d := time.Since(start)
 			if err != nil || resp.StatusCode != http.StatusOK {
 				d = client.Timeout
-			}
-			if err == nil {
-				resp.Body.Close()
 			}
 			mu.Lock()
 			out[repo] = d
@@ -419,13 +316,10 @@ func TestConnectorTagRevalidation(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
 	const ttl = 2 * time.Second
-	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
-	rw := harness.StartRegwarm(t, "serve", hubConfig(up.URL(), ttl))
-	a := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 601, Layers: 1, LayerSize: 4096})
-	b := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 602, Layers: 1, LayerSize: 4096})
+	up, rw := startHub(t, ttl)
 	const repo = "e2e/moving"
-	pushImage(t, a, up.Addr+"/"+repo+":v1")
-	pushImage(t, b, up.Addr+"/"+repo+":next")
+	a := pushNewImage(t, up, repo+":v1", harness.ImageOptions{Seed: 601, Layers: 1, LayerSize: 4096})
+	b := pushNewImage(t, up, repo+":next", harness.ImageOptions{Seed: 602, Layers: 1, LayerSize: 4096})
 	path := "/v2/hub/" + repo + "/manifests/v1"
 	tagPath := "/v2/" + repo + "/manifests/v1"
 	since := func(mark int, method, p string) int {
@@ -485,14 +379,8 @@ func TestConnectorTagRevalidation(t *testing.T) {
 	}
 
 	// Deleting b upstream removes its tags: regwarm believes the 404.
-	req, _ := http.NewRequest(http.MethodDelete, up.URL()+"/v2/"+repo+"/manifests/"+b.IndexDigest, nil)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("DELETE upstream manifest: status %d", resp.StatusCode)
+	if code := httpStatus(t, http.MethodDelete, up.URL()+"/v2/"+repo+"/manifests/"+b.IndexDigest); code != http.StatusAccepted {
+		t.Fatalf("DELETE upstream manifest: status %d", code)
 	}
 	time.Sleep(ttl + 200*time.Millisecond)
 	expect("deleted upstream", http.StatusNotFound, "")

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -12,42 +11,22 @@ import (
 	"github.com/regwarm/regwarm/e2e/harness"
 )
 
-// coreConfig has a default push registry "local" and a second push
-// registry "other", with no connectors.
-const coreConfig = harness.ConfigHeader + `registries:
-  - {name: local, default: true, push: true}
-  - {name: other, push: true}
-`
-
-// startCore starts a fresh regwarm serve with coreConfig.
-func startCore(t *testing.T) *harness.Regwarm {
+// startCoreWithImage starts regwarm with coreConfig and pushes the
+// default two-platform test image to it as local/e2e/multi:v1 (ref).
+func startCoreWithImage(t *testing.T) (rw *harness.Regwarm, im *harness.Image, ref string) {
 	t.Helper()
-	return harness.StartRegwarm(t, "serve", coreConfig)
+	rw = startCore(t)
+	im = harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1})
+	ref = rw.Addr + "/local/e2e/multi:v1"
+	pushImage(t, im, ref)
+	return rw, im, ref
 }
-
-// buildImage writes the default two-platform test image into a temp dir.
-func buildImage(t *testing.T) *harness.Image {
-	t.Helper()
-	return harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1})
-}
-
-// pushImage copies every platform of im to docker://ref with digests kept.
-func pushImage(t *testing.T, im *harness.Image, ref string) {
-	t.Helper()
-	harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--dest-tls-verify=false", im.OCI(), "docker://"+ref)
-}
-
-// hostPlatform is the image platform that pulls on this machine pick.
-func hostPlatform() string { return "linux/" + runtime.GOARCH }
 
 // TestSkopeoRoundTrip pushes the multi-arch image with skopeo and copies it
 // back out: the index and every blob must come back byte-identical.
 func TestSkopeoRoundTrip(t *testing.T) {
 	t.Parallel()
-	rw := startCore(t)
-	im := buildImage(t)
-	ref := rw.Addr + "/local/e2e/multi:v1"
-	pushImage(t, im, ref)
+	rw, im, ref := startCoreWithImage(t)
 
 	raw := harness.Skopeo(t, "inspect", "--raw", "--tls-verify=false", "docker://"+ref)
 	if raw != string(im.ReadBlob(t, im.IndexDigest)) {
@@ -70,43 +49,27 @@ func TestSkopeoRoundTrip(t *testing.T) {
 	one := filepath.Join(t.TempDir(), "arm64")
 	harness.Skopeo(t, "copy", "--preserve-digests", "--src-tls-verify=false",
 		"docker://"+rw.Addr+"/local/e2e/multi@"+arm.Digest, "oci:"+one+":arm64")
-	if got := harness.LayoutTags(t, one)["arm64"]; got != arm.Digest {
-		t.Errorf("arm64 copy: tag -> %s, want %s", got, arm.Digest)
-	}
-	want := slices.Sorted(slices.Values(im.Blobs("linux/arm64")))
-	if got := harness.LayoutBlobs(t, one); !slices.Equal(got, want) {
-		t.Errorf("arm64 copy: blobs\n got %v\nwant %v", got, want)
-	}
+	assertPlatformCopy(t, im, "linux/arm64", one, "arm64")
 }
 
 // TestPodmanPull pulls the image with podman, through the registry prefix
 // and through the default registry's unprefixed path.
 func TestPodmanPull(t *testing.T) {
 	t.Parallel()
-	rw := startCore(t)
-	im := buildImage(t)
-	pushImage(t, im, rw.Addr+"/local/e2e/multi:v1")
+	rw, im, _ := startCoreWithImage(t)
 	want := im.Platform(hostPlatform())
 
 	for _, ref := range []string{rw.Addr + "/local/e2e/multi:v1", rw.Addr + "/e2e/multi:v1"} {
 		t.Run(strings.TrimPrefix(ref, rw.Addr+"/"), func(t *testing.T) {
 			p := harness.Podman(t)
 			p.Run("pull", "--tls-verify=false", ref)
-			var inspect []struct {
-				ID          string   `json:"Id"`
-				Digest      string   `json:"Digest"`
-				RepoDigests []string `json:"RepoDigests"`
-			}
-			if err := json.Unmarshal([]byte(p.Run("image", "inspect", ref)), &inspect); err != nil || len(inspect) != 1 {
-				t.Fatalf("podman image inspect: %v (%d images)", err, len(inspect))
-			}
-			got := inspect[0]
-			if "sha256:"+got.ID != want.Config {
-				t.Errorf("image id %s, want the %s config %s", got.ID, want.Platform, want.Config)
+			id, digests := podmanInspect(t, p, ref)
+			if id != want.Config {
+				t.Errorf("image id %s, want the %s config %s", id, want.Platform, want.Config)
 			}
 			name, _, _ := strings.Cut(ref, ":v1")
-			if !slices.Contains(got.RepoDigests, name+"@"+im.IndexDigest) {
-				t.Errorf("RepoDigests %v lack %s@%s", got.RepoDigests, name, im.IndexDigest)
+			if !slices.Contains(digests, name+"@"+im.IndexDigest) {
+				t.Errorf("RepoDigests %v lack %s@%s", digests, name, im.IndexDigest)
 			}
 		})
 	}
@@ -116,10 +79,7 @@ func TestPodmanPull(t *testing.T) {
 // checks digests, tags, blobs and the catalog.
 func TestCraneCopy(t *testing.T) {
 	t.Parallel()
-	rw := startCore(t)
-	im := buildImage(t)
-	src := rw.Addr + "/local/e2e/multi:v1"
-	pushImage(t, im, src)
+	rw, im, src := startCoreWithImage(t)
 
 	dsts := []string{rw.Addr + "/other/copy/multi:v2", rw.Addr + "/local/e2e/copy:v3"}
 	for _, dst := range dsts {
@@ -155,11 +115,9 @@ func TestCraneCopy(t *testing.T) {
 // the image with --subject and finds it again through the referrers.
 func TestRegctlCopyAndReferrers(t *testing.T) {
 	t.Parallel()
-	rw := startCore(t)
-	im := buildImage(t)
+	rw, im, _ := startCoreWithImage(t)
 	host := harness.RegctlHost(rw.Addr)
 	repo := rw.Addr + "/local/e2e/multi"
-	pushImage(t, im, repo+":v1")
 
 	dst := rw.Addr + "/other/regctl/multi:v3"
 	harness.Regctl(t, host, "image", "copy", repo+":v1", dst)
@@ -219,10 +177,7 @@ func TestRegctlCopyAndReferrers(t *testing.T) {
 // --registry-mirror, which lands on the default registry.
 func TestDockerPullPush(t *testing.T) {
 	t.Parallel()
-	rw := startCore(t)
-	im := buildImage(t)
-	src := rw.Addr + "/local/e2e/multi:v1"
-	pushImage(t, im, src)
+	rw, im, src := startCoreWithImage(t)
 	want := im.Platform(hostPlatform())
 
 	d := harness.StartDockerd(t, harness.DockerdOptions{RegistryMirror: rw.URL(), InsecureRegistries: []string{rw.Addr}})
@@ -283,38 +238,14 @@ func TestDockerPullPush(t *testing.T) {
 	}
 }
 
-// dockerInspect returns an image's id and repo digests.
-func dockerInspect(t *testing.T, d *harness.Dockerd, ref string) (string, []string) {
-	t.Helper()
-	var inspect []struct {
-		ID          string `json:"Id"`
-		RepoDigests []string
-	}
-	if err := json.Unmarshal([]byte(d.Docker("image", "inspect", ref)), &inspect); err != nil || len(inspect) != 1 {
-		t.Fatalf("docker image inspect %s: %v (%d images)", ref, err, len(inspect))
-	}
-	return inspect[0].ID, inspect[0].RepoDigests
-}
-
 // TestContainerdPull fetches every platform with containerd's ctr and
 // unpacks the host platform.
 func TestContainerdPull(t *testing.T) {
 	t.Parallel()
-	rw := startCore(t)
-	im := buildImage(t)
-	ref := rw.Addr + "/local/e2e/multi:v1"
-	pushImage(t, im, ref)
+	_, im, ref := startCoreWithImage(t)
 
 	c := harness.StartContainerd(t)
 	c.Ctr("content", "fetch", "--plain-http", "--all-platforms", ref)
 	c.Ctr("images", "pull", "--plain-http", ref)
-	if out := c.Ctr("images", "ls"); !strings.Contains(out, im.IndexDigest) {
-		t.Errorf("ctr images ls lacks %s:\n%s", im.IndexDigest, out)
-	}
-	content := strings.Fields(c.Ctr("content", "ls", "--quiet"))
-	for _, d := range im.AllBlobs() {
-		if !slices.Contains(content, d) {
-			t.Errorf("containerd content store lacks %s", d)
-		}
-	}
+	assertContainerdHas(t, c, im, im.AllBlobs())
 }

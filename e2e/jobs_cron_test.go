@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regwarm/regwarm/daemon"
 	"github.com/regwarm/regwarm/e2e/harness"
 )
 
@@ -44,7 +45,7 @@ func TestCronTicksOnceAcrossWorkers(t *testing.T) {
   verify: {schedule: ""}
   refresh: {schedule: "@every %s", images: ["hub/%s:v*"]}
 `, cronPeriod, repo)
-	reports := watchReports(t, natsConn(t, ns.URL()))
+	reports := watchReports(t, harness.NATSConn(t, ns.URL()))
 	dataDir := filepath.Join(t.TempDir(), "data")
 	ws := startWorkers(t, cfg, dataDir, 2)
 	start := time.Now()
@@ -52,11 +53,11 @@ func TestCronTicksOnceAcrossWorkers(t *testing.T) {
 	end := time.Now()
 
 	// Settle between two ticks, then take the events and the metrics.
-	var evs []reportEvent
+	var evs []daemon.ReportEvent
 	var runs, errs, skips float64
 	for attempt := 1; ; attempt++ {
 		time.Sleep(time.Until(time.Now().Truncate(cronPeriod).Add(cronPeriod + cronPeriod/2)))
-		evs = reports.all()
+		evs = reports.All()
 		runs, errs, skips = 0, 0, 0
 		for _, w := range ws {
 			m := harness.ScrapeMetrics(t, w.MetricsAddr)
@@ -64,13 +65,13 @@ func TestCronTicksOnceAcrossWorkers(t *testing.T) {
 			errs += m.Value("regwarm_job_runs_total", "job", "refresh", "result", "error")
 			skips += m.Value("regwarm_job_runs_total", "job", "refresh", "result", "skipped")
 		}
-		if (runs+errs+skips == float64(len(evs)) && len(reports.all()) == len(evs)) || attempt == 3 {
+		if (runs+errs+skips == float64(len(evs)) && len(reports.All()) == len(evs)) || attempt == 3 {
 			break
 		}
 		t.Logf("attempt %d: %d events, metrics %v ok, %v error, %v skipped; sampling again", attempt, len(evs), runs, errs, skips)
 	}
 
-	perTick := map[int64][]reportEvent{}
+	perTick := map[int64][]daemon.ReportEvent{}
 	perWorker := map[string]int{}
 	ok := 0
 	for _, e := range evs {
@@ -81,7 +82,7 @@ func TestCronTicksOnceAcrossWorkers(t *testing.T) {
 		tick := e.Started.Round(cronPeriod).Unix()
 		perTick[tick] = append(perTick[tick], e)
 		perWorker[e.Worker]++
-		if e.ok() {
+		if reportOK(e) {
 			ok++
 			if e.Summary.Manifests != 2 || e.Problems != 0 {
 				t.Errorf("refresh run %+v: want 2 tags (v1, v2) checked and no problem", e)
@@ -155,7 +156,7 @@ func TestJobScheduleInvalid(t *testing.T) {
 	for _, args := range [][]string{{"worker", "--config", bad}, {"scan", "--config", bad}} {
 		res := runRegwarmFor(t, 20*time.Second, args...)
 		if res.code != 2 || !strings.Contains(res.stderr, "jobs.verify.schedule") {
-			t.Errorf("regwarm %s: exit %d, want 2 naming jobs.verify.schedule\nstderr:\n%s", strings.Join(args, " "), res.code, lastLines(res.stderr, 10))
+			t.Errorf("regwarm %s: exit %d, want 2 naming jobs.verify.schedule\nstderr:\n%s", strings.Join(args, " "), res.code, harness.LastLines(res.stderr, 10))
 		}
 	}
 	good := jobConfigFile(t, dir, "good", noNATS, strings.Replace(jobsOff, `verify: {schedule: ""}`, `verify: {schedule: "@every 3s"}`, 1))
@@ -187,7 +188,7 @@ func TestJobScheduleSubsecond(t *testing.T) {
 				"BUG: internal/config/validate.go parseSchedule accepts it (cron.ParseStandard rounds a sub-second or negative @every up to 1s), "+
 				"while daemon/scheduler.go parseSchedule refuses durations under 1s, so the worker dies after start-up; "+
 				"config check must reject it (exit 2, naming jobs.dangling_scan.schedule) or the scheduler accept it.\nworker stderr:\n%s",
-				spec, check.code, describeWorkerExit(worker), lastLines(worker.stderr, 5))
+				spec, check.code, describeWorkerExit(worker), harness.LastLines(worker.stderr, 5))
 		}
 		if !checkOK && !strings.Contains(check.stderr, "jobs.dangling_scan.schedule") {
 			t.Errorf("config check of %q: stderr does not name jobs.dangling_scan.schedule:\n%s", spec, check.stderr)
@@ -214,9 +215,8 @@ func TestJobReportsUnwritable(t *testing.T) {
 	requireRegwarm(t)
 	ns := harness.StartNATS(t)
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
-	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1105, Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 16 << 10})
 	const repo = "e2e/jobfail"
-	pushImage(t, im, up.Addr+"/"+repo+":v1")
+	im := pushNewImage(t, up, repo+":v1", harness.ImageOptions{Seed: 1105, Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 16 << 10})
 	dataDir := filepath.Join(t.TempDir(), "data")
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -224,12 +224,12 @@ func TestJobReportsUnwritable(t *testing.T) {
 	reportsPath := filepath.Join(dataDir, "reports")
 	writeFile(t, reportsPath, "a file where the reports directory should be\n")
 	cfg := workerConfig(ns.URL(), up.URL()) + strings.Replace(jobsOff, `dangling_scan: {schedule: ""`, `dangling_scan: {schedule: "@every 2s"`, 1)
-	nc := natsConn(t, ns.URL())
+	nc := harness.NATSConn(t, ns.URL())
 	reports := watchReports(t, nc)
 	syncs := watchEvents(t, ns.URL())
 	w := harness.StartWorker(t, "worker-1", cfg, harness.ConfigVars{DataDir: dataDir})
 
-	failed := reports.wait(t, 15*time.Second, "a failed scheduled dangling scan", func(e reportEvent) bool {
+	failed := reports.Wait(t, 15*time.Second, "a failed scheduled dangling scan", func(e daemon.ReportEvent) bool {
 		return e.Job == "dangling_scan"
 	})
 	if failed.Error == "" || !strings.Contains(failed.Error, reportsPath) || failed.Path != "" || failed.Skipped {
@@ -262,13 +262,13 @@ func TestJobReportsUnwritable(t *testing.T) {
 			t.Errorf("GET %s of the worker after failed scans: %d, want 200", path, resp.StatusCode)
 		}
 	}
-	js := jetStream(t, ns.URL())
+	js := harness.JetStream(t, ns.URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := js.Publish(ctx, syncSubject, []byte("hub/"+repo+":v1")); err != nil {
 		t.Fatalf("publish sync: %v", err)
 	}
-	done := syncs.wait(t, 30*time.Second, "the sync after the failed scans", func(e syncEvent) bool {
+	done := syncs.Wait(t, 30*time.Second, "the sync after the failed scans", func(e syncEvent) bool {
 		return e.Image == "hub/"+repo+":v1"
 	})
 	if !done.done() || done.Digest != im.IndexDigest {
@@ -293,8 +293,8 @@ func TestJobReportsUnwritable(t *testing.T) {
 		t.Fatal(err)
 	}
 	fixedAt := time.Now()
-	saved := reports.wait(t, 15*time.Second, "a successful scheduled scan", func(e reportEvent) bool {
-		return e.Job == "dangling_scan" && e.ok() && e.Started.After(fixedAt)
+	saved := reports.Wait(t, 15*time.Second, "a successful scheduled scan", func(e daemon.ReportEvent) bool {
+		return e.Job == "dangling_scan" && reportOK(e) && e.Started.After(fixedAt)
 	})
 	name := regexp.MustCompile(`^dangling_scan-\d{8}T\d{6}(\.\d{3})?Z\.json$`)
 	if filepath.Dir(saved.Path) != reportsPath || !name.MatchString(filepath.Base(saved.Path)) {
@@ -317,7 +317,7 @@ func TestJobReportsUnwritable(t *testing.T) {
 		return nil
 	})
 
-	for _, e := range reports.all() {
+	for _, e := range reports.All() {
 		if e.Job != "dangling_scan" {
 			t.Errorf("report event for job %q, which is not scheduled: %+v", e.Job, e)
 		}

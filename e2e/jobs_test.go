@@ -2,264 +2,30 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/regwarm/regwarm/daemon"
 	"github.com/regwarm/regwarm/e2e/harness"
+	"github.com/regwarm/regwarm/jobs"
 )
-
-// reportSubject carries the summaries of finished job runs.
-const reportSubject = "regwarm.events.report"
-
-// jobSummary is a report's summary (docs/reports.md); fields left out of
-// the JSON read as 0.
-type jobSummary struct {
-	Registries        int            `json:"registries"`
-	Manifests         int            `json:"manifests"`
-	References        int            `json:"references"`
-	Local             int            `json:"local"`
-	RemoteOnly        int            `json:"remote_only"`
-	Problems          int            `json:"problems"`
-	ByRegistry        map[string]int `json:"by_registry"`
-	Blobs             int            `json:"blobs"`
-	Bytes             int64          `json:"bytes"`
-	Corrupt           int            `json:"corrupt"`
-	Quarantined       int            `json:"quarantined"`
-	Refetched         int            `json:"refetched"`
-	Absent            int            `json:"absent"`
-	Unreferenced      int            `json:"unreferenced"`
-	UnreferencedBytes int64          `json:"unreferenced_bytes"`
-	UpstreamErrors    int            `json:"upstream_errors"`
-	RepairsQueued     int            `json:"repairs_queued"`
-}
-
-// jobProblem is one finding of a report.
-type jobProblem struct {
-	Registry   string   `json:"registry"`
-	Repository string   `json:"repository"`
-	Manifest   string   `json:"manifest"`
-	Tags       []string `json:"tags"`
-	Missing    string   `json:"missing"`
-	MediaType  string   `json:"media_type"`
-	Connector  string   `json:"connector"`
-	Reason     string   `json:"reason"`
-	Digest     string   `json:"digest"`
-	Size       int64    `json:"size"`
-	Detail     string   `json:"detail"`
-}
-
-// jobReport is a scan or verify report, version 1.
-type jobReport struct {
-	Version  int          `json:"version"`
-	Job      string       `json:"job"`
-	Started  time.Time    `json:"started"`
-	Finished time.Time    `json:"finished"`
-	Summary  jobSummary   `json:"summary"`
-	Problems []jobProblem `json:"problems"`
-}
-
-// reportEvent is a regwarm.events.report payload, which is also the reply
-// to a regwarm.jobs.run.<job> request.
-type reportEvent struct {
-	Job      string     `json:"job"`
-	Started  time.Time  `json:"started"`
-	Finished time.Time  `json:"finished"`
-	Summary  jobSummary `json:"summary"`
-	Problems int        `json:"problems"`
-	Path     string     `json:"path"`
-	Worker   string     `json:"worker"`
-	Error    string     `json:"error"`
-	Skipped  bool       `json:"skipped"`
-}
-
-func (e reportEvent) ok() bool { return e.Error == "" && !e.Skipped }
-
-// decodeReport parses a report and checks the parts of its shape that the
-// contract promises: version 1, the always-present summary fields, and a
-// problems array that is never null.
-func decodeReport(t *testing.T, what string, b []byte) jobReport {
-	t.Helper()
-	var raw struct {
-		Summary  map[string]json.RawMessage `json:"summary"`
-		Problems json.RawMessage            `json:"problems"`
-	}
-	var rep jobReport
-	if err := json.Unmarshal(b, &raw); err != nil {
-		t.Fatalf("%s: not JSON: %v\n%s", what, err, b)
-	}
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatalf("%s: not a report: %v\n%s", what, err, b)
-	}
-	for _, k := range []string{"registries", "manifests", "references", "local", "remote_only", "problems", "by_registry"} {
-		if _, ok := raw.Summary[k]; !ok {
-			t.Errorf("%s: summary.%s is missing (always present per docs/reports.md)", what, k)
-		}
-	}
-	if string(raw.Problems) == "null" || raw.Problems == nil {
-		t.Errorf("%s: problems is %s, want an array", what, raw.Problems)
-	}
-	if rep.Version != 1 {
-		t.Errorf("%s: version %d, want 1", what, rep.Version)
-	}
-	if rep.Started.IsZero() || rep.Finished.Before(rep.Started) {
-		t.Errorf("%s: started %s, finished %s", what, rep.Started, rep.Finished)
-	}
-	return rep
-}
-
-// readReport reads and decodes a report file.
-func readReport(t *testing.T, path string) (jobReport, []byte) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("report: %v", err)
-	}
-	return decodeReport(t, path, b), b
-}
-
-// cliResult is the outcome of a one-shot regwarm command.
-type cliResult struct {
-	args           []string
-	stdout, stderr string
-	code           int
-}
-
-// runRegwarmCLI runs the regwarm binary to completion with separate
-// stdout and stderr and returns its exit code.
-func runRegwarmCLI(t *testing.T, args ...string) cliResult {
-	t.Helper()
-	r := runRegwarmFor(t, 2*time.Minute, args...)
-	if r.code == timedOut {
-		t.Fatalf("regwarm %s: still running after 2m", strings.Join(args, " "))
-	}
-	return r
-}
-
-// timedOut is the cliResult code of a command that runRegwarmFor killed.
-const timedOut = -1
-
-// runRegwarmFor runs the regwarm binary for at most timeout; a command
-// still running then is killed and its code is timedOut.
-func runRegwarmFor(t *testing.T, timeout time.Duration, args ...string) cliResult {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, harness.RegwarmBinary(t), args...)
-	cmd.Env = append(os.Environ(), harness.ClientEnv(t)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	start := time.Now()
-	err := cmd.Run()
-	t.Logf("$ regwarm %s  (%.2fs)", strings.Join(args, " "), time.Since(start).Seconds())
-	r := cliResult{args: args, stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee) && ee.Exited():
-		r.code = ee.ExitCode()
-	case ctx.Err() != nil:
-		r.code = timedOut
-	default:
-		t.Fatalf("regwarm %s: %v\nstderr:\n%s", strings.Join(args, " "), err, r.stderr)
-	}
-	return r
-}
-
-// wantCode fails the test unless the command exited with code.
-func (r cliResult) wantCode(t *testing.T, code int) {
-	t.Helper()
-	if r.code != code {
-		t.Fatalf("regwarm %s: exit %d, want %d\nstdout:\n%s\nstderr (tail):\n%s",
-			strings.Join(r.args, " "), r.code, code, r.stdout, lastLines(r.stderr, 30))
-	}
-}
-
-// lastLines returns the last n lines of s.
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// reportLog collects every event on regwarm.events.report.
-type reportLog struct {
-	mu     sync.Mutex
-	events []reportEvent
-	bad    []string
-}
-
-// watchReports subscribes to regwarm.events.report until the test ends.
-func watchReports(t *testing.T, nc *nats.Conn) *reportLog {
-	t.Helper()
-	l := &reportLog{}
-	_, err := nc.Subscribe(reportSubject, func(m *nats.Msg) {
-		var e reportEvent
-		err := json.Unmarshal(m.Data, &e)
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		if err != nil {
-			l.bad = append(l.bad, fmt.Sprintf("%v: %q", err, m.Data))
-			return
-		}
-		l.events = append(l.events, e)
-	})
-	if err == nil {
-		err = nc.Flush()
-	}
-	if err != nil {
-		t.Fatalf("subscribe to %s: %v", reportSubject, err)
-	}
-	t.Cleanup(func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for _, b := range l.bad {
-			t.Errorf("undecodable report event %s", b)
-		}
-	})
-	return l
-}
-
-func (l *reportLog) all() []reportEvent {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]reportEvent(nil), l.events...)
-}
-
-// wait returns the first event that matches, polling up to timeout.
-func (l *reportLog) wait(t *testing.T, timeout time.Duration, what string, match func(reportEvent) bool) reportEvent {
-	t.Helper()
-	var found reportEvent
-	harness.Eventually(t, timeout, what, func() error {
-		evs := l.all()
-		for _, e := range evs {
-			if match(e) {
-				found = e
-				return nil
-			}
-		}
-		return fmt.Errorf("%d report events so far: %+v", len(evs), evs)
-	})
-	return found
-}
 
 // requestJob runs job on one worker through a NATS request on
 // regwarm.jobs.run.<job> and returns the reply. Until a worker has
 // subscribed the request has no responders; it is sent again then, and
 // only then.
-func requestJob(t *testing.T, nc *nats.Conn, job string, timeout time.Duration) reportEvent {
+func requestJob(t *testing.T, nc *nats.Conn, job string, timeout time.Duration) daemon.ReportEvent {
 	t.Helper()
 	subject := "regwarm.jobs.run." + job
 	deadline := time.Now().Add(20 * time.Second)
@@ -274,7 +40,7 @@ func requestJob(t *testing.T, nc *nats.Conn, job string, timeout time.Duration) 
 			t.Fatalf("request on %s: %v", subject, err)
 		}
 		t.Logf("request on %s answered in %.2fs: %s", subject, time.Since(start).Seconds(), m.Data)
-		var e reportEvent
+		var e daemon.ReportEvent
 		if err := json.Unmarshal(m.Data, &e); err != nil {
 			t.Fatalf("reply on %s: %v: %q", subject, err, m.Data)
 		}
@@ -298,30 +64,14 @@ func removeExisting(t *testing.T, path string) {
 	}
 }
 
-// upstreamStatus sends a request without body to the upstream and returns
-// the status.
-func upstreamStatus(t *testing.T, method, url string) int {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
 // getManifestThrough GETs repo:ref through regwarm as an OCI image manifest
 // and returns its digest; regwarm stores the tag on the way.
 func getManifestThrough(t *testing.T, rw *harness.Regwarm, repo, ref string) string {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, rw.URL()+"/v2/hub/"+repo+"/manifests/"+ref, nil)
-	req.Header.Set("Accept", harness.MediaTypeManifest)
-	resp, err := httpClient.Do(req)
+	resp, err := send(httpClient, http.MethodGet, rw.URL()+"/v2/hub/"+repo+"/manifests/"+ref, harness.MediaTypeManifest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET manifest hub/%s:%s through regwarm: status %d", repo, ref, resp.StatusCode)
 	}
@@ -343,13 +93,6 @@ func flipByte(t *testing.T, path string) []byte {
 	return b
 }
 
-// jobsOff disables every scheduled job; tests override one at a time.
-const jobsOff = `jobs:
-  dangling_scan: {schedule: "", repair: false}
-  verify: {schedule: ""}
-  refresh: {schedule: ""}
-`
-
 // TestScanDanglingReferences pulls two images through serve, then deletes
 // one layer of image A from the store and from the upstream, and one layer
 // of image B from the store only. `regwarm scan` exits 1 and reports
@@ -365,11 +108,9 @@ func TestScanDanglingReferences(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
-	imA := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1101})
-	imB := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1102})
 	const repoA, repoB = "e2e/scan-a", "e2e/scan-b"
-	pushImage(t, imA, up.Addr+"/"+repoA+":v1")
-	pushImage(t, imB, up.Addr+"/"+repoB+":v1")
+	imA := pushNewImage(t, up, repoA+":v1", harness.ImageOptions{Seed: 1101})
+	imB := pushNewImage(t, up, repoB+":v1", harness.ImageOptions{Seed: 1102})
 	amdA, amdB := imA.Platform("linux/amd64"), imB.Platform("linux/amd64")
 	// Two tags on A's amd64 manifest, so that its problem names tags.
 	for _, tag := range []string{"v1-amd64", "amd64"} {
@@ -396,26 +137,26 @@ func TestScanDanglingReferences(t *testing.T) {
 	layerA := amdA.Layers[1]
 	removeExisting(t, blobFile(rw.DataDir, layerA))
 	removeExisting(t, blobLinkFile(rw.DataDir, "hub", repoA, layerA))
-	if code := upstreamStatus(t, http.MethodDelete, up.URL()+"/v2/"+repoA+"/blobs/"+layerA); code != http.StatusAccepted {
+	if code := httpStatus(t, http.MethodDelete, up.URL()+"/v2/"+repoA+"/blobs/"+layerA); code != http.StatusAccepted {
 		t.Fatalf("DELETE %s blob %s upstream: status %d, want 202", repoA, layerA, code)
 	}
-	if code := upstreamStatus(t, http.MethodHead, up.URL()+"/v2/"+repoA+"/blobs/"+layerA); code != http.StatusNotFound {
+	if code := httpStatus(t, http.MethodHead, up.URL()+"/v2/"+repoA+"/blobs/"+layerA); code != http.StatusNotFound {
 		t.Fatalf("HEAD %s blob %s upstream after DELETE: status %d, want 404", repoA, layerA, code)
 	}
 	// B: a platform layer's content gone here only; its link stays.
 	layerB := amdB.Layers[1]
 	removeExisting(t, blobFile(rw.DataDir, layerB))
-	if code := upstreamStatus(t, http.MethodHead, up.URL()+"/v2/"+repoB+"/blobs/"+layerB); code != http.StatusOK {
+	if code := httpStatus(t, http.MethodHead, up.URL()+"/v2/"+repoB+"/blobs/"+layerB); code != http.StatusOK {
 		t.Fatalf("HEAD %s blob %s upstream: status %d, want 200", repoB, layerB, code)
 	}
 
-	wantA := jobProblem{Registry: "hub", Repository: repoA, Manifest: amdA.Digest, Tags: []string{"amd64", "v1-amd64"},
+	wantA := jobs.Problem{Registry: "hub", Repository: repoA, Manifest: amdA.Digest, Tags: []string{"amd64", "v1-amd64"},
 		Missing: layerA, MediaType: harness.MediaTypeLayer, Connector: "up", Reason: "missing-local-and-upstream"}
 	// Per repository: an index with 2 children, 2 images with a config
 	// and 3 layers each: 10 references.
-	wantSummary := jobSummary{Registries: 1, Manifests: 6, References: 20, Local: 18, RemoteOnly: 1, Problems: 1,
+	wantSummary := jobs.Summary{Registries: 1, Manifests: 6, References: 20, Local: 18, RemoteOnly: 1, Problems: 1,
 		ByRegistry: map[string]int{"hub": 1}}
-	checkScan := func(what string, rep jobReport, sum jobSummary) {
+	checkScan := func(what string, rep jobs.Report, sum jobs.Summary) {
 		t.Helper()
 		if rep.Job != "dangling_scan" {
 			t.Errorf("%s: job %q, want dangling_scan", what, rep.Job)
@@ -479,14 +220,14 @@ func TestScanDanglingReferences(t *testing.T) {
 	if !m.Has("regwarm_dangling_references", "registry", "hub") {
 		t.Errorf(`worker: no regwarm_dangling_references{registry="hub"} at start-up`)
 	}
-	nc := natsConn(t, ns.URL())
+	nc := harness.NATSConn(t, ns.URL())
 	reports := watchReports(t, nc)
 	syncs := watchEvents(t, ns.URL())
 	start := time.Now()
 	ev := requestJob(t, nc, "dangling_scan", time.Minute)
 	repairSummary := wantSummary
 	repairSummary.RepairsQueued = 1
-	if ev.Job != "dangling_scan" || !ev.ok() || ev.Problems != 1 || ev.Worker == "" || ev.Started.IsZero() ||
+	if ev.Job != "dangling_scan" || !reportOK(ev) || ev.Problems != 1 || ev.Worker == "" || ev.Started.IsZero() ||
 		!reflect.DeepEqual(ev.Summary, repairSummary) {
 		t.Errorf("on-demand scan reply: %+v\nwant job dangling_scan, no error, 1 problem, a worker, summary %+v", ev, repairSummary)
 	}
@@ -501,13 +242,13 @@ func TestScanDanglingReferences(t *testing.T) {
 			t.Errorf("dangling_scan-latest.json differs from %s:\n%+v\n%+v", ev.Path, latest, saved)
 		}
 	}
-	pub := reports.wait(t, 10*time.Second, "the on-demand scan's event on "+reportSubject, func(e reportEvent) bool {
+	pub := reports.Wait(t, 10*time.Second, "the on-demand scan's event on "+reportSubject, func(e daemon.ReportEvent) bool {
 		return e.Job == "dangling_scan"
 	})
 	if !pub.Started.Equal(ev.Started) || pub.Path != ev.Path {
 		t.Errorf("published event %+v differs from the reply %+v", pub, ev)
 	}
-	done := syncs.wait(t, 30*time.Second, "the repair's sync of B's manifest", func(e syncEvent) bool {
+	done := syncs.Wait(t, 30*time.Second, "the repair's sync of B's manifest", func(e syncEvent) bool {
 		return e.Digest == amdB.Digest
 	})
 	if !done.done() || done.Image != "hub/"+repoB+"@"+amdB.Digest || done.BlobsFetched != 1 {
@@ -518,7 +259,7 @@ func TestScanDanglingReferences(t *testing.T) {
 	if got, err := fileDigest(blobFile(rw.DataDir, layerB)); err != nil || got != layerB {
 		t.Errorf("repaired layer %s hashes to %s (%v)", layerB, got, err)
 	}
-	for _, e := range syncs.all() {
+	for _, e := range syncs.All() {
 		if strings.Contains(e.Image, repoA) {
 			t.Errorf("repair queued a sync of A, whose layer is gone upstream: %v", e)
 		}
@@ -536,7 +277,7 @@ func TestScanDanglingReferences(t *testing.T) {
 
 	// An on-demand verify on the worker writes its own report.
 	vev := requestJob(t, nc, "verify", time.Minute)
-	if vev.Job != "verify" || !vev.ok() || vev.Problems != 1 || vev.Summary.Absent != 1 || vev.Summary.Corrupt != 0 ||
+	if vev.Job != "verify" || !reportOK(vev) || vev.Problems != 1 || vev.Summary.Absent != 1 || vev.Summary.Corrupt != 0 ||
 		filepath.Dir(vev.Path) != reportsDir || !strings.HasPrefix(filepath.Base(vev.Path), "verify-") {
 		t.Errorf("on-demand verify reply: %+v\nwant job verify, 1 problem (A's layer absent), a report in %s", vev, reportsDir)
 	} else if vrep, _ := readReport(t, vev.Path); vrep.Job != "verify" || vrep.Summary.Absent != 1 {
@@ -556,7 +297,7 @@ func TestScanDanglingReferences(t *testing.T) {
 	res = runRegwarmCLI(t, "verify", "--config", rw.ConfigPath, "--format", "json", "--output", vout)
 	res.wantCode(t, 1)
 	vrep, _ := readReport(t, vout)
-	wantAbsent := jobProblem{Registry: "hub", Repository: repoA, Manifest: amdA.Digest, Missing: layerA,
+	wantAbsent := jobs.Problem{Registry: "hub", Repository: repoA, Manifest: amdA.Digest, Missing: layerA,
 		MediaType: harness.MediaTypeLayer, Reason: "referenced-but-absent"}
 	if vrep.Summary.Absent != 1 || vrep.Summary.Corrupt != 0 || vrep.Summary.Problems != 1 ||
 		len(vrep.Problems) != 1 || !reflect.DeepEqual(vrep.Problems[0], wantAbsent) {
@@ -589,9 +330,8 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
-	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1103})
 	const repo = "e2e/verify"
-	pushImage(t, im, up.Addr+"/"+repo+":v1")
+	im := pushNewImage(t, up, repo+":v1", harness.ImageOptions{Seed: 1103})
 	rw := harness.StartRegwarm(t, "serve", hubConfig(up.URL(), 5*time.Minute))
 	harness.Skopeo(t, "copy", "--all", "--src-tls-verify=false", "docker://"+rw.Addr+"/hub/"+repo+":v1", "oci:"+t.TempDir()+":v1")
 	if m := missingBlobs(rw.DataDir, im.AllBlobs()); len(m) > 0 {
@@ -600,7 +340,7 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 	quarantine := filepath.Join(rw.DataDir, "store", "quarantine")
 	out := filepath.Join(t.TempDir(), "verify.json")
 
-	verify := func(what, layer, platformManifest string, size int64) jobProblem {
+	verify := func(what, layer, platformManifest string, size int64) jobs.Problem {
 		t.Helper()
 		res := runRegwarmCLI(t, "verify", "--config", rw.ConfigPath, "--format", "json", "--output", out)
 		res.wantCode(t, 1)
@@ -653,7 +393,7 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 	if n := up.CountRequests("GET", "/v2/"+repo+"/blobs/"+x); n != 2 {
 		t.Errorf("upstream: %d GETs of %s, want 2 (the pull and the re-fetch)", n, x)
 	}
-	if got, n, err := getBlobHTTP(rw.URL(), "hub/"+repo, x); err != nil || got != x || n != sizeX {
+	if got, n, err := getBlobHTTP(httpClient, rw.URL(), "hub/"+repo, x); err != nil || got != x || n != sizeX {
 		t.Errorf("GET %s through serve after verify: %s, %d bytes, %v", x, got, n, err)
 	}
 
@@ -674,16 +414,19 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 		t.Errorf("upstream down: the corrupt blob file of %s is still in place (%v)", y, err)
 	}
 	up.Start()
-	if got, n, err := getBlobHTTP(rw.URL(), "hub/"+repo, y); err != nil || got != y || n != sizeY {
+	if got, n, err := getBlobHTTP(httpClient, rw.URL(), "hub/"+repo, y); err != nil || got != y || n != sizeY {
 		t.Errorf("GET %s through serve after the quarantine: %s, %d bytes, %v; want the re-fetched blob", y, got, n, err)
 	}
+	// The client gets the last byte once it is verified; the store write
+	// completes right after, off the response path.
+	waitBlobs(t, rw.DataDir, 10*time.Second, "re-fetched blob stored", []string{y})
 	if got, err := fileDigest(blobFile(rw.DataDir, y)); err != nil || got != y {
 		t.Errorf("after the pull the blob file of %s hashes to %s (%v)", y, got, err)
 	}
 
 	// Repaired, plus a stored blob no manifest references: garbage is
 	// listed with its size but is no problem, so verify exits 0.
-	junk := randomBytes(1106, 1000)
+	junk := harness.RandomBytes(1106, 1000)
 	junkDigest := harness.Digest(junk)
 	if err := os.MkdirAll(filepath.Dir(blobFile(rw.DataDir, junkDigest)), 0o755); err != nil {
 		t.Fatal(err)
@@ -693,9 +436,9 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 	res.wantCode(t, 0)
 	rep, raw := readReport(t, out)
 	t.Logf("repaired: verify report:\n%s", raw)
-	want := jobSummary{Registries: 1, Manifests: 3, ByRegistry: map[string]int{"hub": 0}, Blobs: len(im.AllBlobs()) + 1,
+	want := jobs.Summary{Registries: 1, Manifests: 3, ByRegistry: map[string]int{"hub": 0}, Blobs: len(im.AllBlobs()) + 1,
 		Bytes: rep.Summary.Bytes, Unreferenced: 1, UnreferencedBytes: int64(len(junk))}
-	wantProblems := []jobProblem{{Reason: "unreferenced", Digest: junkDigest, Size: int64(len(junk))}}
+	wantProblems := []jobs.Problem{{Reason: "unreferenced", Digest: junkDigest, Size: int64(len(junk))}}
 	if !reflect.DeepEqual(rep.Summary, want) || !reflect.DeepEqual(rep.Problems, wantProblems) {
 		t.Errorf("repaired: summary %+v, problems %+v\nwant %+v, %+v", rep.Summary, rep.Problems, want, wantProblems)
 	}
@@ -730,7 +473,7 @@ func TestScanVerifyExitCodes(t *testing.T) {
 			res := runRegwarmCLI(t, append([]string{cmd}, tc.args...)...)
 			if res.code != tc.code || !strings.Contains(res.stderr, tc.want) {
 				t.Errorf("regwarm %s (%s): exit %d, want %d with %q in stderr\nstderr:\n%s",
-					cmd, tc.name, res.code, tc.code, tc.want, lastLines(res.stderr, 10))
+					cmd, tc.name, res.code, tc.code, tc.want, harness.LastLines(res.stderr, 10))
 				continue
 			}
 			if tc.code == 2 && res.stdout != "" {
@@ -743,13 +486,5 @@ func TestScanVerifyExitCodes(t *testing.T) {
 				}
 			}
 		}
-	}
-}
-
-// writeFile writes a test input file.
-func writeFile(t *testing.T, path, body string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -2,11 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -24,18 +20,7 @@ import (
 // clusterConfig is workerConfig on a NATS cluster: natsURLs is the
 // comma-separated list of nodes, and every JetStream asset has 3 replicas.
 func clusterConfig(natsURLs, upURL string) string {
-	return fmt.Sprintf(`version: 1
-data_dir: "{{.DataDir}}"
-log: {level: debug, format: text}
-serve: {listen: "{{.Addr}}"}
-metrics: {listen: "{{.MetricsAddr}}"}
-nats: {url: %q, replicas: 3}
-worker: {concurrency: 4, ack_wait: 10s}
-registries:
-  - {name: hub, default: true, connectors: [up], tag_ttl: 5m}
-connectors:
-  - {name: up, url: %q, host: lab.local}
-`, natsURLs, upURL)
+	return natsConfig(fmt.Sprintf("{url: %q, replicas: 3}", natsURLs), upURL)
 }
 
 // The test asks for results on failoverReply.<i> with the contract's
@@ -48,41 +33,38 @@ const (
 // clusterResult is a sync result seen by the test, with when it arrived.
 type clusterResult struct {
 	syncEvent
-	At time.Time
+	At time.Time `json:"-"`
 }
 
 // resultLog gathers sync results from one connection per cluster node, so
 // that losing a node loses no result; the copies are deduplicated.
 type resultLog struct {
-	mu      sync.Mutex
-	seen    map[string]bool
-	results []clusterResult
-	bad     []string
+	*harness.MsgLog[clusterResult]
 }
 
 // watchCluster subscribes on every node to the result events and to the
 // reply subjects below failoverReply.
-func watchCluster(t *testing.T, cl *harness.NATSCluster) *resultLog {
+func watchCluster(t *testing.T, cl *harness.NATSCluster) resultLog {
 	t.Helper()
-	l := &resultLog{seen: map[string]bool{}}
+	l := harness.NewMsgLog(t, "sync result", func(m *nats.Msg, r *clusterResult) {
+		setSubject(m, &r.syncEvent)
+		r.At = time.Now()
+	})
+	keep := l.Handler()
+	var mu sync.Mutex
+	seen := map[string]bool{}
 	handle := func(m *nats.Msg) {
-		l.mu.Lock()
-		defer l.mu.Unlock()
 		key := m.Subject + "\x00" + string(m.Data)
-		if l.seen[key] {
-			return
+		mu.Lock()
+		dup := seen[key]
+		seen[key] = true
+		mu.Unlock()
+		if !dup {
+			keep(m)
 		}
-		l.seen[key] = true
-		var e syncEvent
-		if err := json.Unmarshal(m.Data, &e); err != nil {
-			l.bad = append(l.bad, fmt.Sprintf("%s: %v: %q", m.Subject, err, m.Data))
-			return
-		}
-		e.Subject = m.Subject
-		l.results = append(l.results, clusterResult{syncEvent: e, At: time.Now()})
 	}
 	for _, n := range cl.Nodes {
-		nc := natsConn(t, n.URL())
+		nc := harness.NATSConn(t, n.URL())
 		for _, subj := range []string{"regwarm.events.sync.>", failoverReply + ".>"} {
 			if _, err := nc.Subscribe(subj, handle); err != nil {
 				t.Fatalf("subscribe to %s on %s: %v", subj, n.ServerName, err)
@@ -92,22 +74,13 @@ func watchCluster(t *testing.T, cl *harness.NATSCluster) *resultLog {
 			t.Fatalf("subscribe on %s: %v", n.ServerName, err)
 		}
 	}
-	t.Cleanup(func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for _, b := range l.bad {
-			t.Errorf("undecodable sync result %s", b)
-		}
-	})
-	return l
+	return resultLog{l}
 }
 
 // bySeq returns the results so far by stream sequence.
-func (l *resultLog) bySeq() map[uint64][]clusterResult {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+func (l resultLog) bySeq() map[uint64][]clusterResult {
 	m := map[uint64][]clusterResult{}
-	for _, r := range l.results {
+	for _, r := range l.All() {
 		m[r.Seq] = append(m[r.Seq], r)
 	}
 	return m
@@ -247,10 +220,11 @@ func (d *doneWatch) run(ctx context.Context, workers []*harness.Worker) {
 	defer tick.Stop()
 	for {
 		for _, w := range workers {
-			v, err := scrapeValue(client, w.MetricsAddr, "regwarm_sync_jobs_total", "result", "done")
+			m, err := harness.FetchMetrics(client, w.MetricsAddr)
 			if err != nil {
 				continue
 			}
+			v := m.Value("regwarm_sync_jobs_total", "result", "done")
 			d.mu.Lock()
 			if old, ok := d.value[w.Name]; ok && v > old {
 				d.grew[w.Name] = append(d.grew[w.Name], time.Now())
@@ -284,25 +258,6 @@ func (d *doneWatch) stall(worker string, from, to time.Time) time.Duration {
 		prev = at
 	}
 	return longest
-}
-
-// scrapeValue reads one sum from http://addr/metrics without a testing.T,
-// for use in goroutines.
-func scrapeValue(client *http.Client, addr, name string, kv ...string) (float64, error) {
-	resp, err := client.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	m, err := harness.ParseMetrics(string(body))
-	if err != nil {
-		return 0, err
-	}
-	return m.Value(name, kv...), nil
 }
 
 // puller GETs a cached manifest and blob through serve every 100ms and
@@ -339,40 +294,19 @@ func (p *puller) run(ctx context.Context, rw *harness.Regwarm, repo, manifest, b
 
 // pullOnce GETs repo:v1, which must be manifest, and blob through serve.
 func pullOnce(client *http.Client, rw *harness.Regwarm, repo, manifest, blob string) error {
-	req, _ := http.NewRequest(http.MethodGet, rw.URL()+"/v2/hub/"+repo+"/manifests/v1", nil)
-	req.Header.Set("Accept", harness.MediaTypeManifest)
-	resp, err := client.Do(req)
+	resp, err := send(client, http.MethodGet, rw.URL()+"/v2/hub/"+repo+"/manifests/v1", harness.MediaTypeManifest)
 	if err != nil {
 		return err
 	}
-	resp.Body.Close()
 	if d := resp.Header.Get("Docker-Content-Digest"); resp.StatusCode != http.StatusOK || d != manifest {
 		return fmt.Errorf("GET manifest: status %d, digest %q", resp.StatusCode, d)
 	}
-	resp, err = client.Get(rw.URL() + "/v2/hub/" + repo + "/blobs/" + blob)
+	got, _, err := getBlobHTTP(client, rw.URL(), "hub/"+repo, blob)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, resp.Body); err != nil {
-		return fmt.Errorf("GET blob: %w", err)
-	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); resp.StatusCode != http.StatusOK || got != blob {
-		return fmt.Errorf("GET blob: status %d, content hashes to %s", resp.StatusCode, got)
+	if got != blob {
+		return fmt.Errorf("GET blob: content hashes to %s", got)
 	}
 	return nil
-}
-
-// waitDrained waits until the work stream is empty and returns the last
-// state otherwise.
-func waitDrained(js jetstream.JetStream, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := workDrained(js)()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

@@ -53,12 +53,12 @@ func TestNATSClusterFailover(t *testing.T) {
 	for r := range 10 {
 		repo := fmt.Sprintf("e2e/fo-%d", r)
 		for tag := 1; tag <= 3; tag++ {
-			layer := pushBlobHTTP(t, up.URL(), repo, randomBytes(uint64(1300+10*r+tag), layerSize))
+			layer := pushBlobHTTP(t, up.URL(), repo, harness.RandomBytes(uint64(1300+10*r+tag), layerSize))
 			want[fmt.Sprintf("hub/%s:v%d", repo, tag)] = pushManifestHTTP(t, up.URL(), repo, fmt.Sprintf("v%d", tag), layer, layerSize)
 		}
 	}
 	const pullRepo = "e2e/fo-pull"
-	pullLayer := pushBlobHTTP(t, up.URL(), pullRepo, randomBytes(1399, 64<<10))
+	pullLayer := pushBlobHTTP(t, up.URL(), pullRepo, harness.RandomBytes(1399, 64<<10))
 	pullManifest := pushManifestHTTP(t, up.URL(), pullRepo, "v1", pullLayer, 64<<10)
 	th := startThrottle(t, up, layerSize)
 
@@ -75,7 +75,7 @@ func TestNATSClusterFailover(t *testing.T) {
 	})
 	workers := startWorkers(t, cfg, rw.DataDir, 2)
 	results := watchCluster(t, cl)
-	js := jetStream(t, cl.URL())
+	js := harness.JetStream(t, cl.URL())
 
 	// Warm the puller's image through serve; it is pulled all along.
 	if err := pullOnce(&http.Client{Timeout: 30 * time.Second}, rw, pullRepo, pullManifest, pullLayer); err != nil {
@@ -97,7 +97,7 @@ func TestNATSClusterFailover(t *testing.T) {
 	// The victim holds the most worker connections, and is made to lead
 	// the work stream and the consumer.
 	victim := clusterRoles(t, cl).victim(cl)
-	if r := leadOn(t, natsConn(t, cl.URL()), cl, victim, 15*time.Second); r.stream != victim.ServerName || r.consumer != victim.ServerName {
+	if r := leadOn(t, harness.NATSConn(t, cl.URL()), cl, victim, 15*time.Second); r.stream != victim.ServerName || r.consumer != victim.ServerName {
 		t.Logf("could not move leadership to %s: stream leader %s, consumer leader %s", victim.ServerName, r.stream, r.consumer)
 	}
 	t.Logf("setup took %.1fs", time.Since(start).Seconds())
@@ -258,7 +258,7 @@ func TestNATSClusterFailover(t *testing.T) {
 			t.Errorf("%s exited: %v", w.Name, err)
 		}
 	}
-	if err := waitDrained(js, 15*time.Second); err != nil {
+	if err := harness.Poll(15*time.Second, workDrained(js)); err != nil {
 		t.Errorf("after the failover the work queue does not drain: %v", err)
 	}
 	if t.Failed() {

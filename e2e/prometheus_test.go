@@ -75,7 +75,7 @@ func TestPrometheusScrapesRegwarm(t *testing.T) {
 	requireRegwarm(t)
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
 	const repo = "e2e/prom"
-	layer := randomBytes(1201, 64<<10)
+	layer := harness.RandomBytes(1201, 64<<10)
 	pushManifestHTTP(t, up.URL(), repo, "v1", pushBlobHTTP(t, up.URL(), repo, layer), int64(len(layer)))
 	rw := harness.StartRegwarm(t, "run", hubConfig(up.URL(), 5*time.Minute))
 	prom := harness.StartPrometheus(t, harness.PrometheusConfig(time.Second, map[string][]string{"regwarm": {rw.MetricsAddr}}))

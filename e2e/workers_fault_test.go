@@ -3,92 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/regwarm/regwarm/e2e/harness"
 )
-
-// throttle is a reverse proxy in front of an upstream that sends blob
-// bodies at rate bytes per second and counts, per digest, the blob GETs
-// started and the body bytes passed on.
-type throttle struct {
-	URL  string
-	rate int64
-
-	mu    sync.Mutex
-	gets  map[string]int
-	sent  map[string]int64
-	first map[string]time.Time // when the last GET of a digest started
-}
-
-// startThrottle proxies to up; it is closed by t.Cleanup.
-func startThrottle(t *testing.T, up *harness.Upstream, rate int64) *throttle {
-	t.Helper()
-	target, _ := url.Parse(up.URL())
-	th := &throttle{rate: rate, gets: map[string]int{}, sent: map[string]int64{}, first: map[string]time.Time{}}
-	proxy := &httputil.ReverseProxy{
-		Rewrite:       func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.Out.Host = pr.In.Host },
-		FlushInterval: -1,
-		ErrorLog:      log.New(io.Discard, "", 0), // a killed client is expected
-		ModifyResponse: func(resp *http.Response) error {
-			_, d, ok := strings.Cut(resp.Request.URL.Path, "/blobs/")
-			if ok && resp.Request.Method == http.MethodGet && resp.StatusCode == http.StatusOK {
-				th.mu.Lock()
-				th.gets[d]++
-				th.first[d] = time.Now()
-				th.mu.Unlock()
-				resp.Body = &slowBody{ReadCloser: resp.Body, th: th, d: d, start: time.Now()}
-			}
-			return nil
-		},
-	}
-	srv := httptest.NewServer(proxy)
-	t.Cleanup(srv.Close)
-	th.URL = srv.URL
-	return th
-}
-
-// stats returns the GETs started, bytes sent and start of the last GET of d.
-func (th *throttle) stats(d string) (gets int, sent int64, last time.Time) {
-	th.mu.Lock()
-	defer th.mu.Unlock()
-	return th.gets[d], th.sent[d], th.first[d]
-}
-
-// slowBody passes a body on at the throttle's rate.
-type slowBody struct {
-	io.ReadCloser
-	th    *throttle
-	d     string
-	start time.Time
-	n     int64
-}
-
-func (b *slowBody) Read(p []byte) (int, error) {
-	if chunk := b.th.rate / 100; int64(len(p)) > chunk {
-		p = p[:chunk]
-	}
-	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
-	b.th.mu.Lock()
-	b.th.sent[b.d] += int64(n)
-	b.th.mu.Unlock()
-	if ahead := time.Duration(b.n*int64(time.Second)/b.th.rate) - time.Since(b.start); ahead > 0 {
-		time.Sleep(ahead)
-	}
-	return n, err
-}
 
 // platformOnly returns the config and the layers that only platform p has.
 func platformOnly(im *harness.Image, p string) []string {
@@ -109,14 +30,14 @@ func TestWorkerKilledMidLayer(t *testing.T) {
 	ns := harness.StartNATS(t)
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
 	const repo = "e2e/huge"
-	d := pushBlobHTTP(t, up.URL(), repo, randomBytes(901, size))
+	d := pushBlobHTTP(t, up.URL(), repo, harness.RandomBytes(901, size))
 	pushManifestHTTP(t, up.URL(), repo, "v1", d, size)
 	th := startThrottle(t, up, rate)
 	cfg := workerConfig(ns.URL(), th.URL)
 	dataDir := filepath.Join(t.TempDir(), "data")
 	a := harness.StartWorker(t, "worker-a", cfg, harness.ConfigVars{DataDir: dataDir})
 	events := watchEvents(t, ns.URL())
-	js := jetStream(t, ns.URL())
+	js := harness.JetStream(t, ns.URL())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -155,7 +76,7 @@ func TestWorkerKilledMidLayer(t *testing.T) {
 		if gets, _, last := th.stats(d); gets > 1 && redelivered == 0 {
 			redelivered = last.Sub(killed)
 		}
-		for _, e := range events.all() {
+		for _, e := range events.All() {
 			if e.Seq == ack.Sequence {
 				done = e
 				return nil
@@ -199,8 +120,7 @@ func TestNATSOutageDuringPulls(t *testing.T) {
 	var ims []*harness.Image
 	for i, repo := range []string{"e2e/during", "e2e/outage", "e2e/after"} {
 		opts.Seed = int64(801 + i)
-		ims = append(ims, harness.BuildImage(t, t.TempDir(), opts))
-		pushImage(t, ims[i], up.Addr+"/"+repo+":v1")
+		ims = append(ims, pushNewImage(t, up, repo+":v1", opts))
 	}
 	during, outage, after := ims[0], ims[1], ims[2]
 	th := startThrottle(t, up, 4<<20) // a single-platform pull takes about a second
@@ -274,7 +194,7 @@ func TestNATSOutageDuringPulls(t *testing.T) {
 	t.Logf("other platform warmed %.2fs after the pull", took.Seconds())
 	waitBlobs(t, rw.DataDir, 30*time.Second, "the worker warms the other platform of the outage's pull",
 		blobsOf(outage, "linux/amd64", "linux/arm64"))
-	waitWorkDrained(t, jetStream(t, ns.URL()), 30*time.Second)
+	waitWorkDrained(t, harness.JetStream(t, ns.URL()), 30*time.Second)
 	assertBlobGETs(t, up, "e2e/after", 1, blobsOf(after, "linux/amd64", "linux/arm64")...)
 	verifyStore(t, rw.DataDir)
 }

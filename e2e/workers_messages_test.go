@@ -20,13 +20,12 @@ func TestWorkerBadMessages(t *testing.T) {
 	requireRegwarm(t)
 	ns := harness.StartNATS(t)
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
-	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 721})
-	pushImage(t, im, up.Addr+"/e2e/good:v1")
+	im := pushNewImage(t, up, "e2e/good:v1", harness.ImageOptions{Seed: 721})
 	cfg := workerConfig(ns.URL(), up.URL())
 	w := startWorkers(t, cfg, "", 1)[0]
 	events := watchEvents(t, ns.URL())
-	js := jetStream(t, ns.URL())
-	nc := natsConn(t, ns.URL())
+	js := harness.JetStream(t, ns.URL())
+	nc := harness.NATSConn(t, ns.URL())
 
 	big := "hub/e2e/" + strings.Repeat("a", 1<<20-len("hub/e2e/"))
 	cases := []struct {
@@ -68,8 +67,8 @@ func TestWorkerBadMessages(t *testing.T) {
 			// Without a seq (JetStream refused it), match the start of the body.
 			prefix := string(tc.body[:min(len(tc.body), 16)])
 			var got syncEvent
-			err := pollUntil(5*time.Second, func() error {
-				for _, e := range events.all() {
+			err := harness.Poll(5*time.Second, func() error {
+				for _, e := range events.All() {
 					if (seq != 0 && e.Seq == seq) || (seq == 0 && strings.HasPrefix(e.Image, prefix)) {
 						got = e
 						return nil
@@ -100,13 +99,13 @@ func TestWorkerBadMessages(t *testing.T) {
 	// No retries: a terminated message leaves the work queue at once; one
 	// still unacknowledged is redelivered after AckWait (1 minute) and fails
 	// again, up to worker.max_deliveries times.
-	if err := pollUntil(10*time.Second, workDrained(js)); err != nil {
+	if err := harness.Poll(10*time.Second, workDrained(js)); err != nil {
 		t.Errorf("the malformed messages were not terminated, so each will be retried: %v "+
 			"(nats-server 2.9 ignores the \"+TERM <reason>\" that Msg.TermWithReason sends; plain Term works)", err)
 	}
 	time.Sleep(time.Second)
 	perSeq := map[uint64]int{}
-	for _, e := range events.all() {
+	for _, e := range events.All() {
 		perSeq[e.Seq]++
 	}
 	for seq, n := range perSeq {
@@ -122,7 +121,7 @@ func TestWorkerBadMessages(t *testing.T) {
 		t.Fatalf("the worker exited: %v", err)
 	}
 	seq := natsRequestSync(t, ns.URL(), []byte("hub/e2e/good:v1"), false)
-	good := events.wait(t, 30*time.Second, "a good sync after the bad ones", func(e syncEvent) bool { return e.Seq == seq })
+	good := events.Wait(t, 30*time.Second, "a good sync after the bad ones", func(e syncEvent) bool { return e.Seq == seq })
 	if !good.done() || good.Digest != im.IndexDigest {
 		t.Errorf("good sync: %v, want done with digest %s", good, im.IndexDigest)
 	}
@@ -139,10 +138,8 @@ func TestSyncCLI(t *testing.T) {
 	requireRegwarm(t)
 	ns := harness.StartNATS(t)
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
-	im1 := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 731})
-	im2 := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 732})
-	pushImage(t, im1, up.Addr+"/e2e/cli:v1")
-	pushImage(t, im2, up.Addr+"/e2e/cli2:v1")
+	im1 := pushNewImage(t, up, "e2e/cli:v1", harness.ImageOptions{Seed: 731})
+	im2 := pushNewImage(t, up, "e2e/cli2:v1", harness.ImageOptions{Seed: 732})
 	cfg := workerConfig(ns.URL(), up.URL())
 	rw := harness.StartRegwarm(t, "serve", cfg)
 	startWorkers(t, cfg, rw.DataDir, 1)

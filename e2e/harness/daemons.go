@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -69,23 +68,16 @@ func StartDockerd(t testing.TB, opts DockerdOptions) *Dockerd {
 			return dialer.DialContext(ctx, "unix", d.Socket)
 		},
 	}}
-	if err := poll(ReadyTimeout, func() error {
-		if exited, err := d.Exited(); exited {
-			return errStop{fmt.Errorf("dockerd exited: %v", err)}
-		}
-		resp, err := client.Get("http://docker/_ping")
+	waitProcess(t, d.Process, ReadyTimeout, "/_ping", func() error {
+		status, body, err := getBody(client, "http://docker/_ping")
 		if err != nil {
 			return err
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/_ping: %d %s", resp.StatusCode, body)
+		if status != http.StatusOK {
+			return fmt.Errorf("/_ping: %d %s", status, body)
 		}
 		return nil
-	}); err != nil {
-		t.Fatalf("dockerd did not become ready: %v", err)
-	}
+	})
 	return d
 }
 
@@ -159,10 +151,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.d
 		t.Fatal(err)
 	}
 	c.Process = StartProcess(t, "containerd", nil, "containerd", "--config", path)
-	if err := poll(ReadyTimeout, func() error {
-		if exited, err := c.Exited(); exited {
-			return errStop{fmt.Errorf("containerd exited: %v", err)}
-		}
+	waitProcess(t, c.Process, ReadyTimeout, "ctr version", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), ReadyTimeout)
 		defer cancel()
 		out, err := Run(ctx, nil, "ctr", "--address", c.Socket, "version")
@@ -170,9 +159,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.d
 			return fmt.Errorf("%v: %s", err, strings.TrimSpace(out))
 		}
 		return nil
-	}); err != nil {
-		t.Fatalf("containerd did not become ready: %v", err)
-	}
+	})
 	return c
 }
 

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"encoding/json"
 	"io"
@@ -136,5 +137,33 @@ func TestBuildImageContent(t *testing.T) {
 				t.Errorf("%s: tar entries %v", l, files)
 			}
 		}
+	}
+}
+
+func TestRandomBytesAndDigestOf(t *testing.T) {
+	t.Parallel()
+	b := RandomBytes(5, 1000)
+	if len(b) != 1000 || !bytes.Equal(b, RandomBytes(5, 1000)) || bytes.Equal(b, RandomBytes(6, 1000)) {
+		t.Error("RandomBytes: want 1000 bytes, the same for seed 5 twice and different for seed 6")
+	}
+	d, n, err := DigestOf(bytes.NewReader(b))
+	if err != nil || d != Digest(b) || n != 1000 {
+		t.Errorf("DigestOf: %s, %d, %v; want %s, 1000", d, n, err, Digest(b))
+	}
+}
+
+func TestRenderConfig(t *testing.T) {
+	t.Parallel()
+	cfg, err := renderConfig(ConfigHeader, ConfigVars{Addr: "127.0.0.1:1", MetricsAddr: "127.0.0.1:2", NATSAddr: "127.0.0.1:3", DataDir: "/data"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`data_dir: "/data"`, `serve: {listen: "127.0.0.1:1"}`, `metrics: {listen: "127.0.0.1:2"}`, `{listen: "127.0.0.1:3"}`} {
+		if !strings.Contains(string(cfg), want) {
+			t.Errorf("rendered ConfigHeader lacks %s:\n%s", want, cfg)
+		}
+	}
+	if _, err := renderConfig("x: {{.Bogus}}\n", ConfigVars{}); err == nil {
+		t.Error("renderConfig accepted an unknown key")
 	}
 }

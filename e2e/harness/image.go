@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -124,6 +125,25 @@ func BlobPath(dir, digest string) string {
 func Digest(b []byte) string {
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// DigestOf reads r to its end and returns the sha256 digest of what it
+// read and how many bytes that was; on a read error, of what came before.
+func DigestOf(r io.Reader) (string, int64, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), n, err
+}
+
+// RandomBytes returns n incompressible pseudo-random bytes. The same seed
+// gives the same bytes; only the seed's low 16 bits count.
+func RandomBytes(seed uint64, n int) []byte {
+	var key [32]byte
+	key[0] = byte(seed)
+	key[1] = byte(seed >> 8)
+	b := make([]byte, n)
+	_, _ = rand.NewChaCha8(key).Read(b)
+	return b
 }
 
 // descriptor is an OCI content descriptor.

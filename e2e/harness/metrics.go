@@ -2,7 +2,6 @@ package harness
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -27,21 +26,24 @@ func ScrapeMetrics(t testing.TB, addr string) Metrics {
 	if addr == "" {
 		t.Fatal("ScrapeMetrics: no metrics listener (the docker-registry stand-in has none)")
 	}
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape metrics: status %d: %v", resp.StatusCode, err)
-	}
-	m, err := ParseMetrics(string(body))
+	m, err := FetchMetrics(&http.Client{Timeout: 10 * time.Second}, addr)
 	if err != nil {
 		t.Fatalf("scrape metrics: %v", err)
 	}
 	return m
+}
+
+// FetchMetrics is ScrapeMetrics without a test to fail, for goroutines:
+// it GETs http://addr/metrics with client and parses the answer.
+func FetchMetrics(client *http.Client, addr string) (Metrics, error) {
+	status, body, err := getBody(client, "http://"+addr+"/metrics")
+	if err != nil {
+		return nil, err
+	}
+	if status != http.StatusOK {
+		return nil, fmt.Errorf("GET http://%s/metrics: status %d", addr, status)
+	}
+	return ParseMetrics(string(body))
 }
 
 // Value returns the sum of the samples named name whose labels include

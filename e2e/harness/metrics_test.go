@@ -1,6 +1,12 @@
 package harness
 
-import "testing"
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
 
 func TestParseMetrics(t *testing.T) {
 	t.Parallel()
@@ -37,5 +43,30 @@ odd{v="a \"quoted\" \\ value"} 1.5e+00
 	}
 	if _, err := ParseMetrics("bad{x=1} 2\n"); err == nil {
 		t.Error("ParseMetrics accepted an unquoted label value")
+	}
+}
+
+func TestFetchMetrics(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/metrics":
+			fmt.Fprintln(w, `regwarm_sync_jobs_total{result="done"} 4`)
+		default:
+			http.Error(w, "no", http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	m, err := FetchMetrics(srv.Client(), addr)
+	if err != nil || m.Value("regwarm_sync_jobs_total", "result", "done") != 4 {
+		t.Errorf("FetchMetrics: %+v, %v; want regwarm_sync_jobs_total 4", m, err)
+	}
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+	}))
+	defer down.Close()
+	if m, err := FetchMetrics(down.Client(), strings.TrimPrefix(down.URL, "http://")); err == nil {
+		t.Errorf("FetchMetrics of a 503: %+v, want an error", m)
 	}
 }

@@ -3,7 +3,6 @@ package harness
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -194,18 +193,12 @@ func (n *NATS) Monitor(endpoint string, out any) error {
 	case "connz":
 		q = "?limit=1024"
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Get("http://" + n.MonitorAddr + "/" + endpoint + q)
+	status, body, err := getBody(&http.Client{Timeout: 5 * time.Second}, "http://"+n.MonitorAddr+"/"+endpoint+q)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s /%s: status %d: %s", n.ServerName, endpoint, resp.StatusCode, body)
+	if status != http.StatusOK {
+		return fmt.Errorf("%s /%s: status %d: %s", n.ServerName, endpoint, status, body)
 	}
 	return json.Unmarshal(body, out)
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -227,16 +228,19 @@ func (p *Process) DumpLog() {
 
 // tail returns the last n lines of s, each cut to 400 bytes.
 func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
+	lines := strings.Split(LastLines(s, n), "\n")
 	for i, l := range lines {
 		if len(l) > 400 {
 			lines[i] = l[:400] + " …"
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// LastLines returns the last n lines of s, without a final newline.
+func LastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // usedPorts keeps FreePort from handing out one port twice in a test binary.
@@ -284,18 +288,19 @@ func ShortTempDir(t testing.TB, prefix string) string {
 	return dir
 }
 
-// Eventually polls cond every 50ms until it returns nil or timeout passes,
-// then fails the test with cond's last error and msg.
+// Eventually calls cond until it returns nil (see Poll); when timeout has
+// passed first, it fails the test with msg and cond's last error.
 func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() error) {
 	t.Helper()
-	if err := poll(timeout, cond); err != nil {
+	if err := Poll(timeout, cond); err != nil {
 		t.Fatalf("%s: not within %s: %v", msg, timeout, err)
 	}
 }
 
-// poll calls cond until it returns nil, or returns its last error after
-// timeout or as soon as cond returns an errStop.
-func poll(timeout time.Duration, cond func() error) error {
+// Poll calls cond until it returns nil, waiting 10ms after the first call
+// and twice as long after each further one, up to 100ms. Once timeout has
+// passed it returns cond's last error.
+func Poll(timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	delay := 10 * time.Millisecond
 	for {
@@ -303,6 +308,8 @@ func poll(timeout time.Duration, cond func() error) error {
 		if err == nil {
 			return nil
 		}
+		// The harness's own conditions end a poll at once with an errStop,
+		// such as when the process under test died.
 		var stop errStop
 		if errors.As(err, &stop) || time.Now().After(deadline) {
 			return err
@@ -312,14 +319,15 @@ func poll(timeout time.Duration, cond func() error) error {
 	}
 }
 
-// waitHTTP polls url until it answers with one of the wanted statuses. It
-// gives up early when p has exited.
-func waitHTTP(p *Process, url string, timeout time.Duration, want ...int) error {
+// errStop wraps an error that ends a Poll at once.
+type errStop struct{ error }
+
+// waitStart waits until a started process answers a GET of url with one
+// of the wanted statuses; see waitProcess.
+func waitStart(t testing.TB, p *Process, url string, timeout time.Duration, want ...int) {
+	t.Helper()
 	client := &http.Client{Timeout: 2 * time.Second}
-	return poll(timeout, func() error {
-		if exited, err := p.Exited(); exited {
-			return errStop{fmt.Errorf("%s exited while waiting for %s: %v", p.Name, url, err)}
-		}
+	waitProcess(t, p, timeout, url, func() error {
 		resp, err := client.Get(url)
 		if err != nil {
 			return err
@@ -334,17 +342,35 @@ func waitHTTP(p *Process, url string, timeout time.Duration, want ...int) error 
 	})
 }
 
-// errStop wraps an error that ends a poll at once, such as the process
-// under test having died.
-type errStop struct{ error }
-
-// waitStart waits for a started process to answer url; it fails the test
-// when the process dies or never answers (the cleanup prints the log tail).
-func waitStart(t testing.TB, p *Process, url string, timeout time.Duration, want ...int) {
+// waitProcess polls ready until it returns nil. It fails the test when p
+// exits first or timeout passes (the cleanup prints the log tail); what
+// names what it waits for.
+func waitProcess(t testing.TB, p *Process, timeout time.Duration, what string, ready func() error) {
 	t.Helper()
-	if err := waitHTTP(p, url, timeout, want...); err != nil {
+	err := Poll(timeout, func() error {
+		if exited, err := p.Exited(); exited {
+			return errStop{fmt.Errorf("%s exited while waiting for %s: %v", p.Name, what, err)}
+		}
+		return ready()
+	})
+	if err != nil {
 		t.Fatalf("%s did not become ready: %v", p.Name, err)
 	}
+}
+
+// maxBody bounds the response bodies that getBody reads.
+const maxBody = 16 << 20
+
+// getBody GETs url with client and returns the status and the body (at
+// most maxBody bytes of it).
+func getBody(client *http.Client, url string) (int, []byte, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	return resp.StatusCode, body, err
 }
 
 // Run runs a command to completion with a timeout and returns its combined

@@ -3,7 +3,6 @@ package harness
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -84,13 +83,7 @@ type PromSample struct {
 // API GETs /api/v1/<path> with params and decodes the envelope's data
 // into out; a status other than "success" is an error.
 func (p *Prometheus) API(path string, params url.Values, out any) error {
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get(p.URL() + "/api/v1/" + path + "?" + params.Encode())
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	status, body, err := getBody(&http.Client{Timeout: 10 * time.Second}, p.URL()+"/api/v1/"+path+"?"+params.Encode())
 	if err != nil {
 		return err
 	}
@@ -101,7 +94,7 @@ func (p *Prometheus) API(path string, params url.Values, out any) error {
 		Error     string          `json:"error"`
 	}
 	if err := json.Unmarshal(body, &env); err != nil {
-		return fmt.Errorf("/api/v1/%s: status %d: %v", path, resp.StatusCode, err)
+		return fmt.Errorf("/api/v1/%s: status %d: %v", path, status, err)
 	}
 	if env.Status != "success" {
 		return fmt.Errorf("/api/v1/%s: %s: %s", path, env.ErrorType, env.Error)

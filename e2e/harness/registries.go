@@ -148,32 +148,42 @@ func StartRegwarm(t testing.TB, mode, cfgYAML string) *Regwarm {
 	}
 	dir := t.TempDir()
 	vars := ConfigVars{Addr: FreeAddr(t), MetricsAddr: FreeAddr(t), NATSAddr: FreeAddr(t), DataDir: filepath.Join(dir, "data")}
-	tmpl, err := template.New("config").Option("missingkey=error").Parse(cfgYAML)
+	cfg, err := renderConfig(cfgYAML, vars)
 	if err != nil {
 		t.Fatalf("StartRegwarm: config template: %v", err)
 	}
-	var buf bytes.Buffer
-	if err := tmpl.Execute(&buf, vars); err != nil {
-		t.Fatalf("StartRegwarm: config template: %v", err)
-	}
-	if !bytes.Contains(buf.Bytes(), []byte(vars.Addr)) {
+	if !bytes.Contains(cfg, []byte(vars.Addr)) {
 		t.Fatal("StartRegwarm: the config must use {{.Addr}} for serve.listen")
 	}
-	if !bytes.Contains(buf.Bytes(), []byte(vars.MetricsAddr)) {
+	if !bytes.Contains(cfg, []byte(vars.MetricsAddr)) {
 		vars.MetricsAddr = "" // no metrics listener to wait for
 	}
 	r := &Regwarm{ConfigVars: vars, Mode: mode, ConfigPath: filepath.Join(dir, "regwarm.yaml"), t: t}
-	if err := os.WriteFile(r.ConfigPath, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(r.ConfigPath, cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if Target == TargetDockerRegistry {
-		r.Process = startStandin(t, buf.Bytes(), vars)
+		r.Process = startStandin(t, cfg, vars)
 		r.MetricsAddr = ""
 	} else {
 		r.Process = StartProcess(t, "regwarm-"+mode, nil, RegwarmBinary(t), mode, "--config", r.ConfigPath)
 	}
 	r.waitReady()
 	return r
+}
+
+// renderConfig executes cfgYAML, a text/template over ConfigVars in which
+// a missing key is an error.
+func renderConfig(cfgYAML string, vars ConfigVars) ([]byte, error) {
+	tmpl, err := template.New("config").Option("missingkey=error").Parse(cfgYAML)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Execute(&buf, vars); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // waitReady waits for /readyz (when there is a metrics listener) and /v2/.

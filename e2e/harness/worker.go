@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"text/template"
 )
 
 // Worker is a running `regwarm worker`. It has no API listener; its
@@ -44,19 +43,15 @@ func StartWorker(t testing.TB, name, cfgYAML string, vars ConfigVars) *Worker {
 	if vars.DataDir == "" {
 		vars.DataDir = filepath.Join(dir, "data")
 	}
-	tmpl, err := template.New("config").Option("missingkey=error").Parse(cfgYAML)
+	cfg, err := renderConfig(cfgYAML, vars)
 	if err != nil {
 		t.Fatalf("StartWorker: config template: %v", err)
 	}
-	var buf bytes.Buffer
-	if err := tmpl.Execute(&buf, vars); err != nil {
-		t.Fatalf("StartWorker: config template: %v", err)
-	}
-	if !bytes.Contains(buf.Bytes(), []byte(vars.MetricsAddr)) {
+	if !bytes.Contains(cfg, []byte(vars.MetricsAddr)) {
 		t.Fatal("StartWorker: the config must use {{.MetricsAddr}} for metrics.listen")
 	}
 	w := &Worker{ConfigVars: vars, ConfigPath: filepath.Join(dir, "regwarm.yaml"), t: t}
-	if err := os.WriteFile(w.ConfigPath, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(w.ConfigPath, cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	w.Process = StartProcess(t, name, nil, RegwarmBinary(t), "worker", "--config", w.ConfigPath)
