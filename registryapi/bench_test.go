@@ -297,9 +297,9 @@ func reqPerSec(b *testing.B, rate float64) float64 {
 // memory). It shows what a pull-through fill costs over the upstream alone;
 // profile it with -cpuprofile.
 func BenchmarkColdBlobGet(b *testing.B) {
-	const size = 64 << 20
+	size := int64(coldBlobSize())
 	up := upstreamtest.New(b)
-	d := up.AddBlob(benchRepoName, randomBytes(size, 3))
+	d := up.AddBlob(benchRepoName, randomBytes(int(size), 3))
 	cfg, err := config.Parse([]byte(strings.Replace(benchConfig, "http://127.0.0.1:1", up.URL, 1)))
 	if err != nil {
 		b.Fatal(err)
@@ -362,4 +362,13 @@ func BenchmarkColdBlobGet(b *testing.B) {
 		direct = append(direct, getLoop(b, client, up.URL+path, nil, http.StatusOK, size))
 	})
 	b.Run("ratio", func(b *testing.B) { reportRatio(b, rw, direct, "regwarm/direct") })
+}
+
+// coldBlobSize is BenchmarkColdBlobGet's blob size: 64 MiB, or
+// REGWARM_BENCH_COLD_MIB.
+func coldBlobSize() int {
+	if v, err := strconv.Atoi(os.Getenv("REGWARM_BENCH_COLD_MIB")); err == nil && v > 0 {
+		return v << 20
+	}
+	return 64 << 20
 }

@@ -3,7 +3,9 @@ package registryapi
 import (
 	"io"
 	"net/http"
+	"os"
 	"strconv"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 
@@ -74,13 +76,28 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) *api
 	hd.Set("Content-Length", strconv.FormatInt(n, 10))
 	w.WriteHeader(status)
 	if n > 0 {
-		if _, err := io.CopyN(w, src, n); err != nil {
+		var err error
+		if _, isFile := src.(*os.File); isFile {
+			_, err = io.CopyN(w, src, n) // sendfile
+		} else {
+			// A blob streaming in from upstream: large chunks, few syscalls.
+			bp := copyBufs.Get().(*[]byte)
+			_, err = io.CopyBuffer(writerOnly{w}, io.LimitReader(src, n), *bp)
+			copyBufs.Put(bp)
+		}
+		if err != nil {
 			// Headers are gone; the short body tells the client.
 			h.log.Debug("blob body interrupted", "registry", rt.repo.Registry, "repo", rt.repo.Name, "digest", d, "error", err)
 		}
 	}
 	return nil
 }
+
+// copyBufs holds buffers for blobs that are not files.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// writerOnly hides io.ReaderFrom so io.CopyBuffer uses the given buffer.
+type writerOnly struct{ io.Writer }
 
 func setBlobHeaders(hd http.Header, d digest.Digest, etag string) {
 	hd.Set("Content-Type", "application/octet-stream")

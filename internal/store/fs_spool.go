@@ -24,34 +24,71 @@ func (f *FS) Spool(ctx context.Context, d digest.Digest, size int64) (Spool, err
 	if err != nil {
 		return nil, err
 	}
-	return &fsSpool{fs: f, file: tmp, d: d, size: size, h: d.Algorithm().Hash()}, nil
+	s := &fsSpool{fs: f, file: tmp, d: d, size: size, h: d.Algorithm().Hash(),
+		chunks: make(chan *[]byte, 16), hashed: make(chan struct{})}
+	go s.hashLoop()
+	return s, nil
 }
 
+// fsSpool hashes in its own goroutine, so hashing overlaps with receiving
+// and writing: a cold blob streams at the speed of the slowest of the
+// three, not of their sum.
 type fsSpool struct {
 	fs   *FS
 	file *os.File
 	d    digest.Digest
 	size int64
 
-	mu        sync.Mutex
-	h         hash.Hash
-	n         int64
-	verified  bool
-	committed bool
-	closed    bool
+	h      hash.Hash     // owned by hashLoop until hashed is closed
+	chunks chan *[]byte  // copies of written bytes, for hashLoop
+	hashed chan struct{} // closed when hashLoop has hashed every chunk
+
+	mu         sync.Mutex
+	n          int64
+	hashClosed bool
+	verified   bool
+	committed  bool
+	closed     bool
+}
+
+// spoolChunks recycles the copies handed to the hashing goroutine.
+var spoolChunks = sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
+
+func (s *fsSpool) hashLoop() {
+	defer close(s.hashed)
+	for b := range s.chunks {
+		s.h.Write(*b)
+		*b = (*b)[:0]
+		spoolChunks.Put(b)
+	}
+}
+
+// stopHashing ends the hashing goroutine and waits for it (s.mu held).
+func (s *fsSpool) stopHashing() {
+	if !s.hashClosed {
+		s.hashClosed = true
+		close(s.chunks)
+	}
+	<-s.hashed
 }
 
 func (s *fsSpool) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.verified || s.committed || s.closed {
+	if s.hashClosed || s.verified || s.committed || s.closed {
 		return 0, fmt.Errorf("%w: write to a finished spool", ErrInvalid)
 	}
 	if s.size >= 0 && s.n+int64(len(p)) > s.size {
 		return 0, fmt.Errorf("%w: blob %s: more than %d bytes", ErrSizeMismatch, s.d, s.size)
 	}
 	n, err := s.file.Write(p)
-	s.h.Write(p[:n])
+	for rest := p[:n]; len(rest) > 0; {
+		b := spoolChunks.Get().(*[]byte)
+		k := min(len(rest), cap(*b))
+		*b = append((*b)[:0], rest[:k]...)
+		s.chunks <- b
+		rest = rest[k:]
+	}
 	s.n += int64(n)
 	return n, err
 }
@@ -77,6 +114,7 @@ func (s *fsSpool) verifyLocked() error {
 	if s.size >= 0 && s.n != s.size {
 		return fmt.Errorf("%w: blob %s: got %d bytes, want %d", ErrSizeMismatch, s.d, s.n, s.size)
 	}
+	s.stopHashing()
 	if got := digest.NewDigest(s.d.Algorithm(), s.h); got != s.d {
 		return fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, got, s.d)
 	}
@@ -112,6 +150,7 @@ func (s *fsSpool) Close() error {
 	if s.closed {
 		return nil
 	}
+	s.stopHashing()
 	s.closed = true
 	err := s.file.Close()
 	if !s.committed {
