@@ -106,12 +106,7 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		}
 	}
 	c.count(ctx, repo.Registry, metrics.KindBlob, metrics.ResultMiss)
-	f := c.fills.join(fillKey{repo.Registry, d}, func() *fill {
-		f := newFill()
-		c.work.Add(1)
-		go func() { defer c.work.Done(); c.runFill(ctx, f, repo, d, sources) }()
-		return f
-	}, c.metrics.Coalesced.Inc)
+	f, _ := c.joinFill(ctx, repo, d, sources)
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
@@ -130,6 +125,19 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return nil, err
 	}
 	return c.store.OpenBlob(ctx, repo, d)
+}
+
+// joinFill joins the fill of d in flight for repo's registry, or starts
+// one (detached from ctx); leader reports whether this call started it.
+func (c *Cache) joinFill(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (f *fill, leader bool) {
+	f = c.fills.join(fillKey{repo.Registry, d}, func() *fill {
+		leader = true
+		f := newFill()
+		c.work.Add(1)
+		go func() { defer c.work.Done(); c.runFill(ctx, f, repo, d, sources) }()
+		return f
+	}, c.metrics.Coalesced.Inc)
+	return f, leader
 }
 
 // runFill fetches a blob from the first source that has it into the store.
@@ -308,14 +316,7 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 		n, err := c.StatBlob(ctx, repo, d)
 		return false, n, err
 	}
-	leader := false
-	f := c.fills.join(fillKey{repo.Registry, d}, func() *fill {
-		leader = true
-		f := newFill()
-		c.work.Add(1)
-		go func() { defer c.work.Done(); c.runFill(ctx, f, repo, d, sources) }()
-		return f
-	}, c.metrics.Coalesced.Inc)
+	f, leader := c.joinFill(ctx, repo, d, sources)
 	select {
 	case <-f.done:
 	case <-ctx.Done():
