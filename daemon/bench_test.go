@@ -43,10 +43,7 @@ func BenchmarkWholeImageLocal(b *testing.B) {
 		pub := events.NewPublisher(e.bus.js, e.bus.subj, slog.New(slog.DiscardHandler), e.m, 1000)
 		ctx, cancel := context.WithCancel(context.Background())
 		go pub.Run(ctx)
-		serve := e.newCache(e.bus, cache.WithMissHook(func(_ context.Context, m cache.Miss) {
-			pub.Miss(events.MissEvent{Registry: m.Registry, Repository: m.Repository, Reference: m.Reference,
-				Digest: m.Digest.String(), Kind: m.Kind, Connector: m.Connector})
-		}))
+		serve := e.newCache(e.bus, cache.WithMissHook(missHook(pub)))
 		e.startWorker()
 		repo := store.Repo{Registry: "hub", Name: "big"}
 		b.StartTimer()

@@ -123,10 +123,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		cacheOpts = append(cacheOpts, cache.WithLeases(b))
 		if mode != ModeWorker {
 			pub = events.NewPublisher(b.js, b.subj, log, m, events.DefaultBuffer)
-			cacheOpts = append(cacheOpts, cache.WithMissHook(func(_ context.Context, ms cache.Miss) {
-				pub.Miss(events.MissEvent{Registry: ms.Registry, Repository: ms.Repository, Reference: ms.Reference,
-					Digest: ms.Digest.String(), Kind: ms.Kind, Connector: ms.Connector, Time: time.Now().UTC(), RequestID: ms.RequestID})
-			}))
+			cacheOpts = append(cacheOpts, cache.WithMissHook(missHook(pub)))
 		}
 	}
 	c, err := cache.New(cfg, st,
@@ -259,6 +256,15 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	stopBus()
 	pubWG.Wait()
 	return runErr
+}
+
+// missHook publishes the cache's misses, with the request id of the pull
+// that caused them, so one pull can be followed into the worker.
+func missHook(pub *events.Publisher) func(context.Context, cache.Miss) {
+	return func(_ context.Context, ms cache.Miss) {
+		pub.Miss(events.MissEvent{Registry: ms.Registry, Repository: ms.Repository, Reference: ms.Reference,
+			Digest: ms.Digest.String(), Kind: ms.Kind, Connector: ms.Connector, Time: time.Now().UTC(), RequestID: ms.RequestID})
+	}
 }
 
 // storeStatsEvery is how often workers count the store's blobs and bytes.

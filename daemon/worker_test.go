@@ -23,6 +23,7 @@ import (
 	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
+	"github.com/regwarm/regwarm/internal/trace"
 	"github.com/regwarm/regwarm/internal/upstreamtest"
 	"github.com/regwarm/regwarm/jobs"
 )
@@ -319,13 +320,12 @@ func TestMissEventsWarmOtherPlatforms(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go pub.Run(ctx)
-	serveCache := e.newCache(e.bus, cache.WithMissHook(func(_ context.Context, m cache.Miss) {
-		pub.Miss(events.MissEvent{Registry: m.Registry, Repository: m.Repository, Reference: m.Reference,
-			Digest: m.Digest.String(), Kind: m.Kind, Connector: m.Connector})
-	}))
+	serveCache := e.newCache(e.bus, cache.WithMissHook(missHook(pub)))
 	ix := e.up.AddIndex("multi", "v1", []string{"linux/amd64", "linux/arm64"}, 200<<10)
 	repo := store.Repo{Registry: "hub", Name: "multi"}
+	r := e.watch()
 	// A client pulls the tag and one platform's manifest only.
+	ctx = trace.WithRequestID(ctx, "pull-4711")
 	ti, err := serveCache.Tag(ctx, repo, "v1")
 	if err != nil {
 		t.Fatal(err)
@@ -345,6 +345,11 @@ func TestMissEventsWarmOtherPlatforms(t *testing.T) {
 		if n := e.up.Count("GET", "/blobs/"+d.String()); n != 1 {
 			t.Errorf("blob %s fetched %d times", d, n)
 		}
+	}
+	// The pull's request id follows the miss into the worker's result.
+	res := r.wait(t, 10*time.Second, func(s events.SyncResult) bool { return s.Digest == ix.Digest.String() })
+	if res.RequestID != "pull-4711" || res.Error != "" {
+		t.Fatalf("result of the miss-triggered sync: %+v", res)
 	}
 }
 
