@@ -24,7 +24,6 @@ var (
 	ErrExcluded  = errors.New("repository excluded by connector filters")
 	ErrMismatch  = errors.New("upstream content does not match its digest")
 	ErrRateLimit = errors.New("upstream rate limit")
-	ErrNoSource  = errors.New("no connector can serve this repository")
 )
 
 // Error is the one error type returned at the connector boundary. It never

@@ -2,11 +2,9 @@ package events
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -129,13 +127,4 @@ func (s Setup) Apply(ctx context.Context, js jetstream.JetStream) (jetstream.Con
 		return nil, nil, fmt.Errorf("creating lease bucket: %w", err)
 	}
 	return cons, kv, nil
-}
-
-// IsTransient reports whether a NATS error may go away by itself
-// (disconnected, timeout, no responders while a cluster elects a leader).
-func IsTransient(err error) bool {
-	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionClosed) ||
-		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
-		strings.Contains(err.Error(), "no responders")
 }

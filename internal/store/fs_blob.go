@@ -38,19 +38,7 @@ func (f *FS) OpenBlob(ctx context.Context, repo Repo, d digest.Digest) (Blob, er
 	if err := f.checkLinked(repo, d); err != nil {
 		return nil, err
 	}
-	file, err := os.Open(f.blobPath(d))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s in %s: content missing", ErrBlobUnknown, d, repo)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open blob %s: %w", d, err)
-	}
-	info, err := file.Stat()
-	if err != nil {
-		_ = file.Close()
-		return nil, fmt.Errorf("open blob %s: %w", d, err)
-	}
-	return &fileBlob{File: file, size: info.Size()}, nil
+	return f.OpenContent(ctx, d)
 }
 
 // PutBlob streams r into the store, verifies it against d and size (-1 for
