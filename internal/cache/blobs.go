@@ -36,6 +36,12 @@ func (c *Cache) StatBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		_, n, err := c.Fetch(ctx, repo, d)
 		return n, err
 	}
+	if linked, err := c.linkStored(ctx, repo, d, sources); err != nil || linked {
+		if err != nil {
+			return 0, err
+		}
+		return c.store.StatBlob(ctx, repo, d)
+	}
 	if f := c.fills.get(fillKey{repo.Registry, d}); f != nil {
 		select {
 		case <-f.ready:
@@ -46,17 +52,26 @@ func (c *Cache) StatBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 			return 0, ctx.Err()
 		}
 	}
-	size, src, herr := c.headBlob(ctx, repo, d, sources)
-	if herr != nil {
-		return 0, herr
+	size, _, err := c.headBlob(ctx, repo, d, sources)
+	return size, err
+}
+
+// linkStored links blob d into repo when its content is already stored
+// (for another repository), no fill of it is running, and a connector
+// confirms that repo has it upstream. It reports whether d is now linked.
+func (c *Cache) linkStored(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (bool, error) {
+	if _, err := c.store.HasBlob(ctx, d); err != nil || c.fills.get(fillKey{repo.Registry, d}) != nil {
+		return false, nil
 	}
-	if _, err := c.store.HasBlob(ctx, d); err == nil {
-		if err := c.store.LinkBlob(ctx, repo, d); err != nil {
-			return 0, err
-		}
-		c.log.Debug("blob linked", "registry", repo.Registry, "repo", repo.Name, "digest", d, "connector", src)
+	_, src, err := c.headBlob(ctx, repo, d, sources)
+	if err != nil {
+		return false, err
 	}
-	return size, nil
+	if err := c.store.LinkBlob(ctx, repo, d); err != nil {
+		return false, err
+	}
+	c.log.Debug("blob linked", "registry", repo.Registry, "repo", repo.Name, "digest", d, "connector", src)
+	return true, nil
 }
 
 func (c *Cache) headBlob(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (int64, string, error) {
@@ -92,14 +107,9 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 	if len(sources) == 0 {
 		return nil, err
 	}
-	// Stored already for another repository: confirm this one has it upstream.
-	if _, herr := c.store.HasBlob(ctx, d); herr == nil && c.fills.get(fillKey{repo.Registry, d}) == nil {
-		if _, _, herr := c.headBlob(ctx, repo, d, sources); herr != nil {
-			return nil, herr
-		}
-		if err := c.store.LinkBlob(ctx, repo, d); err != nil {
-			return nil, err
-		}
+	if linked, err := c.linkStored(ctx, repo, d, sources); err != nil {
+		return nil, err
+	} else if linked {
 		if b, err := c.store.OpenBlob(ctx, repo, d); err == nil {
 			c.count(ctx, repo.Registry, metrics.KindBlob, metrics.ResultHit)
 			return b, nil
@@ -312,8 +322,11 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 	if len(sources) == 0 {
 		return false, 0, fmt.Errorf("%w: %s", store.ErrBlobUnknown, d)
 	}
-	if _, err := c.store.HasBlob(ctx, d); err == nil && c.fills.get(fillKey{repo.Registry, d}) == nil {
-		n, err := c.StatBlob(ctx, repo, d)
+	if linked, err := c.linkStored(ctx, repo, d, sources); err != nil || linked {
+		if err != nil {
+			return false, 0, err
+		}
+		n, err := c.store.StatBlob(ctx, repo, d)
 		return false, n, err
 	}
 	f, leader := c.joinFill(ctx, repo, d, sources)
