@@ -68,7 +68,7 @@ func (s *scheduler) start(ctx context.Context) (stop func(), err error) {
 		if spec == "" || s.jobs[job] == nil {
 			continue
 		}
-		sched, grain, err := parseSchedule(spec)
+		sched, grain, err := config.ParseSchedule(spec)
 		if err != nil {
 			return nil, fmt.Errorf("jobs.%s.schedule: %w", job, err)
 		}
@@ -77,12 +77,6 @@ func (s *scheduler) start(ctx context.Context) (stop func(), err error) {
 	}
 	c.Start()
 	return func() { <-c.Stop().Done() }, nil
-}
-
-// parseSchedule is config.ParseSchedule, shared so that `config check`
-// accepts exactly what workers run.
-func parseSchedule(spec string) (cron.Schedule, time.Duration, error) {
-	return config.ParseSchedule(spec)
 }
 
 // tick runs job if this worker wins the tick's claim.

@@ -16,25 +16,6 @@ import (
 	"github.com/regwarm/regwarm/jobs"
 )
 
-func TestParseSchedule(t *testing.T) {
-	t.Parallel()
-	for _, spec := range []string{"0 3 * * *", "@weekly", "@daily", "*/30 * * * *", "CRON_TZ=Europe/Paris 0 3 * * *", "@every 5s"} {
-		if _, _, err := parseSchedule(spec); err != nil {
-			t.Errorf("%q: %v", spec, err)
-		}
-	}
-	for _, spec := range []string{"61 * * * *", "@sometimes", "* * *", "@every 10ms", "@every x"} {
-		if _, _, err := parseSchedule(spec); err == nil {
-			t.Errorf("%q accepted", spec)
-		}
-	}
-	s, _, _ := parseSchedule("@every 3s")
-	next := s.Next(time.Unix(100, 500))
-	if next.Unix()%3 != 0 || !next.After(time.Unix(100, 500)) {
-		t.Errorf("@every 3s not aligned: %v", next)
-	}
-}
-
 // TestEachTickRunsOnce runs two workers' schedulers on one NATS: every tick
 // of a job runs on exactly one of them.
 func TestEachTickRunsOnce(t *testing.T) {

@@ -156,7 +156,7 @@ func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d dige
 	defer cancel()
 	// A fill that finished just before this one started may have stored it.
 	if _, err := c.store.StatBlob(ctx, repo, d); err == nil {
-		f.setViaLease()
+		f.setNotFetched()
 		c.fills.finish(fillKey{repo.Registry, d}, f, nil)
 		return
 	}
@@ -285,7 +285,7 @@ func (c *Cache) awaitLease(ctx context.Context, f *fill, repo store.Repo, d dige
 		}
 		for {
 			if _, err := c.store.HasBlob(ctx, d); err == nil {
-				f.setViaLease()
+				f.setNotFetched()
 				_, _, err := c.headBlob(ctx, repo, d, sources)
 				if err == nil {
 					err = c.store.LinkBlob(ctx, repo, d)
@@ -339,7 +339,7 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 		return false, 0, err
 	}
 	n, err := c.store.StatBlob(ctx, repo, d)
-	return leader && !f.wasViaLease(), n, err
+	return leader && !f.wasNotFetched(), n, err
 }
 
 func resultOf(err error) string {

@@ -61,17 +61,17 @@ type fill struct {
 	done      chan struct{} // closed when the fill ended
 	readyOnce sync.Once
 
-	mu       sync.Mutex
-	progress chan struct{} // closed and replaced whenever bytes arrive
-	spool    store.Spool
-	size     int64
-	written  int64
-	readers  int
-	finished bool
-	handed   bool // a reader was given out
-	viaLease bool // another process fetched it; this fill only waited
-	verified bool // every byte is written and matches the digest
-	err      error
+	mu         sync.Mutex
+	progress   chan struct{} // closed and replaced whenever bytes arrive
+	spool      store.Spool
+	size       int64
+	written    int64
+	readers    int
+	finished   bool
+	handed     bool // a reader was given out
+	notFetched bool // the blob was stored by someone else; this fill only waited
+	verified   bool // every byte is written and matches the digest
+	err        error
 }
 
 // markVerified lets readers have the final byte.
@@ -83,16 +83,16 @@ func (f *fill) markVerified() {
 	f.mu.Unlock()
 }
 
-func (f *fill) setViaLease() {
+func (f *fill) setNotFetched() {
 	f.mu.Lock()
-	f.viaLease = true
+	f.notFetched = true
 	f.mu.Unlock()
 }
 
-func (f *fill) wasViaLease() bool {
+func (f *fill) wasNotFetched() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.viaLease
+	return f.notFetched
 }
 
 func newFill() *fill {
