@@ -325,11 +325,12 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rt route) *a
 	return errorf(CodeDenied, "user %s may not %s in registry %s", user, action, rt.repo.Registry)
 }
 
-// canPull reports whether the request may pull from registry.
-func (h *Handler) canPull(r *http.Request, registry string) bool {
+// pullFilter returns a check of whether the request may pull from a
+// registry; the request's user is identified once.
+func (h *Handler) pullFilter(r *http.Request) func(registry string) bool {
 	if h.auth == nil {
-		return true
+		return func(string) bool { return true }
 	}
 	user, err := h.auth.identify(r)
-	return err == nil && h.auth.allowed(user, registry, actionPull)
+	return func(registry string) bool { return err == nil && h.auth.allowed(user, registry, actionPull) }
 }

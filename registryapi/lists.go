@@ -77,8 +77,9 @@ func (h *Handler) tags(w http.ResponseWriter, r *http.Request, rt route) *apiErr
 
 func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) *apiError {
 	var all []string
+	canPull := h.pullFilter(r)
 	err := h.store.Repositories(r.Context(), "", func(repo store.Repo) error {
-		if !h.canPull(r, repo.Registry) {
+		if !canPull(repo.Registry) {
 			return nil
 		}
 		all = append(all, repo.String())
