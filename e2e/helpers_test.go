@@ -471,6 +471,21 @@ func missingBlobs(dataDir string, digests []string) []string {
 	return out
 }
 
+// waitWritten waits until regwarm has written to its store everything it
+// answered to clients from memory (write-behind: at most about a second
+// after the last pull) and returns how long that took.
+func waitWritten(t *testing.T, rw *harness.Regwarm) time.Duration {
+	t.Helper()
+	start := time.Now()
+	harness.Eventually(t, 10*time.Second, "regwarm_cache_pending_writes 0", func() error {
+		if n := harness.ScrapeMetrics(t, rw.MetricsAddr).Value("regwarm_cache_pending_writes"); n != 0 {
+			return fmt.Errorf("%v pending writes", n)
+		}
+		return nil
+	})
+	return time.Since(start)
+}
+
 // waitBlobs waits until every digest has a blob file under dataDir and
 // returns how long that took.
 func waitBlobs(t *testing.T, dataDir string, timeout time.Duration, what string, digests []string) time.Duration {

@@ -129,6 +129,7 @@ func TestScanDanglingReferences(t *testing.T) {
 		}
 	}
 	all := append(blobsOf(imA, "linux/amd64", "linux/arm64"), blobsOf(imB, "linux/amd64", "linux/arm64")...)
+	waitWritten(t, rw)
 	if m := missingBlobs(rw.DataDir, all); len(m) > 0 {
 		t.Fatalf("after the pulls, blobs missing from the store: %v", m)
 	}
@@ -334,6 +335,7 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 	im := pushNewImage(t, up, repo+":v1", harness.ImageOptions{Seed: 1103})
 	rw := harness.StartRegwarm(t, "serve", hubConfig(up.URL(), 5*time.Minute))
 	harness.Skopeo(t, "copy", "--all", "--src-tls-verify=false", "docker://"+rw.Addr+"/hub/"+repo+":v1", "oci:"+t.TempDir()+":v1")
+	waitWritten(t, rw)
 	if m := missingBlobs(rw.DataDir, im.AllBlobs()); len(m) > 0 {
 		t.Fatalf("after the pull, blobs missing from the store: %v", m)
 	}

@@ -66,14 +66,15 @@ connectors:
 	return &verifyFixture{root: root, st: st, up: up, cfg: cfg, cache: c}
 }
 
-// verifier returns a Verifier that re-fetches through the fixture's cache.
+// verifier returns a Verifier that re-fetches through the fixture's cache,
+// as background work (as the daemon wires it).
 func (f *verifyFixture) verifier(opts ...jobs.VerifyOption) *jobs.Verifier {
 	fetchBlob := func(ctx context.Context, repo store.Repo, d digest.Digest) error {
-		_, _, err := f.cache.Fetch(ctx, repo, d)
+		_, _, err := f.cache.Fetch(cache.Background(ctx), repo, d)
 		return err
 	}
 	fetchManifest := func(ctx context.Context, repo store.Repo, d digest.Digest) error {
-		_, err := f.cache.Manifest(ctx, repo, d)
+		_, err := f.cache.Manifest(cache.Background(ctx), repo, d)
 		return err
 	}
 	all := append([]jobs.VerifyOption{jobs.WithManifestFetch(fetchManifest)}, opts...)
@@ -93,6 +94,7 @@ func (f *verifyFixture) pull(t *testing.T, name string, img upstreamtest.Image) 
 			t.Fatalf("pull blob %s: %v", d, err)
 		}
 	}
+	f.cache.Wait() // a client's pull is stored write-behind
 }
 
 // pushed is an image pushed into the store.

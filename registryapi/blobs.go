@@ -79,6 +79,8 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) *api
 		var err error
 		if _, isFile := src.(*os.File); isFile {
 			_, err = io.CopyN(w, src, n) // sendfile
+		} else if wt, ok := src.(io.WriterTo); ok && end == size-1 {
+			_, err = wt.WriteTo(w) // a blob arriving from upstream: from memory, or by sendfile from its spool
 		} else {
 			// A blob streaming in from upstream: large chunks, few syscalls.
 			bp := copyBufs.Get().(*[]byte)

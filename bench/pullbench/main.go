@@ -36,9 +36,11 @@ func main() {
 type options struct {
 	regwarm, servefile, work, doc, command, goBench string
 
+	only, keepLogs                              string
 	runs, concurrent, concRuns, bigRuns, rounds int
 	each                                        time.Duration
 	bigMiB                                      int64
+	logLevel                                    string
 }
 
 func parseFlags() (options, error) {
@@ -56,9 +58,19 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds per server")
 	flag.DurationVar(&o.each, "each", 1500*time.Millisecond, "minimum duration of one throughput round")
 	flag.Int64Var(&o.bigMiB, "big-mib", 256, "payload of the large image's layer in MiB")
+	flag.StringVar(&o.only, "only", "", "`cold`: run only the cold/warm small-image pulls of the targets in -targets and print their times (no report)")
+	flag.StringVar(&o.keepLogs, "keep-logs", "", "directory to copy every regwarm log into before its data is removed")
+	flag.StringVar(&o.logLevel, "log-level", "info", "regwarm's log level (debug logs every request with its duration)")
+	flag.Func("targets", "with -only: comma-separated targets (direct, regwarm, proxy)", func(v string) error {
+		targets = strings.Split(v, ",")
+		return nil
+	})
 	flag.Parse()
 	if o.regwarm == "" || o.servefile == "" || o.work == "" {
 		return o, errors.New("-regwarm, -servefile and -work are required")
+	}
+	if o.only != "" && o.only != "cold" {
+		return o, fmt.Errorf("-only %q: only cold is known", o.only)
 	}
 	if o.runs < 1 || o.concurrent < 1 || o.concRuns < 1 || o.bigRuns < 1 || o.rounds < 1 || o.bigMiB < 1 {
 		return o, errors.New("counts must be positive")
@@ -92,7 +104,7 @@ func run() error {
 		md.goBench = string(b)
 	}
 
-	e := &env{ctx: ctx, work: o.work, regwarm: o.regwarm, servefile: o.servefile, procs: ps}
+	e := &env{ctx: ctx, work: o.work, regwarm: o.regwarm, servefile: o.servefile, procs: ps, keepLogs: o.keepLogs, logLevel: o.logLevel}
 	e.upstream, err = e.startRegistry(targetDirect, "")
 	if err != nil {
 		return fmt.Errorf("upstream: %w", err)
@@ -125,6 +137,17 @@ func run() error {
 	res := newResults()
 	if err := e.coldWarm(res, md.small, o.runs); err != nil {
 		return err
+	}
+	if o.only == "cold" {
+		for _, t := range targets {
+			var cold, warm []time.Duration
+			for i := range res.cold[t] {
+				cold = append(cold, res.cold[t][i].wall)
+				warm = append(warm, res.warm[t][i].wall)
+			}
+			fmt.Printf("%-8s cold median %v  warm median %v\n", t, medianDur(cold).Round(100*time.Microsecond), medianDur(warm).Round(100*time.Microsecond))
+		}
+		return nil
 	}
 	if err := e.concurrent(res, md.small, o.concurrent, o.concRuns); err != nil {
 		return err

@@ -350,3 +350,12 @@ func writeDoc(path, section string) error {
 	}
 	return os.WriteFile(path, out, 0o644)
 }
+
+// medianDur is median for durations.
+func medianDur(ds []time.Duration) time.Duration {
+	xs := make([]float64, len(ds))
+	for i, d := range ds {
+		xs[i] = float64(d)
+	}
+	return time.Duration(median(xs))
+}

@@ -37,6 +37,8 @@ type env struct {
 	upstream  *server
 	accessLog string       // the upstream's access log
 	seq       atomic.Int64 // numbers directories; concurrent pulls share it
+	keepLogs  string       // where regwarm logs are copied before removal; "" for nowhere
+	logLevel  string       // regwarm's log level
 }
 
 func (e *env) dir(kind string) (string, error) {
@@ -120,11 +122,12 @@ func (e *env) startRegwarm() (*server, error) {
 data_dir: %q
 serve: {listen: %q}
 metrics: {listen: %q}
+log: {level: %s}
 registries:
   - {name: hub, default: true, connectors: [up]}
 connectors:
   - {name: up, url: "http://%s"}
-`, filepath.Join(dir, "data"), addr, maddr, e.upstream.addr)
+`, filepath.Join(dir, "data"), addr, maddr, e.logLevel, e.upstream.addr)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		return nil, err
 	}
@@ -160,6 +163,12 @@ func (e *env) stopServer(s *server) {
 		return
 	}
 	e.procs.stop(s.proc)
+	if e.keepLogs != "" && s.target == targetRegwarm {
+		if b, err := os.ReadFile(filepath.Join(s.data, "regwarm.log")); err == nil {
+			_ = os.MkdirAll(e.keepLogs, 0o755)
+			_ = os.WriteFile(filepath.Join(e.keepLogs, filepath.Base(s.data)+".log"), b, 0o644)
+		}
+	}
 	if s.data != "" {
 		_ = os.RemoveAll(s.data)
 	}

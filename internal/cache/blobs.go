@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,8 +10,10 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regwarm/regwarm/internal/connector"
+	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
 )
@@ -123,6 +126,7 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return nil, ctx.Err()
 	}
 	if r, ok := f.reader(ctx.Done()); ok {
+		r.(*fillReader).onClose = c.active.begin()
 		return r, nil
 	}
 	// No stream to share (failed, or unknown size): wait for the result.
@@ -135,6 +139,24 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return nil, err
 	}
 	return c.store.OpenBlob(ctx, repo, d)
+}
+
+// readAheadMax bounds the config blobs fetched ahead of the client.
+const readAheadMax = 1 << 20
+
+// readAhead starts fetching an image's config when its manifest was
+// fetched for a client: every client asks for it next (after the layers,
+// for some), and it is small. Nothing else is fetched ahead.
+func (c *Cache) readAhead(ctx context.Context, repo store.Repo, desc ocispec.Descriptor) {
+	if desc.Size > readAheadMax || desc.Digest.Validate() != nil || manifest.NonDistributable(desc) {
+		return
+	}
+	if _, err := c.store.HasBlob(ctx, desc.Digest); err == nil {
+		return // stored already (perhaps for another repository)
+	}
+	if sources := c.sources(repo); len(sources) > 0 {
+		c.joinFill(ctx, repo, desc.Digest, sources)
+	}
 }
 
 // joinFill joins the fill of d in flight for repo's registry, or starts
@@ -154,6 +176,9 @@ func (c *Cache) joinFill(ctx context.Context, repo store.Repo, d digest.Digest, 
 func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d digest.Digest, sources []connector.Source) {
 	ctx, cancel := c.detached(reqCtx)
 	defer cancel()
+	end := c.active.begin()
+	defer end()
+	f.endActive, f.foreground = end, foreground(reqCtx)
 	// A fill that finished just before this one started may have stored it.
 	if _, err := c.store.StatBlob(ctx, repo, d); err == nil {
 		f.setNotFetched()
@@ -177,6 +202,8 @@ func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d dige
 			lastErr = keepFailure(lastErr, err)
 			continue
 		}
+		// The body is closed as soon as it is read (stream does that), so
+		// the connector's concurrency slot is free while the blob is stored.
 		err = c.stream(ctx, cancel, f, repo, d, rc, size)
 		_ = rc.Close()
 		c.metrics.StoreWrites.WithLabelValues(resultOf(err)).Inc()
@@ -207,17 +234,13 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b 
 // stream copies rc into the store: through a spool that readers follow when
 // the store supports it and the size is known, else with a plain PutBlob.
 // A read that makes no progress for idleTimeout cancels the fill.
-func (c *Cache) stream(ctx context.Context, cancel context.CancelFunc, f *fill, repo store.Repo, d digest.Digest, rc io.Reader, size int64) error {
+func (c *Cache) stream(ctx context.Context, cancel context.CancelFunc, f *fill, repo store.Repo, d digest.Digest, rc io.ReadCloser, size int64) error {
 	watchdog := time.AfterFunc(c.idleTimeout, cancel)
 	defer watchdog.Stop()
-	src := readerFunc(func(p []byte) (int, error) {
-		n, err := rc.Read(p)
-		watchdog.Reset(c.idleTimeout)
-		if err == nil && ctx.Err() != nil {
-			err = ctx.Err()
-		}
-		return n, err
-	})
+	src := &watchedBody{rc: rc, ctx: ctx, watchdog: watchdog, idle: c.idleTimeout}
+	if size >= 0 && size <= min(memSpoolMax, c.mem.max()) && c.mem.take(size) {
+		return c.streamMem(ctx, f, repo, d, src, size)
+	}
 	sp, ok := c.store.(store.Spooler)
 	if !ok || size < 0 {
 		f.markReady(nil, size)
@@ -228,38 +251,139 @@ func (c *Cache) stream(ctx context.Context, cancel context.CancelFunc, f *fill, 
 		return err
 	}
 	f.markReady(spool, size)
+	if sf, ok := spool.(spoolFiller); ok {
+		_, err = sf.Fill(src, f.advance)
+	} else {
+		err = copyToSpool(src, spool, f.advance)
+	}
+	if err != nil {
+		return readFailure(ctx, err)
+	}
+	return c.finishSpool(ctx, f, repo, rc, spool)
+}
+
+// copyToSpool writes src to a spool that cannot read it itself.
+func copyToSpool(src io.Reader, spool store.Spool, progress func(int64)) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	buf := *bp
 	for {
-		n, rerr := src.Read(buf)
+		n, rerr := src.Read(*bp)
 		if n > 0 {
-			if _, err := spool.Write(buf[:n]); err != nil {
+			if _, err := spool.Write((*bp)[:n]); err != nil {
 				return err
 			}
-			f.advance(int64(n))
+			progress(int64(n))
 		}
 		if rerr == io.EOF {
-			break
+			return nil
 		}
 		if rerr != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("upstream stalled or fill timed out: %w", rerr)
-			}
 			return rerr
 		}
 	}
+}
+
+// readFailure says why reading an upstream body failed.
+func readFailure(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("upstream stalled or fill timed out: %w", err)
+	}
+	return err
+}
+
+// spoolFiller is a spool that reads the upstream body itself (store.FS's
+// does, without an extra copy for hashing).
+type spoolFiller interface {
+	Fill(r io.Reader, progress func(n int64)) (int64, error)
+}
+
+// finishSpool ends a spool whose body was read: verify, let readers have
+// the last byte, then commit.
+func (c *Cache) finishSpool(ctx context.Context, f *fill, repo store.Repo, rc io.Closer, spool store.Spool) error {
+	_ = rc.Close()
 	if err := spool.Verify(); err != nil {
 		return err
 	}
 	// Readers get the last byte now; making it durable is the fill's job.
-	f.markVerified()
-	return spool.Commit(ctx, repo)
+	return c.verifiedThenStore(ctx, f, func() error { return spool.Commit(ctx, repo) })
 }
 
-type readerFunc func(p []byte) (int, error)
+// streamMem receives a small blob into memory, hashing what arrived in a
+// second goroutine, then stores it once verified.
+func (c *Cache) streamMem(ctx context.Context, f *fill, repo store.Repo, d digest.Digest, src io.ReadCloser, size int64) error {
+	ms := newMemSpool(size, &c.mem)
+	f.markReady(ms, size)
+	h := d.Algorithm().Hash()
+	chunks := make(chan []byte, 64)
+	hashed := make(chan struct{})
+	go func() {
+		defer close(hashed)
+		for b := range chunks {
+			h.Write(b)
+		}
+	}()
+	var written int64
+	err := func() error {
+		for written < size {
+			n, rerr := src.Read(ms.buf[written:size])
+			if n > 0 {
+				chunks <- ms.buf[written : written+int64(n)]
+				written += int64(n)
+				f.advance(int64(n))
+			}
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				return readFailure(ctx, rerr)
+			}
+		}
+		if written < size {
+			return fmt.Errorf("%w: blob %s: got %d bytes, want %d", store.ErrSizeMismatch, d, written, size)
+		}
+		// One more byte would reveal a longer body.
+		var extra [1]byte
+		if n, _ := io.ReadFull(src, extra[:]); n > 0 {
+			return fmt.Errorf("%w: blob %s: more than %d bytes", store.ErrSizeMismatch, d, size)
+		}
+		return nil
+	}()
+	close(chunks)
+	_ = src.Close()
+	<-hashed
+	if err != nil {
+		return err
+	}
+	if got := digest.NewDigest(d.Algorithm(), h); got != d {
+		return fmt.Errorf("%w: got %s, want %s", store.ErrDigestMismatch, got, d)
+	}
+	return c.verifiedThenStore(ctx, f, func() error {
+		if vp, ok := c.store.(store.VerifiedPutter); ok {
+			return vp.PutVerifiedBlob(ctx, repo, d, ms.buf)
+		}
+		return c.store.PutBlob(ctx, repo, d, size, bytes.NewReader(ms.buf))
+	})
+}
 
-func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+// watchedBody reads an upstream body, pushing back the idle watchdog on
+// every read and failing once the fill's context ended.
+type watchedBody struct {
+	rc       io.ReadCloser
+	ctx      context.Context
+	watchdog *time.Timer
+	idle     time.Duration
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.watchdog.Reset(b.idle)
+	if err == nil && b.ctx.Err() != nil {
+		err = b.ctx.Err()
+	}
+	return n, err
+}
+
+func (b *watchedBody) Close() error { return b.rc.Close() }
 
 // leasePoll is how often a fill waiting for another process looks again.
 const leasePoll = 100 * time.Millisecond

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -48,7 +49,12 @@ type Cache struct {
 
 	calls flights[string, any] // manifests and tags
 	fills fillSet              // blobs
-	work  sync.WaitGroup       // detached fills and flights in progress
+	mem   budget               // bytes of blobs streaming through memory
+
+	active   activity       // cold work in progress, for write-behind
+	pending  pendingSet     // manifests answered but not stored yet
+	flushing atomic.Int32   // Wait in progress: write-behind stores go now
+	work     sync.WaitGroup // detached fills and flights in progress
 }
 
 var _ store.Reader = (*Cache)(nil)
@@ -195,7 +201,15 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 
 // Wait blocks until every detached fill and flight has finished (they
 // outlive the requests that started them).
-func (c *Cache) Wait() { c.work.Wait() }
+// Content waiting to be stored write-behind is stored at once.
+func (c *Cache) Wait() {
+	c.flushing.Add(1)
+	defer c.flushing.Add(-1)
+	c.active.begin()() // wakes write-behind waiters to look again
+	c.work.Wait()
+}
+
+func (c *Cache) closing() bool { return c.flushing.Load() > 0 }
 
 // Source returns the connector named name, if it is configured.
 func (c *Cache) Source(name string) (connector.Source, bool) {

@@ -52,6 +52,13 @@ func (c *clock) Advance(d time.Duration) {
 // upstream; extra YAML is appended to the config (registries, connectors).
 func newFixture(t *testing.T, cfgYAML string, opts ...Option) *fixture {
 	t.Helper()
+	return newWrappedFixture(t, cfgYAML, nil, opts...)
+}
+
+// newWrappedFixture is newFixture with the cache over wrap(store) (when
+// wrap is not nil); fixture.store stays the FS underneath.
+func newWrappedFixture(t *testing.T, cfgYAML string, wrap func(*store.FS) store.Store, opts ...Option) *fixture {
+	t.Helper()
 	up := upstreamtest.New(t)
 	if cfgYAML == "" {
 		cfgYAML = `
@@ -72,7 +79,11 @@ connectors:
 	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{})
 	clk := &clock{now: time.Now()}
 	all := append([]Option{WithMetrics(m), WithClock(clk.Now), WithTimeouts(time.Minute, 500*time.Millisecond)}, opts...)
-	c, err := New(cfg, st, []connector.UpstreamOption{connector.WithMetrics(m)}, all...)
+	var cst store.Store = st
+	if wrap != nil {
+		cst = wrap(st)
+	}
+	c, err := New(cfg, cst, []connector.UpstreamOption{connector.WithMetrics(m)}, all...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,37 +284,46 @@ func TestUpstreamFaults(t *testing.T) {
 		{"slow loris", upstreamtest.Fault{StallAfter: 1000}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			f := newFixture(t, "")
-			data := upstreamtest.RandomGzip(2 << 20)
-			d := f.up.AddBlob("app", data)
-			f.up.SetFault(d.String(), tt.fault)
-			err := f.readBlob(context.Background(), hub("app"), d)
-			if err == nil {
-				t.Fatal("read succeeded")
-			}
-			if _, err := f.store.HasBlob(context.Background(), d); !errors.Is(err, store.ErrBlobUnknown) {
-				t.Fatalf("store has the blob after a %s upstream: %v", tt.name, err)
-			}
-			// Once the upstream is healthy the same read works, except
-			// while a Retry-After is pending.
-			f.up.SetFault(d.String(), upstreamtest.Fault{})
-			err = f.readBlob(context.Background(), hub("app"), d)
-			if tt.fault.RetryAfter != "" {
-				var ce *connector.Error
-				if !errors.As(err, &ce) || ce.RetryAfter <= 0 || ce.Status != 429 {
-					t.Fatalf("within Retry-After: %v", err)
-				}
-				if n := f.up.Count("GET", "/blobs/"+d.String()); n != 1 {
-					t.Fatalf("upstream asked %d times within Retry-After", n)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("after recovery: %v", err)
-			}
-		})
+		for _, size := range []int{2 << 20, memSpoolMax + 1} { // through memory, through a spool file
+			t.Run(fmt.Sprintf("%s/%d", tt.name, size), func(t *testing.T) {
+				t.Parallel()
+				upstreamFault(t, tt.name, tt.fault, size)
+			})
+		}
+	}
+}
+
+// upstreamFault reads a blob of size bytes through an upstream with
+// fault, then again once the upstream is healthy.
+func upstreamFault(t *testing.T, name string, fault upstreamtest.Fault, size int) {
+	f := newFixture(t, "")
+	data := upstreamtest.RandomGzip(size)
+	d := f.up.AddBlob("app", data)
+	f.up.SetFault(d.String(), fault)
+	err := f.readBlob(context.Background(), hub("app"), d)
+	if err == nil {
+		t.Fatal("read succeeded")
+	}
+	f.cache.Wait()
+	if _, err := f.store.HasBlob(context.Background(), d); !errors.Is(err, store.ErrBlobUnknown) {
+		t.Fatalf("store has the blob after a %s upstream: %v", name, err)
+	}
+	// Once the upstream is healthy the same read works, except while a
+	// Retry-After is pending.
+	f.up.SetFault(d.String(), upstreamtest.Fault{})
+	err = f.readBlob(context.Background(), hub("app"), d)
+	if fault.RetryAfter != "" {
+		var ce *connector.Error
+		if !errors.As(err, &ce) || ce.RetryAfter <= 0 || ce.Status != 429 {
+			t.Fatalf("within Retry-After: %v", err)
+		}
+		if n := f.up.Count("GET", "/blobs/"+d.String()); n != 1 {
+			t.Fatalf("upstream asked %d times within Retry-After", n)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("after recovery: %v", err)
 	}
 }
 
@@ -366,6 +386,7 @@ connectors:
 	if err := f.pull(ctx, rel, "v1", img); err != nil {
 		t.Fatalf("release -> hub -> upstream: %v", err)
 	}
+	f.cache.Wait() // what a client fetched is stored write-behind
 	if _, err := f.store.Manifest(ctx, hub("team/app"), img.Digest); err != nil {
 		t.Fatalf("intermediate registry did not cache: %v", err)
 	}

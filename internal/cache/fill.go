@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"io"
+	"os"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -63,7 +64,7 @@ type fill struct {
 
 	mu         sync.Mutex
 	progress   chan struct{} // closed and replaced whenever bytes arrive
-	spool      store.Spool
+	body       fillBody      // what readers read: the store's spool or memory
 	size       int64
 	written    int64
 	readers    int
@@ -72,6 +73,9 @@ type fill struct {
 	notFetched bool // the blob was stored by someone else; this fill only waited
 	verified   bool // every byte is written and matches the digest
 	err        error
+
+	foreground bool   // started by a client request: stored write-behind
+	endActive  func() // ends the fill's share of the cache's activity
 }
 
 // markVerified lets readers have the final byte.
@@ -99,9 +103,15 @@ func newFill() *fill {
 	return &fill{ready: make(chan struct{}), done: make(chan struct{}), progress: make(chan struct{}), size: -1}
 }
 
-func (f *fill) markReady(spool store.Spool, size int64) {
+// fillBody is what readers of a fill read while it arrives.
+type fillBody interface {
+	io.ReaderAt
+	io.Closer
+}
+
+func (f *fill) markReady(body fillBody, size int64) {
 	f.mu.Lock()
-	f.spool, f.size = spool, size
+	f.body, f.size = body, size
 	f.mu.Unlock()
 	f.readyOnce.Do(func() { close(f.ready) })
 }
@@ -131,10 +141,10 @@ func (f *fill) finish(err error) {
 	f.finished, f.err = true, err
 	close(f.progress)
 	f.progress = make(chan struct{})
-	release := f.readers == 0 && f.spool != nil
+	release := f.readers == 0 && f.body != nil
 	f.mu.Unlock()
 	if release {
-		_ = f.spool.Close()
+		_ = f.body.Close()
 	}
 	f.readyOnce.Do(func() { close(f.ready) })
 	close(f.done)
@@ -151,7 +161,7 @@ func (f *fill) result() error {
 func (f *fill) reader(cancel <-chan struct{}) (store.Blob, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.spool == nil || f.size < 0 || (f.finished && f.err != nil) {
+	if f.body == nil || f.size < 0 || (f.finished && f.err != nil) {
 		return nil, false
 	}
 	if f.finished && f.readers == 0 {
@@ -168,22 +178,26 @@ func (f *fill) release() {
 	closeSpool := f.readers == 0 && f.finished
 	f.mu.Unlock()
 	if closeSpool {
-		_ = f.spool.Close()
+		_ = f.body.Close()
 	}
 }
 
 // fillReader reads a blob while its fill writes it. It holds back the last
 // byte until the fill verified the digest.
 type fillReader struct {
-	f      *fill
-	off    int64
-	cancel <-chan struct{}
-	closed bool
+	f       *fill
+	off     int64
+	cancel  <-chan struct{}
+	closed  bool
+	onClose func()
 }
 
 func (r *fillReader) Size() int64 { return r.f.size }
 
-func (r *fillReader) Read(p []byte) (int, error) {
+// wait blocks until bytes beyond r.off may be read and returns how far:
+// everything written, less the last byte until the digest is verified.
+// It returns io.EOF at the end and the fill's error if it failed.
+func (r *fillReader) wait() (int64, error) {
 	f := r.f
 	for {
 		f.mu.Lock()
@@ -194,13 +208,7 @@ func (r *fillReader) Read(p []byte) (int, error) {
 			limit = size - 1
 		}
 		if r.off < limit {
-			n := min(int64(len(p)), limit-r.off)
-			m, rerr := f.spool.ReadAt(p[:n], r.off)
-			r.off += int64(m)
-			if rerr == io.EOF && m > 0 {
-				rerr = nil
-			}
-			return m, rerr
+			return limit, nil
 		}
 		if verified && r.off >= size {
 			return 0, io.EOF
@@ -221,10 +229,84 @@ func (r *fillReader) Read(p []byte) (int, error) {
 	}
 }
 
+func (r *fillReader) Read(p []byte) (int, error) {
+	limit, err := r.wait()
+	if err != nil {
+		return 0, err
+	}
+	n := min(int64(len(p)), limit-r.off)
+	m, rerr := r.f.body.ReadAt(p[:n], r.off)
+	r.off += int64(m)
+	if rerr == io.EOF && m > 0 {
+		rerr = nil
+	}
+	return m, rerr
+}
+
+// WriteTo writes the rest of the blob to w as it arrives: a blob in
+// memory without an intermediate copy, a spool file by sendfile(2) when w
+// is a TCP response (through its ReadFrom).
+func (r *fillReader) WriteTo(w io.Writer) (int64, error) {
+	if mem, ok := r.f.body.(*memSpool); ok {
+		return r.writeEach(func(limit int64) (int64, error) {
+			n, err := w.Write(mem.buf[r.off:limit])
+			return int64(n), err
+		})
+	}
+	if p, ok := r.f.body.(interface{ Path() string }); ok {
+		if file, err := os.Open(p.Path()); err == nil {
+			defer file.Close()
+			if _, err := file.Seek(r.off, io.SeekStart); err != nil {
+				return 0, err
+			}
+			return r.writeEach(func(limit int64) (int64, error) {
+				return io.Copy(w, &io.LimitedReader{R: file, N: limit - r.off})
+			})
+		}
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	return r.writeEach(func(limit int64) (int64, error) {
+		n, err := r.f.body.ReadAt((*bp)[:min(int64(len(*bp)), limit-r.off)], r.off)
+		if n == 0 {
+			return 0, err
+		}
+		m, err := w.Write((*bp)[:n])
+		return int64(m), err
+	})
+}
+
+// writeEach calls write whenever bytes up to limit may be read, until the
+// blob ends; write returns how many bytes past r.off it wrote.
+func (r *fillReader) writeEach(write func(limit int64) (int64, error)) (int64, error) {
+	var total int64
+	for {
+		limit, err := r.wait()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		n, werr := write(limit)
+		r.off += n
+		total += n
+		if werr != nil {
+			return total, werr
+		}
+		if n == 0 {
+			return total, io.ErrUnexpectedEOF
+		}
+	}
+}
+
 func (r *fillReader) Close() error {
 	if !r.closed {
 		r.closed = true
 		r.f.release()
+		if r.onClose != nil {
+			r.onClose()
+		}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"slices"
 	"sort"
 
 	"github.com/opencontainers/go-digest"
@@ -18,6 +19,9 @@ func (c *Cache) Tags(ctx context.Context, repo store.Repo) ([]string, error) {
 	local, lerr := c.store.Tags(ctx, repo)
 	if lerr != nil && !errors.Is(lerr, store.ErrNameUnknown) {
 		return nil, lerr
+	}
+	if pending := c.pending.tagNames(repo); len(pending) > 0 {
+		local, lerr = union(local, pending), nil
 	}
 	sources := c.sources(repo)
 	if len(sources) == 0 {
@@ -65,6 +69,11 @@ func (c *Cache) Referrers(ctx context.Context, repo store.Repo, d digest.Digest)
 	if lerr != nil && !errors.Is(lerr, store.ErrNameUnknown) {
 		return nil, lerr
 	}
+	for _, p := range c.pending.referrers(repo, d) {
+		if !slices.ContainsFunc(local, func(x ocispec.Descriptor) bool { return x.Digest == p.Digest }) {
+			local = append(local, p)
+		}
+	}
 	for _, src := range c.sources(repo) {
 		up, err := src.Referrers(ctx, repo.Name, d)
 		if err != nil {
@@ -80,8 +89,8 @@ func (c *Cache) Referrers(ctx context.Context, repo store.Repo, d digest.Digest)
 				seen[x.Digest] = true
 			}
 		}
-		sort.Slice(local, func(i, j int) bool { return local[i].Digest < local[j].Digest })
 		break
 	}
+	sort.Slice(local, func(i, j int) bool { return local[i].Digest < local[j].Digest })
 	return local, nil
 }

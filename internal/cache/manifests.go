@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -25,6 +26,17 @@ func (c *Cache) Tag(ctx context.Context, repo store.Repo, tag string) (store.Tag
 // ResolveTag is Tag; with force, a connector's tag is revalidated even
 // when it is younger than tag_ttl (sync and tag refresh use that).
 func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, force bool) (store.TagInfo, error) {
+	if pt, ok := c.pending.tag(repo, tag); ok {
+		if reg := c.regs[repo.Registry]; !force && reg != nil && c.now().Sub(pt.info.Checked) < reg.ttl {
+			c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)
+			return pt.info, nil
+		}
+		select { // revalidate what is stored, once the pending write is done
+		case <-pt.written:
+		case <-ctx.Done():
+			return store.TagInfo{}, ctx.Err()
+		}
+	}
 	local, lerr := c.store.Tag(ctx, repo, tag)
 	if lerr != nil && !errors.Is(lerr, store.ErrTagUnknown) && !errors.Is(lerr, store.ErrNameUnknown) {
 		return local, lerr
@@ -122,7 +134,9 @@ func keepFailure(prev, err error) error {
 // fetchManifest gets reference from src, validates it and stores it in repo
 // (with tag, when non-empty).
 func (c *Cache) fetchManifest(ctx context.Context, repo store.Repo, src connector.Source, reference, tag string) (store.Manifest, error) {
+	end := c.active.begin()
 	um, err := src.GetManifest(ctx, repo.Name, reference)
+	end()
 	if err != nil {
 		return store.Manifest{}, err
 	}
@@ -134,6 +148,13 @@ func (c *Cache) fetchManifest(ctx context.Context, repo store.Repo, src connecto
 	m := store.Manifest{MediaType: p.MediaType, Digest: um.Digest, Data: um.Data, Source: src.Name()}
 	opts := store.PutManifestOptions{Tag: tag, Source: src.Name(), Subject: p.Subject,
 		Referrer: ocispec.Descriptor{MediaType: p.MediaType, ArtifactType: p.EffectiveArtifactType(), Annotations: p.Annotations}}
+	if foreground(ctx) {
+		c.storeManifestSoon(ctx, repo, m, opts)
+		if p.Config != nil {
+			c.readAhead(ctx, repo, *p.Config)
+		}
+		return m, nil
+	}
 	if err := c.store.PutManifest(ctx, repo, m, opts); err != nil {
 		return store.Manifest{}, err
 	}
@@ -141,9 +162,45 @@ func (c *Cache) fetchManifest(ctx context.Context, repo store.Repo, src connecto
 	return m, nil
 }
 
+// storeManifestSoon answers a client's manifest from the verified bytes
+// and stores it write-behind; until then Tag and Manifest find it pending.
+// A tag that was pushed or resolved again meanwhile is left as it is.
+func (c *Cache) storeManifestSoon(ctx context.Context, repo store.Repo, m store.Manifest, opts store.PutManifestOptions) {
+	tag := opts.Tag
+	info := store.TagInfo{Digest: m.Digest, Source: opts.Source, Checked: c.now()}
+	pt := c.pending.add(repo, m, opts, info)
+	opts.Tag = ""
+	c.metrics.PendingWrites.Inc()
+	c.work.Add(1)
+	go func() {
+		defer c.work.Done()
+		defer c.metrics.PendingWrites.Dec()
+		wctx, cancel := c.detached(ctx)
+		defer cancel()
+		defer c.pending.remove(repo, m.Digest, tag, pt)
+		c.writeSoon(wctx, time.Now())
+		err := c.store.PutManifest(wctx, repo, m, opts)
+		if err == nil && tag != "" {
+			if cur, terr := c.store.Tag(wctx, repo, tag); terr != nil || (cur.Source != "" && cur.Checked.Before(info.Checked)) {
+				err = c.store.SetTag(wctx, repo, tag, info)
+			}
+		}
+		if err != nil {
+			c.log.Warn("storing a fetched manifest failed; it is fetched again when asked for", "registry", repo.Registry,
+				"repo", repo.Name, "digest", m.Digest, "error", err)
+			return
+		}
+		c.log.Debug("manifest cached", "registry", repo.Registry, "repo", repo.Name, "digest", m.Digest, "connector", opts.Source)
+	}()
+}
+
 // Manifest returns a manifest by digest, from the store or, on a miss,
 // from the connectors (digests are immutable: never revalidated).
 func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) (store.Manifest, error) {
+	if m, ok := c.pending.manifest(repo, d); ok {
+		c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)
+		return m, nil
+	}
 	m, err := c.store.Manifest(ctx, repo, d)
 	if err == nil {
 		c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)

@@ -46,6 +46,7 @@ type Set struct {
 	UpstreamBytes      *prometheus.CounterVec
 	UpstreamRateLimit  *prometheus.GaugeVec
 	Coalesced          prometheus.Counter
+	PendingWrites      prometheus.Gauge
 	EventsPublished    *prometheus.CounterVec
 	EventBufferDepth   prometheus.Gauge
 	SyncJobs           *prometheus.CounterVec
@@ -98,6 +99,9 @@ func New(reg prometheus.Registerer, l Labels) *Set {
 		Coalesced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regwarm_coalesced_requests_total", Help: "Requests that waited for an upstream fetch already in flight instead of starting their own.",
 		}),
+		PendingWrites: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regwarm_cache_pending_writes", Help: "Manifests and blobs answered to clients from verified bytes and not written to the store yet.",
+		}),
 		EventsPublished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regwarm_events_published_total", Help: "Events published to NATS by result (ok/error/dropped).",
 		}, []string{"result"}),
@@ -145,7 +149,7 @@ func New(reg prometheus.Registerer, l Labels) *Set {
 	}
 	reg.MustRegister(s.HTTPRequests, s.HTTPDuration, s.HTTPResponseBytes, s.HTTPInflight,
 		s.CacheRequests, s.UpstreamRequests, s.UpstreamDuration, s.UpstreamBytes, s.UpstreamRateLimit,
-		s.Coalesced, s.EventsPublished, s.EventBufferDepth, s.SyncJobs, s.SyncDuration, s.SyncBytes,
+		s.Coalesced, s.PendingWrites, s.EventsPublished, s.EventBufferDepth, s.SyncJobs, s.SyncDuration, s.SyncBytes,
 		s.SyncBlobs, s.WorkPending, s.JobRuns, s.JobLastSuccess, s.JobDuration, s.DanglingReferences,
 		s.StoreBlobs, s.StoreBytes, s.StoreWrites)
 	s.init(l)

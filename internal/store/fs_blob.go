@@ -53,6 +53,39 @@ func (f *FS) PutBlob(ctx context.Context, repo Repo, d digest.Digest, size int64
 	return f.link(repo, d)
 }
 
+var _ VerifiedPutter = (*FS)(nil)
+
+// PutVerifiedBlob writes data, which the caller verified against d, like
+// PutBlob (temporary file, fsync, rename, link) without hashing it again.
+func (f *FS) PutVerifiedBlob(ctx context.Context, repo Repo, d digest.Digest, data []byte) error {
+	if err := check(ctx, repo, d); err != nil {
+		return err
+	}
+	if ok, err := exists(f.blobPath(d)); err != nil || !ok {
+		tmp, err := f.createTemp("blob-")
+		if err != nil {
+			return err
+		}
+		if _, err := tmp.Write(data); err != nil {
+			discard(tmp)
+			return fmt.Errorf("write blob %s: %w", d, err)
+		}
+		if err := tmp.Sync(); err != nil {
+			discard(tmp)
+			return fmt.Errorf("write blob %s: %w", d, err)
+		}
+		if err := tmp.Close(); err != nil {
+			discard(tmp)
+			return fmt.Errorf("write blob %s: %w", d, err)
+		}
+		if err := f.install(tmp.Name(), f.blobPath(d)); err != nil {
+			_ = os.Remove(tmp.Name())
+			return err
+		}
+	}
+	return f.link(repo, d)
+}
+
 // LinkBlob makes a stored blob visible in repo.
 func (f *FS) LinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
 	if err := check(ctx, repo, d); err != nil {

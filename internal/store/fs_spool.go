@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash"
+	"io"
 	"os"
 	"sync"
 
@@ -92,6 +93,63 @@ func (s *fsSpool) Write(p []byte) (int, error) {
 	s.n += int64(n)
 	return n, err
 }
+
+// Fill reads r to its end into the spool, calling progress after each
+// chunk is written. Unlike Write it hands its own read buffers to the
+// hashing goroutine, so no byte is copied an extra time.
+func (s *fsSpool) Fill(r io.Reader, progress func(n int64)) (int64, error) {
+	var total int64
+	for {
+		b := spoolChunks.Get().(*[]byte)
+		buf := (*b)[:cap(*b)]
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			if err := s.writeOwned(b, buf[:n]); err != nil {
+				return total, err
+			}
+			total += int64(n)
+			progress(int64(n))
+		} else {
+			spoolChunks.Put(b)
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+// writeOwned writes p (the contents of b) and passes b on to be hashed.
+func (s *fsSpool) writeOwned(b *[]byte, p []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hashClosed || s.verified || s.committed || s.closed {
+		spoolChunks.Put(b)
+		return fmt.Errorf("%w: write to a finished spool", ErrInvalid)
+	}
+	if s.size >= 0 && s.n+int64(len(p)) > s.size {
+		spoolChunks.Put(b)
+		return fmt.Errorf("%w: blob %s: more than %d bytes", ErrSizeMismatch, s.d, s.size)
+	}
+	n, err := s.file.Write(p)
+	if n < len(p) && err == nil {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		spoolChunks.Put(b)
+		return fmt.Errorf("write blob %s: %w", s.d, err)
+	}
+	*b = p
+	s.chunks <- b
+	s.n += int64(n)
+	return nil
+}
+
+// Path names the spool file while it is written: opened on its own, it
+// reads the bytes written so far (and, after Commit, the whole blob).
+func (s *fsSpool) Path() string { return s.file.Name() }
 
 // ReadAt reads written bytes; it works after Commit too, until Close.
 func (s *fsSpool) ReadAt(p []byte, off int64) (int, error) { return s.file.ReadAt(p, off) }

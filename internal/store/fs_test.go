@@ -322,3 +322,32 @@ func TestFSLargeBlobMemory(t *testing.T) {
 		t.Errorf("HasBlob = %d, %v; want %d", got, err, size)
 	}
 }
+
+func TestFSPutVerifiedBlob(t *testing.T) {
+	st := newFS(t, t.TempDir())
+	ctx := context.Background()
+	data := []byte("verified by the caller")
+	d := digest.FromBytes(data)
+	a, b := store.Repo{Registry: "hub", Name: "a"}, store.Repo{Registry: "hub", Name: "b"}
+	if err := st.PutVerifiedBlob(ctx, a, d, data); err != nil {
+		t.Fatal(err)
+	}
+	// Content already stored: only the link is added.
+	if err := st.PutVerifiedBlob(ctx, b, d, data); err != nil {
+		t.Fatal(err)
+	}
+	for _, repo := range []store.Repo{a, b} {
+		blob, err := st.OpenBlob(ctx, repo, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(blob)
+		_ = blob.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s: %q, %v", repo, got, err)
+		}
+	}
+	if err := st.PutVerifiedBlob(ctx, a, "sha256:bad", data); err == nil {
+		t.Fatalf("invalid digest: %v", err)
+	}
+}

@@ -164,6 +164,15 @@ type Spool interface {
 	Close() error
 }
 
+// VerifiedPutter is an optional store ability used by the pull-through
+// cache for small blobs it received into memory and already verified: the
+// bytes are stored without hashing them a second time.
+type VerifiedPutter interface {
+	// PutVerifiedBlob stores data as blob d and links it into repo. The
+	// caller has checked that data hashes to d.
+	PutVerifiedBlob(ctx context.Context, repo Repo, d digest.Digest, data []byte) error
+}
+
 // Quarantiner is an optional store ability: move content that failed
 // verification aside so it is never served again.
 type Quarantiner interface {

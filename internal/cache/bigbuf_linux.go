@@ -1,0 +1,35 @@
+package cache
+
+import (
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+const hugePage = 2 << 20
+
+// mapped records the buffers mapBuf made, by address of their first byte.
+var mapped sync.Map
+
+// mapBuf maps an anonymous buffer of n bytes (rounded up to whole huge
+// pages) and asks for transparent huge pages; ok is false if mapping failed.
+func mapBuf(n int) ([]byte, bool) {
+	size := (n + hugePage - 1) / hugePage * hugePage
+	b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return nil, false
+	}
+	_ = syscall.Madvise(b, 14) // MADV_HUGEPAGE; a hint, ignored where unsupported
+	mapped.Store(unsafe.SliceData(b), true)
+	return b[:n], true
+}
+
+// unmapBuf releases b if mapBuf made it.
+func unmapBuf(b []byte) bool {
+	p := unsafe.SliceData(b)
+	if _, ok := mapped.LoadAndDelete(p); !ok {
+		return false
+	}
+	_ = syscall.Munmap(b[:cap(b)])
+	return true
+}

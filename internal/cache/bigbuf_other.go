@@ -1,0 +1,7 @@
+//go:build !linux
+
+package cache
+
+func mapBuf(int) ([]byte, bool) { return nil, false }
+
+func unmapBuf([]byte) bool { return false }
