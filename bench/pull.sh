@@ -49,9 +49,10 @@ else
 	echo "pull.sh: building regwarm ($version)" >&2
 	go build -ldflags "-X main.version=$version" -o "$work/bin/regwarm" ./cmd/regwarm
 fi
-echo "pull.sh: building pullbench and servefile" >&2
+echo "pull.sh: building pullbench, servefile and relay" >&2
 go build -o "$work/bin/pullbench" ./bench/pullbench
 go build -o "$work/bin/servefile" ./bench/servefile
+go build -o "$work/bin/relay" ./bench/relay
 
 # busy: whether the 1-minute load average exceeds half the CPUs.
 busy() { awk -v n="$(nproc)" '{ exit !($1 > n / 2) }' /proc/loadavg; }
@@ -73,7 +74,7 @@ if [[ ${PULLBENCH_GOBENCH:-1} != 0 ]]; then
 fi
 
 mkdir -p "$work/run"
-"$work/bin/pullbench" -regwarm "$work/bin/regwarm" -servefile "$work/bin/servefile" -work "$work/run" \
+"$work/bin/pullbench" -regwarm "$work/bin/regwarm" -servefile "$work/bin/servefile" -relay "$work/bin/relay" -work "$work/run" \
 	-doc "${doc:+$root/$doc}" -command "bench/pull.sh${*:+ $*}" "${gobench[@]}" "$@" &
 bench_pid=$!
 wait "$bench_pid"

@@ -34,7 +34,7 @@ func main() {
 }
 
 type options struct {
-	regwarm, servefile, work, doc, command, goBench string
+	regwarm, servefile, relay, work, doc, command, goBench string
 
 	only, keepLogs                              string
 	runs, concurrent, concRuns, bigRuns, rounds int
@@ -47,6 +47,7 @@ func parseFlags() (options, error) {
 	var o options
 	flag.StringVar(&o.regwarm, "regwarm", "", "regwarm binary (required)")
 	flag.StringVar(&o.servefile, "servefile", "", "bench/servefile binary (required)")
+	flag.StringVar(&o.relay, "relay", "", "bench/relay binary: also measure the cold pulls through it (the floor); empty: skip")
 	flag.StringVar(&o.work, "work", "", "empty scratch directory (required)")
 	flag.StringVar(&o.doc, "doc", "docs/benchmarks.md", "markdown file whose generated section is rewritten; empty: print to stdout")
 	flag.StringVar(&o.command, "command", "bench/pull.sh", "the command line recorded in the report")
@@ -58,7 +59,7 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds per server")
 	flag.DurationVar(&o.each, "each", 1500*time.Millisecond, "minimum duration of one throughput round")
 	flag.Int64Var(&o.bigMiB, "big-mib", 256, "payload of the large image's layer in MiB")
-	flag.StringVar(&o.only, "only", "", "`cold`: run only the cold/warm small-image pulls of the targets in -targets and print their times (no report)")
+	flag.StringVar(&o.only, "only", "", "`cold` or `big`: run only the cold/warm small-image pulls, or the cold large-image pulls, of the targets in -targets and print their times (no report)")
 	flag.StringVar(&o.keepLogs, "keep-logs", "", "directory to copy every regwarm log into before its data is removed")
 	flag.StringVar(&o.logLevel, "log-level", "info", "regwarm's log level (debug logs every request with its duration)")
 	flag.Func("targets", "with -only: comma-separated targets (direct, regwarm, proxy)", func(v string) error {
@@ -69,8 +70,8 @@ func parseFlags() (options, error) {
 	if o.regwarm == "" || o.servefile == "" || o.work == "" {
 		return o, errors.New("-regwarm, -servefile and -work are required")
 	}
-	if o.only != "" && o.only != "cold" {
-		return o, fmt.Errorf("-only %q: only cold is known", o.only)
+	if o.only != "" && o.only != "cold" && o.only != "big" {
+		return o, fmt.Errorf("-only %q: cold or big", o.only)
 	}
 	if o.runs < 1 || o.concurrent < 1 || o.concRuns < 1 || o.bigRuns < 1 || o.rounds < 1 || o.bigMiB < 1 {
 		return o, errors.New("counts must be positive")
@@ -104,7 +105,7 @@ func run() error {
 		md.goBench = string(b)
 	}
 
-	e := &env{ctx: ctx, work: o.work, regwarm: o.regwarm, servefile: o.servefile, procs: ps, keepLogs: o.keepLogs, logLevel: o.logLevel}
+	e := &env{ctx: ctx, work: o.work, regwarm: o.regwarm, servefile: o.servefile, procs: ps, relay: o.relay, keepLogs: o.keepLogs, logLevel: o.logLevel}
 	e.upstream, err = e.startRegistry(targetDirect, "")
 	if err != nil {
 		return fmt.Errorf("upstream: %w", err)
@@ -135,11 +136,28 @@ func run() error {
 	}
 
 	res := newResults()
+	if o.only == "big" {
+		servers, err := e.bigCold(res, md.big, o.bigRuns)
+		for _, s := range servers {
+			e.stopServer(s)
+		}
+		if err != nil {
+			return err
+		}
+		for _, t := range e.coldTargets() {
+			var walls []time.Duration
+			for _, p := range res.big[t] {
+				walls = append(walls, p.wall)
+			}
+			fmt.Printf("%-8s cold large median %v\n", t, medianDur(walls).Round(time.Millisecond))
+		}
+		return nil
+	}
 	if err := e.coldWarm(res, md.small, o.runs); err != nil {
 		return err
 	}
 	if o.only == "cold" {
-		for _, t := range targets {
+		for _, t := range e.coldTargets() {
 			var cold, warm []time.Duration
 			for i := range res.cold[t] {
 				cold = append(cold, res.cold[t][i].wall)

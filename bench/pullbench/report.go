@@ -210,6 +210,10 @@ func (res *results) render(md *meta) (string, []string) {
 			r.unit(r.vals[targetProxy]), fmtRatio(ratio(r.vals, targetProxy, targetDirect)), r.goal, met)
 	}
 
+	if len(res.cold[targetRelayVerify]) > 0 {
+		res.renderFloor(p, md)
+	}
+
 	tp := per(res.throughput, func(x float64) float64 { return x })
 	p("\nWarm %s blob GET throughput, median of %d rounds; the ratios are medians of the per-round ratios (rounds are interleaved, so each pair ran moments apart):\n\n",
 		mib(md.big.layers[0].desc.Size), md.runs.rounds)
@@ -252,7 +256,11 @@ func (res *results) render(md *meta) (string, []string) {
 	p("\n<details><summary>Every run</summary>\n\n")
 	p("| target | cold small (ms) | warm small (ms) | %d concurrent (ms) | GETs/blob max | cold large (ms) | peak RSS above idle | idle RSS | throughput (MB/s) |\n", md.runs.concurrent)
 	p("|---|---|---|---|---|---|---|---|---|\n")
-	for _, t := range append(slices.Clone(targets), "servefile") {
+	all := slices.Clone(targets)
+	if len(res.cold[targetRelayVerify]) > 0 {
+		all = append(all, floorTargets...)
+	}
+	for _, t := range append(all, "servefile") {
 		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t,
 			list(res.cold[t], func(x pull) string { return fmt.Sprintf("%.0f", wallMS(x)) }),
 			list(res.warm[t], func(x pull) string { return fmt.Sprintf("%.0f", wallMS(x)) }),
@@ -270,6 +278,27 @@ func (res *results) render(md *meta) (string, []string) {
 	}
 	p("%s\n", endMarker)
 	return b.String(), missed
+}
+
+// renderFloor writes the table of cold pulls through bench/relay.
+func (res *results) renderFloor(p func(string, ...any), md *meta) {
+	p("\nThe floor: the same cold pulls, in the same rounds, through `bench/relay`, a minimal Go reverse proxy that stores nothing. **copy** only relays; **verify** also hashes every blob and holds back its last byte until the digest matched, the least any cache that verifies what it serves must add:\n\n")
+	p("| scenario | direct | relay, copy | ÷ direct | relay, verify | ÷ direct | regwarm | ÷ direct | regwarm ÷ relay, verify |\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range []struct {
+		name string
+		v    map[string]float64
+	}{
+		{fmt.Sprintf("cold pull, small image: time (median of %d)", md.runs.cold), per(res.cold, wallMS)},
+		{fmt.Sprintf("cold pull, %s layer: time (median of %d)", mib(md.big.layers[0].desc.Size), md.runs.big),
+			per(res.big, func(x bigPull) float64 { return wallMS(x.pull) })},
+	} {
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.name, ms(r.v[targetDirect]),
+			ms(r.v[targetRelay]), fmtRatio(ratio(r.v, targetRelay, targetDirect)),
+			ms(r.v[targetRelayVerify]), fmtRatio(ratio(r.v, targetRelayVerify, targetDirect)),
+			ms(r.v[targetRegwarm]), fmtRatio(ratio(r.v, targetRegwarm, targetDirect)),
+			fmtRatio(ratio(r.v, targetRegwarm, targetRelayVerify)))
+	}
 }
 
 func serverName(n string) string {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 )
@@ -50,10 +51,22 @@ func newResults() *results {
 // that no target always goes first.
 var targets = []string{targetDirect, targetRegwarm, targetProxy}
 
-func rotated(round int) []string {
-	out := make([]string, len(targets))
-	for i := range targets {
-		out[i] = targets[(i+round)%len(targets)]
+// floorTargets are measured in the cold pull scenarios only (with -relay):
+// bench/relay, the least work a pass-through does.
+var floorTargets = []string{targetRelay, targetRelayVerify}
+
+// coldTargets are the targets of the cold pull scenarios.
+func (e *env) coldTargets() []string {
+	if e.relay == "" {
+		return targets
+	}
+	return append(slices.Clone(targets), floorTargets...)
+}
+
+func rotated(list []string, round int) []string {
+	out := make([]string, len(list))
+	for i := range list {
+		out[i] = list[(i+round)%len(list)]
 	}
 	return out
 }
@@ -101,7 +114,7 @@ func (e *env) measuredPull(im *image, host string) (pull, error) {
 // runs times per target.
 func (e *env) coldWarm(res *results, im *image, runs int) error {
 	for run := range runs {
-		for _, t := range rotated(run) {
+		for _, t := range rotated(e.coldTargets(), run) {
 			s, err := e.startCache(t)
 			if err != nil {
 				return err
@@ -129,7 +142,7 @@ func (e *env) coldWarm(res *results, im *image, runs int) error {
 // per target.
 func (e *env) concurrent(res *results, im *image, n, runs int) error {
 	for run := range runs {
-		for _, t := range rotated(run) {
+		for _, t := range rotated(targets, run) {
 			s, err := e.startCache(t)
 			if err != nil {
 				return err
@@ -174,7 +187,7 @@ func (e *env) concurrent(res *results, im *image, n, runs int) error {
 func (e *env) bigCold(res *results, im *image, runs int) (map[string]*server, error) {
 	last := map[string]*server{}
 	for run := range runs {
-		for _, t := range rotated(run) {
+		for _, t := range rotated(e.coldTargets(), run) {
 			s, err := e.startCache(t)
 			if err != nil {
 				return last, err

@@ -16,6 +16,9 @@ const (
 	targetDirect  = "direct"
 	targetRegwarm = "regwarm"
 	targetProxy   = "proxy"
+	// The floor: bench/relay copying only, and verifying digests.
+	targetRelay       = "relay"
+	targetRelayVerify = "relay-verify"
 )
 
 // server is a running registry (or file server) under test.
@@ -37,6 +40,7 @@ type env struct {
 	upstream  *server
 	accessLog string       // the upstream's access log
 	seq       atomic.Int64 // numbers directories; concurrent pulls share it
+	relay     string       // bench/relay binary; "" to skip the floor
 	keepLogs  string       // where regwarm logs are copied before removal; "" for nowhere
 	logLevel  string       // regwarm's log level
 }
@@ -153,8 +157,36 @@ func (e *env) startCache(target string) (*server, error) {
 		return e.startRegistry(targetProxy, e.upstream.addr)
 	case targetDirect:
 		return e.upstream, nil
+	case targetRelay, targetRelayVerify:
+		return e.startRelay(target)
 	}
 	return nil, fmt.Errorf("unknown target %q", target)
+}
+
+// startRelay starts bench/relay in front of the upstream.
+func (e *env) startRelay(target string) (*server, error) {
+	dir, err := e.dir(target)
+	if err != nil {
+		return nil, err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-listen", addr, "-upstream", "http://" + e.upstream.addr}
+	if target == targetRelayVerify {
+		args = append(args, "-verify")
+	}
+	p, err := e.procs.start(target, filepath.Join(dir, "relay.log"), "", append([]string{e.relay}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{target: target, addr: addr, data: dir, proc: p}
+	if err := waitHTTP(e.ctx, p, "http://"+addr+"/v2/"); err != nil {
+		e.procs.stop(p)
+		return nil, fmt.Errorf("%w\n%s", err, logTail(filepath.Join(dir, "relay.log"), 20))
+	}
+	return s, nil
 }
 
 // stopServer stops a cache and removes its data; the upstream stays.

@@ -9,9 +9,9 @@ import (
 
 // Blobs of at most memSpoolMax bytes stream through memory instead of a
 // spool file, while no more than memBudget bytes are held that way at
-// once: the pull path then does no file I/O for them (the store writes
-// them right after they were verified). Larger blobs, or any blob while
-// the budget is spent, use the store's spool.
+// once: the pull path then does no file I/O for them (they are written to
+// the store write-behind, see writebehind.go). Larger blobs, or any blob
+// while the budget is spent, use the store's spool.
 const (
 	memSpoolMax = 16 << 20
 	memBudget   = 64 << 20

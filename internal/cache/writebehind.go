@@ -12,8 +12,9 @@ import (
 	"github.com/regwarm/regwarm/internal/store"
 )
 
-// Content a client is waiting for is answered as soon as it is verified;
-// writing it to the store waits for a pause in cold traffic (writeQuiet
+// Manifests and small blobs (those received into memory) a client is
+// waiting for are answered as soon as they are verified; writing them to
+// the store waits for a pause in cold traffic (writeQuiet
 // without upstream fetches or clients reading fills), for at most
 // writeMaxDelay, so that fsyncs and file writes do not compete with the
 // pull that is still running. A crash in between loses those cache
@@ -21,7 +22,7 @@ import (
 // store before it is written whole. Background work (worker syncs,
 // scheduled jobs) stores at once.
 const (
-	writeQuiet    = 50 * time.Millisecond
+	writeQuiet    = 250 * time.Millisecond
 	writeMaxDelay = time.Second
 )
 
@@ -101,9 +102,9 @@ func (a *activity) waitQuiet(ctx context.Context, since time.Time, urgent func()
 // content is stored write-behind.
 func foreground(ctx context.Context) bool { return ctx.Value(backgroundKey{}) == nil }
 
-// verifiedThenStore gives readers the last byte of a verified fill, then
-// runs write: for a fill a client started, once it is a good moment (the
-// fill's own upstream work is over).
+// verifiedThenStore gives readers the last byte of a verified fill in
+// memory, then runs write: for a fill a client started, once it is a good
+// moment (the fill's own upstream work is over).
 func (c *Cache) verifiedThenStore(ctx context.Context, f *fill, write func() error) error {
 	if f.foreground {
 		c.metrics.PendingWrites.Inc()

@@ -46,6 +46,7 @@ type fsSpool struct {
 
 	mu         sync.Mutex
 	n          int64
+	flushed    int64 // bytes whose writeback was started
 	hashClosed bool
 	verified   bool
 	committed  bool
@@ -91,6 +92,7 @@ func (s *fsSpool) Write(p []byte) (int, error) {
 		rest = rest[k:]
 	}
 	s.n += int64(n)
+	s.kickWriteback()
 	return n, err
 }
 
@@ -144,7 +146,21 @@ func (s *fsSpool) writeOwned(b *[]byte, p []byte) error {
 	*b = p
 	s.chunks <- b
 	s.n += int64(n)
+	s.kickWriteback()
 	return nil
+}
+
+// writebackChunk is how many written bytes a spool lets accumulate before
+// it starts their writeback: a large blob then reaches the disk while it
+// streams, instead of in one long fsync at the end that would compete with
+// the client's own writes.
+const writebackChunk = 8 << 20
+
+func (s *fsSpool) kickWriteback() {
+	if s.n-s.flushed >= writebackChunk {
+		startWriteback(s.file, s.flushed, s.n-s.flushed)
+		s.flushed = s.n
+	}
 }
 
 // Path names the spool file while it is written: opened on its own, it
