@@ -93,15 +93,26 @@ func (e *env) startRegistry(target, remote string) (*server, error) {
 	if err := os.WriteFile(cfg, []byte(registryConfig(filepath.Join(dir, "data"), addr, remote)), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := e.procs.start(target, filepath.Join(dir, "access.log"), filepath.Join(dir, "registry.log"),
-		"docker-registry", "serve", cfg)
+	return e.launch(target, dir, addr, "access.log", "registry.log", "docker-registry", "serve", cfg)
+}
+
+// launch starts argv for target with its stdout in dir/outLog (and stderr
+// in dir/errLog, or with stdout when it is ""), and waits until addr
+// answers /v2/.
+func (e *env) launch(target, dir, addr, outLog, errLog string, argv ...string) (*server, error) {
+	errPath, tail := "", filepath.Join(dir, outLog)
+	if errLog != "" {
+		errPath = filepath.Join(dir, errLog)
+		tail = errPath
+	}
+	p, err := e.procs.start(target, filepath.Join(dir, outLog), errPath, argv...)
 	if err != nil {
 		return nil, err
 	}
 	s := &server{target: target, addr: addr, data: dir, proc: p}
 	if err := waitHTTP(e.ctx, p, "http://"+addr+"/v2/"); err != nil {
 		e.procs.stop(p)
-		return nil, fmt.Errorf("%w\n%s", err, logTail(filepath.Join(dir, "registry.log"), 20))
+		return nil, fmt.Errorf("%w\n%s", err, logTail(tail, 20))
 	}
 	return s, nil
 }
@@ -135,16 +146,7 @@ connectors:
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := e.procs.start(targetRegwarm, filepath.Join(dir, "regwarm.log"), "", e.regwarm, "serve", "--config", cfg)
-	if err != nil {
-		return nil, err
-	}
-	s := &server{target: targetRegwarm, addr: addr, data: dir, proc: p}
-	if err := waitHTTP(e.ctx, p, "http://"+addr+"/v2/"); err != nil {
-		e.procs.stop(p)
-		return nil, fmt.Errorf("%w\n%s", err, logTail(filepath.Join(dir, "regwarm.log"), 20))
-	}
-	return s, nil
+	return e.launch(targetRegwarm, dir, addr, "regwarm.log", "", e.regwarm, "serve", "--config", cfg)
 }
 
 // startCache starts a fresh, empty cache of the upstream for target; for
@@ -177,16 +179,7 @@ func (e *env) startRelay(target string) (*server, error) {
 	if target == targetRelayVerify {
 		args = append(args, "-verify")
 	}
-	p, err := e.procs.start(target, filepath.Join(dir, "relay.log"), "", append([]string{e.relay}, args...)...)
-	if err != nil {
-		return nil, err
-	}
-	s := &server{target: target, addr: addr, data: dir, proc: p}
-	if err := waitHTTP(e.ctx, p, "http://"+addr+"/v2/"); err != nil {
-		e.procs.stop(p)
-		return nil, fmt.Errorf("%w\n%s", err, logTail(filepath.Join(dir, "relay.log"), 20))
-	}
-	return s, nil
+	return e.launch(target, dir, addr, "relay.log", "", append([]string{e.relay}, args...)...)
 }
 
 // stopServer stops a cache and removes its data; the upstream stays.
