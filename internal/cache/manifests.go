@@ -31,10 +31,9 @@ func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, for
 			c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)
 			return pt.info, nil
 		}
-		select { // revalidate what is stored, once the pending write is done
-		case <-pt.written:
-		case <-ctx.Done():
-			return store.TagInfo{}, ctx.Err()
+		// Revalidate what is stored, once the pending write is done.
+		if err := pt.storeNow(ctx); err != nil {
+			return store.TagInfo{}, err
 		}
 	}
 	local, lerr := c.store.Tag(ctx, repo, tag)
@@ -178,7 +177,11 @@ func (c *Cache) storeManifestSoon(ctx context.Context, repo store.Repo, m store.
 		wctx, cancel := c.detached(ctx)
 		defer cancel()
 		defer c.pending.remove(repo, m.Digest, tag, pt)
-		c.writeSoon(wctx, time.Now())
+		var asked <-chan struct{}
+		if pt != nil {
+			asked = pt.urgent
+		}
+		c.writeSoon(wctx, time.Now(), asked)
 		err := c.store.PutManifest(wctx, repo, m, opts)
 		if err == nil && tag != "" {
 			if cur, terr := c.store.Tag(wctx, repo, tag); terr != nil || (cur.Source != "" && cur.Checked.Before(info.Checked)) {

@@ -63,8 +63,9 @@ func (a *activity) notifyLocked() {
 }
 
 // waitQuiet returns once no cold work has run for writeQuiet, writeMaxDelay
-// after since, when urgent reports true, or when ctx ends.
-func (a *activity) waitQuiet(ctx context.Context, since time.Time, urgent func() bool) {
+// after since, when urgent reports true, when asked is closed, or when ctx
+// ends.
+func (a *activity) waitQuiet(ctx context.Context, since time.Time, urgent func() bool, asked <-chan struct{}) {
 	for {
 		a.mu.Lock()
 		n, last := a.n, a.last
@@ -90,6 +91,9 @@ func (a *activity) waitQuiet(ctx context.Context, since time.Time, urgent func()
 		select {
 		case <-changed:
 		case <-t.C:
+		case <-asked:
+			t.Stop()
+			return
 		case <-ctx.Done():
 			t.Stop()
 			return
@@ -113,15 +117,15 @@ func (c *Cache) verifiedThenStore(ctx context.Context, f *fill, write func() err
 	f.markVerified()
 	f.endActive()
 	if f.foreground {
-		c.writeSoon(ctx, time.Now())
+		c.writeSoon(ctx, time.Now(), nil)
 	}
 	return write()
 }
 
 // writeSoon waits until no cold work ran for writeQuiet (at most until
-// writeMaxDelay after since).
-func (c *Cache) writeSoon(ctx context.Context, since time.Time) {
-	c.active.waitQuiet(ctx, since, func() bool { return c.mem.used.Load() > c.mem.max()/2 || c.closing() })
+// writeMaxDelay after since, or until asked is closed).
+func (c *Cache) writeSoon(ctx context.Context, since time.Time, asked <-chan struct{}) {
+	c.active.waitQuiet(ctx, since, func() bool { return c.mem.used.Load() > c.mem.max()/2 || c.closing() }, asked)
 }
 
 // pendingSet holds manifests (and the tags that name them) answered to
@@ -142,6 +146,19 @@ type pendingManifest struct {
 type pendingTag struct {
 	info    store.TagInfo
 	written chan struct{} // closed once the tag is in the store (or given up)
+	urgent  chan struct{} // closed (once) to have it written at once
+	urge    sync.Once
+}
+
+// storeNow asks for the pending write at once and waits for it.
+func (t *pendingTag) storeNow(ctx context.Context) error {
+	t.urge.Do(func() { close(t.urgent) })
+	select {
+	case <-t.written:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func manifestKey(repo store.Repo, d digest.Digest) string { return repo.String() + "@" + d.String() }
@@ -209,7 +226,7 @@ func (p *pendingSet) add(repo store.Repo, m store.Manifest, opts store.PutManife
 	if tag == "" {
 		return nil
 	}
-	t := &pendingTag{info: info, written: make(chan struct{})}
+	t := &pendingTag{info: info, written: make(chan struct{}), urgent: make(chan struct{})}
 	p.tags[tagKey(repo, tag)] = t
 	return t
 }

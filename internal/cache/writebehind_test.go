@@ -197,3 +197,26 @@ func TestMemoryBudgetFallsBackToSpool(t *testing.T) {
 		}
 	}
 }
+
+// A forced revalidation of a tag still waiting to be written has it
+// written at once instead of waiting for a pause in cold traffic.
+func TestForcedResolveWritesPendingTagAtOnce(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "")
+	img := f.up.AddImage("app", "v1", 10)
+	ctx := context.Background()
+	if _, err := f.cache.Tag(ctx, hub("app"), "v1"); err != nil {
+		t.Fatal(err)
+	}
+	busy := f.cache.active.begin() // a pull still running: no pause comes
+	defer busy()
+	fctx, cancel := context.WithTimeout(Background(ctx), writeMaxDelay/2)
+	defer cancel()
+	ti, err := f.cache.ResolveTag(fctx, hub("app"), "v1", true)
+	if err != nil || ti.Digest != img.Digest {
+		t.Fatalf("forced resolve: %+v, %v", ti, err)
+	}
+	if _, err := f.store.Manifest(ctx, hub("app"), img.Digest); err != nil {
+		t.Fatalf("pending manifest not written: %v", err)
+	}
+}
