@@ -3,7 +3,7 @@
 # from the upstream, measured in one run; rewrites the generated section of
 # docs/benchmarks.md. Run by hand from the repository root (not in CI):
 #
-#   bench/pull.sh                 # about 2-3 minutes on 2 cores
+#   bench/pull.sh                 # about 3 minutes on 2 cores
 #   bench/pull.sh -runs 3         # extra flags go to bench/pullbench
 #   PULLBENCH_DOC= bench/pull.sh  # print the section instead of writing the doc
 #   PULLBENCH_GOBENCH=0 bench/pull.sh   # skip the registryapi Go benchmarks
@@ -13,7 +13,8 @@
 # The numbers are only worth something on an otherwise idle machine: the
 # report records the load average before and after the run.
 #
-# Needs: go, docker-registry and skopeo (apt-get install docker-registry skopeo).
+# Needs: go, docker-registry and skopeo (apt-get install docker-registry skopeo);
+# taskset (util-linux) for the pinned pulls.
 # Every server listens on a free loopback port from the kernel's ephemeral
 # range (never 15000-15099) and is stopped, by pid, when the run ends.
 set -euo pipefail

@@ -41,6 +41,7 @@ type options struct {
 	each                                        time.Duration
 	bigMiB                                      int64
 	logLevel                                    string
+	pin                                         bool
 }
 
 func parseFlags() (options, error) {
@@ -60,6 +61,7 @@ func parseFlags() (options, error) {
 	flag.DurationVar(&o.each, "each", 1500*time.Millisecond, "minimum duration of one throughput round")
 	flag.Int64Var(&o.bigMiB, "big-mib", 256, "payload of the large image's layer in MiB")
 	flag.StringVar(&o.only, "only", "", "`cold` or `big`: run only the cold/warm small-image pulls, or the cold large-image pulls, of the targets in -targets and print their times (no report)")
+	flag.BoolVar(&o.pin, "pin", true, "also measure the cold pulls with the client and upstream on CPU 0 and the cache on CPU 1 (needs taskset and 2 CPUs)")
 	flag.StringVar(&o.keepLogs, "keep-logs", "", "directory to copy every regwarm log into before its data is removed")
 	flag.StringVar(&o.logLevel, "log-level", "info", "regwarm's log level (debug logs every request with its duration)")
 	flag.Func("targets", "with -only: comma-separated targets (direct, regwarm, proxy)", func(v string) error {
@@ -178,6 +180,16 @@ func run() error {
 	}()
 	if err != nil {
 		return err
+	}
+	if o.pin && runtime.NumCPU() >= 2 {
+		if _, err := exec.LookPath("taskset"); err == nil {
+			progress("pinned: client and upstream on CPU %s, caches on CPU %s", clientCPU, cacheCPU)
+			if res.pinned, err = e.pinnedCold(md, o.runs, o.bigRuns); err != nil {
+				return fmt.Errorf("pinned cold pulls: %w", err)
+			}
+		} else {
+			progress("taskset not found: the pinned cold pulls are skipped")
+		}
 	}
 	layer := md.big.layers[0].desc.Digest
 	rw := servers[targetRegwarm]

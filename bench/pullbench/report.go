@@ -213,6 +213,9 @@ func (res *results) render(md *meta) (string, []string) {
 	if len(res.cold[targetRelayVerify]) > 0 {
 		res.renderFloor(p, md)
 	}
+	if res.pinned != nil {
+		res.pinned.renderPinned(p, md)
+	}
 
 	tp := per(res.throughput, func(x float64) float64 { return x })
 	p("\nWarm %s blob GET throughput, median of %d rounds; the ratios are medians of the per-round ratios (rounds are interleaved, so each pair ran moments apart):\n\n",
@@ -280,25 +283,67 @@ func (res *results) render(md *meta) (string, []string) {
 	return b.String(), missed
 }
 
+// namedTimes is one scenario's median time per target.
+type namedTimes struct {
+	name string
+	v    map[string]float64
+}
+
+// coldTimes are the cold pull times of the small and the large image.
+func (res *results) coldTimes(md *meta) []namedTimes {
+	return []namedTimes{
+		{fmt.Sprintf("cold pull, small image: time (median of %d)", md.runs.cold), per(res.cold, wallMS)},
+		{fmt.Sprintf("cold pull, %s layer: time (median of %d)", mib(md.big.layers[0].desc.Size), md.runs.big),
+			per(res.big, func(x bigPull) float64 { return wallMS(x.pull) })},
+	}
+}
+
 // renderFloor writes the table of cold pulls through bench/relay.
 func (res *results) renderFloor(p func(string, ...any), md *meta) {
 	p("\nThe floor: the same cold pulls, in the same rounds, through `bench/relay`, a minimal Go reverse proxy that stores nothing. **copy** only relays; **verify** also hashes every blob and holds back its last byte until the digest matched, the least any cache that verifies what it serves must add:\n\n")
 	p("| scenario | direct | relay, copy | ÷ direct | relay, verify | ÷ direct | regwarm | ÷ direct | regwarm ÷ relay, verify |\n")
 	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, r := range []struct {
-		name string
-		v    map[string]float64
-	}{
-		{fmt.Sprintf("cold pull, small image: time (median of %d)", md.runs.cold), per(res.cold, wallMS)},
-		{fmt.Sprintf("cold pull, %s layer: time (median of %d)", mib(md.big.layers[0].desc.Size), md.runs.big),
-			per(res.big, func(x bigPull) float64 { return wallMS(x.pull) })},
-	} {
+	for _, r := range res.coldTimes(md) {
 		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.name, ms(r.v[targetDirect]),
 			ms(r.v[targetRelay]), fmtRatio(ratio(r.v, targetRelay, targetDirect)),
 			ms(r.v[targetRelayVerify]), fmtRatio(ratio(r.v, targetRelayVerify, targetDirect)),
 			ms(r.v[targetRegwarm]), fmtRatio(ratio(r.v, targetRegwarm, targetDirect)),
 			fmtRatio(ratio(r.v, targetRegwarm, targetRelayVerify)))
 	}
+}
+
+// renderPinned writes the table of the cold pulls with the cache on its
+// own CPU.
+func (res *results) renderPinned(p func(string, ...any), md *meta) {
+	p("\nThe same cold pulls once more, with the cache on its own CPU: `taskset` puts skopeo and the upstream on CPU %s and the cache (regwarm, the proxy, the relay) on CPU %s, as if the cache ran on its own host; **direct** is skopeo and the upstream on CPU %s. Analysis only: the targets above are judged on the shared machine.\n\n", clientCPU, cacheCPU, clientCPU)
+	cols := []string{targetRegwarm, targetProxy, targetRelay, targetRelayVerify}
+	p("| scenario | direct |")
+	for _, t := range cols {
+		p(" %s | ÷ direct |", t)
+	}
+	p("\n|---|---:|%s\n", strings.Repeat("---:|---:|", len(cols)))
+	for _, r := range res.coldTimes(md) {
+		p("| %s | %s |", r.name, ms(r.v[targetDirect]))
+		for _, t := range cols {
+			if _, ok := r.v[t]; !ok {
+				p(" — | — |")
+				continue
+			}
+			p(" %s | %s |", ms(r.v[t]), fmtRatio(ratio(r.v, t, targetDirect)))
+		}
+		p("\n")
+	}
+	p("\nEvery pinned run (ms): ")
+	var parts []string
+	for _, t := range append([]string{targetDirect}, cols...) {
+		if len(res.cold[t]) == 0 {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s small %s, large %s", t,
+			list(res.cold[t], func(x pull) string { return fmt.Sprintf("%.0f", wallMS(x)) }),
+			list(res.big[t], func(x bigPull) string { return fmt.Sprintf("%.0f", wallMS(x.pull)) })))
+	}
+	p("%s.\n", strings.Join(parts, "; "))
 }
 
 func serverName(n string) string {

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -38,6 +40,7 @@ type results struct {
 	conc       map[string][]concPull
 	big        map[string][]bigPull
 	throughput map[string][]float64 // MB/s per round; also "servefile"
+	pinned     *results             // the cold pulls again, with the cache on its own CPU
 }
 
 func newResults() *results {
@@ -71,6 +74,57 @@ func rotated(list []string, round int) []string {
 	return out
 }
 
+// With pinning, the client and the upstream share one CPU and the cache
+// (or relay, or proxy) has the other, as if it ran on its own host.
+const (
+	clientCPU = "0"
+	cacheCPU  = "1"
+)
+
+// onCPU returns the taskset prefix that runs a command on cpu, or nothing
+// when pinning is off.
+func (e *env) onCPU(cpu string) []string {
+	if !e.pinned {
+		return nil
+	}
+	return []string{"taskset", "-c", cpu}
+}
+
+// pinUpstream moves every thread of the upstream to the client's CPU, or
+// back to all CPUs.
+func (e *env) pinUpstream(on bool) error {
+	cpus := fmt.Sprintf("0-%d", runtime.NumCPU()-1)
+	if on {
+		cpus = clientCPU
+	}
+	out, err := exec.CommandContext(e.ctx, "taskset", "-a", "-p", "-c", cpus, strconv.Itoa(e.upstream.proc.pid())).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("taskset: %v: %s", err, out)
+	}
+	return nil
+}
+
+// pinnedCold repeats the cold pulls with the cache on its own CPU.
+func (e *env) pinnedCold(md *meta, runs, bigRuns int) (*results, error) {
+	if err := e.pinUpstream(true); err != nil {
+		return nil, err
+	}
+	e.pinned = true
+	defer func() {
+		e.pinned = false
+		_ = e.pinUpstream(false)
+	}()
+	res := newResults()
+	if err := e.coldWarm(res, md.small, runs); err != nil {
+		return nil, err
+	}
+	servers, err := e.bigCold(res, md.big, bigRuns)
+	for _, s := range servers {
+		e.stopServer(s)
+	}
+	return res, err
+}
+
 // skopeoPull copies the image's linux/amd64 platform from host into a new
 // OCI layout and checks that every blob arrived.
 func (e *env) skopeoPull(im *image, host string) (time.Duration, error) {
@@ -79,8 +133,9 @@ func (e *env) skopeoPull(im *image, host string) (time.Duration, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(out)
-	cmd := exec.CommandContext(e.ctx, "skopeo", "copy", "--quiet", "--src-tls-verify=false",
+	argv := append(e.onCPU(clientCPU), "skopeo", "copy", "--quiet", "--src-tls-verify=false",
 		"docker://"+im.ref(host), "oci:"+out+":"+im.tag)
+	cmd := exec.CommandContext(e.ctx, argv[0], argv[1:]...)
 	start := time.Now()
 	msg, err := cmd.CombinedOutput()
 	wall := time.Since(start)

@@ -41,6 +41,7 @@ type env struct {
 	accessLog string       // the upstream's access log
 	seq       atomic.Int64 // numbers directories; concurrent pulls share it
 	relay     string       // bench/relay binary; "" to skip the floor
+	pinned    bool         // client and upstream on clientCPU, servers started on cacheCPU
 	keepLogs  string       // where regwarm logs are copied before removal; "" for nowhere
 	logLevel  string       // regwarm's log level
 }
@@ -105,7 +106,7 @@ func (e *env) launch(target, dir, addr, outLog, errLog string, argv ...string) (
 		errPath = filepath.Join(dir, errLog)
 		tail = errPath
 	}
-	p, err := e.procs.start(target, filepath.Join(dir, outLog), errPath, argv...)
+	p, err := e.procs.start(target, filepath.Join(dir, outLog), errPath, append(e.onCPU(cacheCPU), argv...)...)
 	if err != nil {
 		return nil, err
 	}
