@@ -26,23 +26,26 @@ func (f *FS) Spool(ctx context.Context, d digest.Digest, size int64) (Spool, err
 		return nil, err
 	}
 	s := &fsSpool{fs: f, file: tmp, d: d, size: size, h: d.Algorithm().Hash(),
-		chunks: make(chan *[]byte, 16), hashed: make(chan struct{})}
+		chunks: make(chan []*[]byte, 2), hashed: make(chan struct{})}
 	go s.hashLoop()
 	return s, nil
 }
 
 // fsSpool hashes in its own goroutine, so hashing overlaps with receiving
 // and writing: a cold blob streams at the speed of the slowest of the
-// three, not of their sum.
+// three, not of their sum. Written chunks go to it in batches of about
+// hashBatch bytes, which keeps the hand-offs (and goroutine wake-ups) few.
 type fsSpool struct {
 	fs   *FS
 	file *os.File
 	d    digest.Digest
 	size int64
 
-	h      hash.Hash     // owned by hashLoop until hashed is closed
-	chunks chan *[]byte  // copies of written bytes, for hashLoop
-	hashed chan struct{} // closed when hashLoop has hashed every chunk
+	h      hash.Hash      // owned by hashLoop until hashed is closed
+	chunks chan []*[]byte // batches of written bytes, for hashLoop
+	hashed chan struct{}  // closed when hashLoop has hashed every chunk
+	batch  []*[]byte      // chunks not handed to hashLoop yet
+	queued int            // bytes in batch
 
 	mu         sync.Mutex
 	n          int64
@@ -56,12 +59,26 @@ type fsSpool struct {
 // spoolChunks recycles the copies handed to the hashing goroutine.
 var spoolChunks = sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
 
+const hashBatch = 1 << 20
+
 func (s *fsSpool) hashLoop() {
 	defer close(s.hashed)
-	for b := range s.chunks {
-		s.h.Write(*b)
-		*b = (*b)[:0]
-		spoolChunks.Put(b)
+	for batch := range s.chunks {
+		for _, b := range batch {
+			s.h.Write(*b)
+			*b = (*b)[:0]
+			spoolChunks.Put(b)
+		}
+	}
+}
+
+// queue adds a written chunk to the batch for hashLoop (s.mu held).
+func (s *fsSpool) queue(b *[]byte) {
+	s.batch = append(s.batch, b)
+	s.queued += len(*b)
+	if s.queued >= hashBatch {
+		s.chunks <- s.batch
+		s.batch, s.queued = nil, 0
 	}
 }
 
@@ -69,6 +86,10 @@ func (s *fsSpool) hashLoop() {
 func (s *fsSpool) stopHashing() {
 	if !s.hashClosed {
 		s.hashClosed = true
+		if len(s.batch) > 0 {
+			s.chunks <- s.batch
+			s.batch, s.queued = nil, 0
+		}
 		close(s.chunks)
 	}
 	<-s.hashed
@@ -88,7 +109,7 @@ func (s *fsSpool) Write(p []byte) (int, error) {
 		b := spoolChunks.Get().(*[]byte)
 		k := min(len(rest), cap(*b))
 		*b = append((*b)[:0], rest[:k]...)
-		s.chunks <- b
+		s.queue(b)
 		rest = rest[k:]
 	}
 	s.n += int64(n)
@@ -144,7 +165,7 @@ func (s *fsSpool) writeOwned(b *[]byte, p []byte) error {
 		return fmt.Errorf("write blob %s: %w", s.d, err)
 	}
 	*b = p
-	s.chunks <- b
+	s.queue(b)
 	s.n += int64(n)
 	s.kickWriteback()
 	return nil
