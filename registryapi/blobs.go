@@ -80,7 +80,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) *api
 		if _, isFile := src.(*os.File); isFile {
 			_, err = io.CopyN(w, src, n) // sendfile
 		} else if wt, ok := src.(io.WriterTo); ok && end == size-1 {
-			_, err = wt.WriteTo(w) // a blob arriving from upstream: from memory, or by sendfile from its spool
+			_, err = wt.WriteTo(writerOnly{w}) // a blob arriving from upstream: written as it arrives
 		} else {
 			// A blob streaming in from upstream: large chunks, few syscalls.
 			bp := copyBufs.Get().(*[]byte)

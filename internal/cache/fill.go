@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"io"
-	"os"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -244,25 +243,15 @@ func (r *fillReader) Read(p []byte) (int, error) {
 }
 
 // WriteTo writes the rest of the blob to w as it arrives: a blob in
-// memory without an intermediate copy, a spool file by sendfile(2) when w
-// is a TCP response (through its ReadFrom).
+// memory without an intermediate copy, a spool file through a buffer.
+// (sendfile(2) from the spool measured slower than the copy on loopback
+// here, with the bytes just written and still in the page cache.)
 func (r *fillReader) WriteTo(w io.Writer) (int64, error) {
 	if mem, ok := r.f.body.(*memSpool); ok {
 		return r.writeEach(func(limit int64) (int64, error) {
 			n, err := w.Write(mem.buf[r.off:limit])
 			return int64(n), err
 		})
-	}
-	if p, ok := r.f.body.(interface{ Path() string }); ok {
-		if file, err := os.Open(p.Path()); err == nil {
-			defer file.Close()
-			if _, err := file.Seek(r.off, io.SeekStart); err != nil {
-				return 0, err
-			}
-			return r.writeEach(func(limit int64) (int64, error) {
-				return io.Copy(w, &io.LimitedReader{R: file, N: limit - r.off})
-			})
-		}
 	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)

@@ -184,10 +184,6 @@ func (s *fsSpool) kickWriteback() {
 	}
 }
 
-// Path names the spool file while it is written: opened on its own, it
-// reads the bytes written so far (and, after Commit, the whole blob).
-func (s *fsSpool) Path() string { return s.file.Name() }
-
 // ReadAt reads written bytes; it works after Commit too, until Close.
 func (s *fsSpool) ReadAt(p []byte, off int64) (int, error) { return s.file.ReadAt(p, off) }
 
