@@ -259,7 +259,7 @@ func (c *Cache) stream(ctx context.Context, cancel context.CancelFunc, f *fill, 
 	if err != nil {
 		return readFailure(ctx, err)
 	}
-	return c.finishSpool(ctx, f, repo, rc, spool)
+	return c.finishSpool(ctx, f, repo, src, spool)
 }
 
 // copyToSpool writes src to a spool that cannot read it itself.
@@ -387,7 +387,12 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *watchedBody) Close() error { return b.rc.Close() }
+// Close closes the body and stops the watchdog: what follows the last
+// read (verifying, waiting to store, storing) is not upstream idleness.
+func (b *watchedBody) Close() error {
+	b.watchdog.Stop()
+	return b.rc.Close()
+}
 
 // leasePoll is how often a fill waiting for another process looks again.
 const leasePoll = 100 * time.Millisecond

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -64,6 +65,9 @@ func TestPullAnsweredBeforeStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return g.waiting.Load() > 0 })
+	// Held longer than the fixture's idle timeout (500 ms): that timeout
+	// is for a silent upstream, not for a slow store.
+	time.Sleep(700 * time.Millisecond)
 	if _, err := f.store.Tag(ctx, hub("app"), "v1"); err == nil {
 		t.Fatal("tag stored while the store was held")
 	}
