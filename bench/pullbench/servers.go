@@ -78,15 +78,20 @@ http:
 	return s
 }
 
+// place makes a directory for a server of kind and picks its address.
+func (e *env) place(kind string) (dir, addr string, err error) {
+	if dir, err = e.dir(kind); err != nil {
+		return "", "", err
+	}
+	addr, err = freeAddr()
+	return dir, addr, err
+}
+
 // startRegistry starts docker-registry on a free port; remote makes it a
 // pull-through proxy of that address. Its access log (stdout) goes to
 // access.log in its directory.
 func (e *env) startRegistry(target, remote string) (*server, error) {
-	dir, err := e.dir(target)
-	if err != nil {
-		return nil, err
-	}
-	addr, err := freeAddr()
+	dir, addr, err := e.place(target)
 	if err != nil {
 		return nil, err
 	}
@@ -121,11 +126,7 @@ func (e *env) launch(target, dir, addr, outLog, errLog string, argv ...string) (
 // startRegwarm starts `regwarm serve` with a fresh data directory and one
 // connector to the upstream, at the default log level.
 func (e *env) startRegwarm() (*server, error) {
-	dir, err := e.dir(targetRegwarm)
-	if err != nil {
-		return nil, err
-	}
-	addr, err := freeAddr()
+	dir, addr, err := e.place(targetRegwarm)
 	if err != nil {
 		return nil, err
 	}
@@ -168,11 +169,7 @@ func (e *env) startCache(target string) (*server, error) {
 
 // startRelay starts bench/relay in front of the upstream.
 func (e *env) startRelay(target string) (*server, error) {
-	dir, err := e.dir(target)
-	if err != nil {
-		return nil, err
-	}
-	addr, err := freeAddr()
+	dir, addr, err := e.place(target)
 	if err != nil {
 		return nil, err
 	}
