@@ -14,13 +14,13 @@ import (
 
 // Manifests and small blobs (those received into memory) a client is
 // waiting for are answered as soon as they are verified; writing them to
-// the store waits for a pause in cold traffic (writeQuiet
-// without upstream fetches or clients reading fills), for at most
-// writeMaxDelay, so that fsyncs and file writes do not compete with the
-// pull that is still running. A crash in between loses those cache
-// entries, never serves anything unverified: nothing is visible in the
-// store before it is written whole. Background work (worker syncs,
-// scheduled jobs) stores at once.
+// the store waits for a pause in cold traffic (writeQuiet without upstream
+// fetches or clients reading fills), for at most writeMaxDelay, so that
+// fsyncs and file writes do not compete with the pull that is still
+// running. A crash in between loses those cache entries, never serves
+// anything unverified: nothing is visible in the store before it is
+// written whole. Background work (worker syncs, scheduled jobs) stores at
+// once.
 const (
 	writeQuiet    = 250 * time.Millisecond
 	writeMaxDelay = time.Second
