@@ -62,8 +62,8 @@ func schedules(cfg *config.Config) map[string]string {
 // start registers the schedules and starts cron; stop waits for running
 // jobs to end.
 func (s *scheduler) start(ctx context.Context) (stop func(), err error) {
-	c := cron.New(cron.WithParser(cron.NewParser(cron.Minute|cron.Hour|cron.Dom|cron.Month|cron.Dow|cron.Descriptor)),
-		cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)), cron.WithLocation(time.UTC))
+	// Schedules come parsed (config.ParseSchedule): no cron parser here.
+	c := cron.New(cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)), cron.WithLocation(time.UTC))
 	for job, spec := range schedules(s.cfg) {
 		if spec == "" || s.jobs[job] == nil {
 			continue

@@ -153,17 +153,11 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	res.Image = target.Image()
-	if target.Blob != "" {
-		res.Image = target.Repo.String() + "@" + target.Blob.String()
-	}
 	stop := w.keepAlive(msg)
 	jctx := trace.WithRequestID(ctx, reqID)
 	out, err := w.syncer.Run(jctx, target)
 	stop()
 	out.Seq, out.Deliveries, out.RequestID = res.Seq, res.Deliveries, reqID
-	if target.Blob != "" {
-		out.Image = res.Image
-	}
 	w.finish(msg, out, err, start)
 }
 

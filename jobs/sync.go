@@ -45,8 +45,12 @@ type Target struct {
 	Referrers bool
 }
 
-// Image renders the target as <registry>/<repo>:<tag> or @digest.
+// Image renders the target as <registry>/<repo>:<tag> or @digest (the
+// blob's digest for a blob target).
 func (t Target) Image() string {
+	if t.Blob != "" {
+		return t.Repo.String() + "@" + t.Blob.String()
+	}
 	if ref.IsDigest(t.Reference) {
 		return t.Repo.String() + "@" + t.Reference
 	}

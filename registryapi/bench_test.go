@@ -198,14 +198,20 @@ func BenchmarkBlobGet(b *testing.B) {
 	api := e.regwarm + "/v2/" + benchRepoName + "/blobs/" + d.String()
 	file := e.servefile + e.contentPath(b, d)
 
+	e.compareGets(b, api, file, nil, http.StatusOK, size)
+}
+
+// compareGets runs GETs of the same bytes through regwarm (api) and
+// http.ServeFile (file) as sub-benchmarks, then reports their ratio.
+func (e *benchEnv) compareGets(b *testing.B, api, file string, hdr http.Header, status int, n int64) {
 	var rw, sf []float64
 	b.Run("regwarm", func(b *testing.B) {
-		b.SetBytes(size)
-		rw = append(rw, getLoop(b, e.client, api, nil, http.StatusOK, size))
+		b.SetBytes(n)
+		rw = append(rw, getLoop(b, e.client, api, hdr, status, n))
 	})
 	b.Run("servefile", func(b *testing.B) {
-		b.SetBytes(size)
-		sf = append(sf, getLoop(b, e.client, file, nil, http.StatusOK, size))
+		b.SetBytes(n)
+		sf = append(sf, getLoop(b, e.client, file, hdr, status, n))
 	})
 	b.Run("ratio", func(b *testing.B) { reportRatio(b, rw, sf, "regwarm/servefile") })
 }
@@ -220,16 +226,7 @@ func BenchmarkRangeGet(b *testing.B) {
 	api := e.regwarm + "/v2/" + benchRepoName + "/blobs/" + d.String()
 	file := e.servefile + e.contentPath(b, d)
 
-	var rw, sf []float64
-	b.Run("regwarm", func(b *testing.B) {
-		b.SetBytes(chunk)
-		rw = append(rw, getLoop(b, e.client, api, hdr, http.StatusPartialContent, chunk))
-	})
-	b.Run("servefile", func(b *testing.B) {
-		b.SetBytes(chunk)
-		sf = append(sf, getLoop(b, e.client, file, hdr, http.StatusPartialContent, chunk))
-	})
-	b.Run("ratio", func(b *testing.B) { reportRatio(b, rw, sf, "regwarm/servefile") })
+	e.compareGets(b, api, file, hdr, http.StatusPartialContent, chunk)
 }
 
 // manifestAccept is what containerd and docker send for a manifest.

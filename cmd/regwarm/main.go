@@ -15,6 +15,7 @@ import (
 
 	"github.com/regwarm/regwarm/daemon"
 	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/jobs"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -55,9 +56,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	case "sync":
 		return syncCmd(args[1:], stdout, stderr)
 	case "scan":
-		return oneShot("dangling_scan", args[1:], stdout, stderr)
+		return oneShot("scan", jobs.JobDanglingScan, args[1:], stdout, stderr)
 	case "verify":
-		return oneShot("verify", args[1:], stdout, stderr)
+		return oneShot("verify", jobs.JobVerify, args[1:], stdout, stderr)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			fmt.Fprint(stderr, "usage: regwarm config check --config FILE\n")
@@ -146,8 +147,8 @@ func syncCmd(args []string, stdout, stderr io.Writer) int {
 	return daemon.Sync(ctx, cfg, daemon.NATSURL(cfg, *natsURL), fs.Args(), *timeout, stdout)
 }
 
-func oneShot(job string, args []string, stdout, stderr io.Writer) int {
-	name := map[string]string{"dangling_scan": "scan", "verify": "verify"}[job]
+// oneShot runs job once as the command name.
+func oneShot(name, job string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "config file (YAML)")

@@ -126,7 +126,7 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return nil, ctx.Err()
 	}
 	if r, ok := f.reader(ctx.Done()); ok {
-		r.(*fillReader).onClose = c.active.begin()
+		r.onClose = c.active.begin()
 		return r, nil
 	}
 	// No stream to share (failed, or unknown size): wait for the result.

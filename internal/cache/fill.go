@@ -6,8 +6,6 @@ import (
 	"sync"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/regwarm/regwarm/internal/store"
 )
 
 type fillKey struct {
@@ -157,7 +155,7 @@ func (f *fill) result() error {
 
 // reader returns a reader following the spool, unless there is none (no
 // spool, or the fill failed before streaming).
-func (f *fill) reader(cancel <-chan struct{}) (store.Blob, bool) {
+func (f *fill) reader(cancel <-chan struct{}) (*fillReader, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.body == nil || f.size < 0 || (f.finished && f.err != nil) {
@@ -188,7 +186,7 @@ type fillReader struct {
 	off     int64
 	cancel  <-chan struct{}
 	closed  bool
-	onClose func()
+	onClose func() // run once by Close
 }
 
 func (r *fillReader) Size() int64 { return r.f.size }

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -119,7 +120,7 @@ func checkNATSURL(raw string) string {
 		return "empty URL in the list"
 	case err != nil:
 		return "not a valid URL"
-	case u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss":
+	case !slices.Contains(natsSchemes, u.Scheme):
 		return "scheme must be one of " + strings.Join(natsSchemes, ", ")
 	case u.Host == "":
 		return "needs a host"
