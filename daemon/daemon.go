@@ -173,7 +173,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	defer stopWorker()
 	var workerWG sync.WaitGroup
 	if mode == ModeRun || mode == ModeWorker {
-		w := &Worker{cfg: cfg, bus: b, syncer: jobs.NewSyncer(cfg, c, st, log), log: log, metrics: m, ackWait: cfg.Worker.AckWait.D()}
+		w := &Worker{cfg: cfg, bus: b, syncer: jobs.NewSyncer(cfg, c), log: log, metrics: m, ackWait: cfg.Worker.AckWait.D()}
 		health.SetProblem("nats", "not set up yet")
 		go func() {
 			select {

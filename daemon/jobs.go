@@ -21,7 +21,7 @@ import (
 // jobFuncs builds the scheduled jobs over a store and cache. repair, when
 // not nil, queues a sync for what the dangling scan finds fixable.
 func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, log *slog.Logger, repair func(context.Context, string) error) map[string]JobFunc {
-	syncer := jobs.NewSyncer(cfg, c, st, log)
+	syncer := jobs.NewSyncer(cfg, c)
 	return map[string]JobFunc{
 		jobs.JobDanglingScan: func(ctx context.Context) (*jobs.Report, error) {
 			ctx = cache.Background(ctx)
@@ -41,8 +41,7 @@ func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, log *slog.Logg
 				_, err := c.Manifest(ctx, repo, d)
 				return err
 			}
-			return jobs.NewVerifier(cfg, st, fetch, log, jobs.WithBytesPerSecond(cfg.Jobs.Verify.MaxBytesPerSecond),
-				jobs.WithManifestFetch(fetchManifest)).Run(ctx)
+			return jobs.NewVerifier(cfg, st, fetch, log, jobs.WithManifestFetch(fetchManifest)).Run(ctx)
 		},
 		jobs.JobRefresh: func(ctx context.Context) (*jobs.Report, error) {
 			return jobs.NewRefresher(syncer, cfg.Jobs.Refresh.Images, log).Run(ctx)

@@ -18,7 +18,6 @@ import (
 	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/ref"
-	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/internal/trace"
 	"github.com/regwarm/regwarm/jobs"
 )
@@ -197,8 +196,7 @@ func (w *Worker) target(msg jetstream.Msg, reqID *string) (jobs.Target, error) {
 	if err := ref.ValidName(ev.Repository); err != nil {
 		return jobs.Target{}, fmt.Errorf("%w: miss event: %v", events.ErrBadMessage, err)
 	}
-	t := jobs.Target{Repo: store.Repo{Registry: reg.Name, Name: ev.Repository}, Reference: d.String(),
-		Platforms: reg.Sync.Platforms, Referrers: reg.SyncReferrers()}
+	t := jobs.NewTarget(reg, ev.Repository, d.String())
 	switch ev.Kind {
 	case metrics.KindBlob:
 		t.Blob = d

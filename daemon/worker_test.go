@@ -122,7 +122,7 @@ func (e *workerEnv) newCache(b *bus, opts ...cache.Option) *cache.Cache {
 // startWorker runs a worker until the test ends.
 func (e *workerEnv) startWorker() {
 	e.t.Helper()
-	w := &Worker{cfg: e.cfg, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache, e.store, slog.New(slog.DiscardHandler)),
+	w := &Worker{cfg: e.cfg, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache),
 		log: slog.New(slog.DiscardHandler), metrics: e.m, ackWait: time.Minute}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

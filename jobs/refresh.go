@@ -36,6 +36,7 @@ func (r *Refresher) Run(ctx context.Context) (*Report, error) {
 			rep.Problems = append(rep.Problems, Problem{Reason: "invalid", Detail: err.Error()})
 			continue
 		}
+		reg, known := r.syncer.cfg.Registry(repo.Registry)
 		tags := []string{pattern}
 		if strings.ContainsAny(pattern, "*?[") {
 			all, err := r.syncer.cache.Tags(ctx, repo)
@@ -55,8 +56,8 @@ func (r *Refresher) Run(ctx context.Context) (*Report, error) {
 				return rep, ctx.Err()
 			}
 			t := Target{Repo: repo, Reference: tag}
-			if reg, ok := r.syncer.cfg.Registry(repo.Registry); ok {
-				t.Platforms, t.Referrers = reg.Sync.Platforms, reg.SyncReferrers()
+			if known {
+				t = NewTarget(reg, repo.Name, tag)
 			}
 			res, err := r.syncer.Run(ctx, t)
 			rep.Summary.Manifests++

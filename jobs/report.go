@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/regwarm/regwarm/internal/config"
 )
 
 // Job names, as in reports, metrics and schedules.
@@ -41,6 +43,20 @@ type Report struct {
 	Problems []Problem `json:"problems"`
 	// Path is where the report was written (not part of the file).
 	Path string `json:"-"`
+}
+
+// newReport starts the report of a job run, with a zero count for every
+// configured registry (cfg may be nil).
+func newReport(job string, started time.Time, cfg *config.Config) *Report {
+	rep := &Report{Version: ReportVersion, Job: job, Started: started, Problems: []Problem{},
+		Summary: Summary{ByRegistry: map[string]int{}}}
+	if cfg != nil {
+		rep.Summary.Registries = len(cfg.Registries)
+		for _, r := range cfg.Registries {
+			rep.Summary.ByRegistry[r.Name] = 0
+		}
+	}
+	return rep
 }
 
 // Summary counts what a job looked at and found. Scan fields come first;

@@ -124,12 +124,7 @@ func (s *Scanner) Run(ctx context.Context) (*Report, error) {
 	if s.err != nil {
 		return nil, s.err
 	}
-	rep := &Report{Version: ReportVersion, Job: JobDanglingScan, Started: s.now().UTC(), Problems: []Problem{}}
-	rep.Summary.Registries = len(s.cfg.Registries)
-	rep.Summary.ByRegistry = make(map[string]int, len(s.cfg.Registries))
-	for _, r := range s.cfg.Registries {
-		rep.Summary.ByRegistry[r.Name] = 0
-	}
+	rep := newReport(JobDanglingScan, s.now().UTC(), s.cfg)
 	run := &scanRun{s: s, rep: rep}
 	// A failing walk cancels the lookups in flight; a failing lookup task
 	// cancels the walk (errgroup).
@@ -276,6 +271,7 @@ func (r *scanRun) scanRepo(ctx context.Context, g *errgroup.Group, reg *config.R
 func (rs *scanRepoState) scanManifest(ctx context.Context, d digest.Digest) error {
 	log := rs.run.s.log
 	m, err := rs.run.s.store.Manifest(ctx, rs.repo, d)
+	rs.notePresence(scanRef{scanKindManifest, d}, err) // spares isPresent reading it again
 	switch {
 	case errors.Is(err, store.ErrManifestUnknown):
 		// Deleted since it was listed, or its content is gone: the latter
@@ -360,15 +356,25 @@ func (rs *scanRepoState) isPresent(ctx context.Context, p scanRef) (bool, error)
 	} else {
 		_, err = rs.run.s.store.StatBlob(ctx, rs.repo, p.d)
 	}
+	if !rs.notePresence(p, err) {
+		return false, fmt.Errorf("check %s in %s: %w", p.d, rs.repo, err)
+	}
+	return rs.present[p], nil
+}
+
+// notePresence remembers what a store lookup of p answered: present, or
+// absent (unknown, or content that does not match its digest). It reports
+// false, remembering nothing, for any other error.
+func (rs *scanRepoState) notePresence(p scanRef, err error) bool {
 	switch {
 	case err == nil:
 		rs.present[p] = true
 	case errors.Is(err, store.ErrBlobUnknown), errors.Is(err, store.ErrManifestUnknown), errors.Is(err, store.ErrDigestMismatch):
 		rs.present[p] = false
 	default:
-		return false, fmt.Errorf("check %s in %s: %w", p.d, rs.repo, err)
+		return false
 	}
-	return rs.present[p], nil
+	return true
 }
 
 // plan decides how a reference missing locally is settled: known at once

@@ -6,7 +6,6 @@ package jobs
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -27,13 +26,11 @@ import (
 type Syncer struct {
 	cfg   *config.Config
 	cache *cache.Cache
-	store store.Store
-	log   *slog.Logger
 }
 
-// NewSyncer returns a Syncer over c (the pull-through cache) and st.
-func NewSyncer(cfg *config.Config, c *cache.Cache, st store.Store, log *slog.Logger) *Syncer {
-	return &Syncer{cfg: cfg, cache: c, store: st, log: log}
+// NewSyncer returns a Syncer over c, the pull-through cache.
+func NewSyncer(cfg *config.Config, c *cache.Cache) *Syncer {
+	return &Syncer{cfg: cfg, cache: c}
 }
 
 // Target is a resolved sync request.
@@ -43,6 +40,13 @@ type Target struct {
 	Blob      digest.Digest // only this blob, when set
 	Platforms []string      // empty: all
 	Referrers bool
+}
+
+// NewTarget is reference in repository name of reg, with what reg's
+// sync settings ask for (platforms, referrers).
+func NewTarget(reg *config.Registry, name, reference string) Target {
+	return Target{Repo: store.Repo{Registry: reg.Name, Name: name}, Reference: reference,
+		Platforms: reg.Sync.Platforms, Referrers: reg.SyncReferrers()}
 }
 
 // Image renders the target as <registry>/<repo>:<tag> or @digest (the
@@ -78,8 +82,7 @@ func (s *Syncer) Resolve(req events.SyncRequest) (Target, error) {
 		}
 		reg = r
 	}
-	t := Target{Repo: store.Repo{Registry: reg.Name, Name: img.Repo}, Reference: img.Reference(),
-		Platforms: reg.Sync.Platforms, Referrers: reg.SyncReferrers()}
+	t := NewTarget(reg, img.Repo, img.Reference())
 	if req.Platforms != nil {
 		t.Platforms = req.Platforms
 	}

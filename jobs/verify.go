@@ -130,17 +130,10 @@ func (v *Verifier) Run(ctx context.Context) (*Report, error) {
 		refs:    map[digest.Digest]verifyRef{},
 		damaged: map[digest.Digest]bool{},
 		buf:     make([]byte, verifyBurst),
-		report: &Report{Version: ReportVersion, Job: JobVerify, Started: v.now(), Problems: []Problem{},
-			Summary: Summary{ByRegistry: map[string]int{}}},
+		report:  newReport(JobVerify, v.now(), v.cfg),
 	}
 	if v.bytesPerSec > 0 {
 		r.limiter = rate.NewLimiter(rate.Limit(v.bytesPerSec), int(min(v.bytesPerSec, verifyBurst)))
-	}
-	if v.cfg != nil {
-		r.report.Summary.Registries = len(v.cfg.Registries)
-		for _, reg := range v.cfg.Registries {
-			r.report.Summary.ByRegistry[reg.Name] = 0
-		}
 	}
 	v.log.Info("verify started", "job", JobVerify, "max_bytes_per_second", v.bytesPerSec)
 	if err := r.references(ctx); err != nil {
