@@ -164,12 +164,13 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if err != nil {
 		return errorf(CodeManifestInvalid, "%s", clientMessage(err))
 	}
-	d := digest.Canonical.FromBytes(data)
+	alg := digest.Canonical
 	if want != "" {
-		d = want.Algorithm().FromBytes(data)
-		if d != want {
-			return errorf(CodeDigestInvalid, "manifest digest %s does not match the reference", d)
-		}
+		alg = want.Algorithm()
+	}
+	d := alg.FromBytes(data)
+	if want != "" && d != want {
+		return errorf(CodeDigestInvalid, "manifest digest %s does not match the reference", d)
 	}
 	if ae := h.checkReferences(r, rt, p); ae != nil {
 		return ae

@@ -1,15 +1,8 @@
 package cache
 
-import (
-	"sync"
-	"syscall"
-	"unsafe"
-)
+import "syscall"
 
 const hugePage = 2 << 20
-
-// mapped records the buffers mapBuf made, by address of their first byte.
-var mapped sync.Map
 
 // mapBuf maps an anonymous buffer of n bytes (rounded up to whole huge
 // pages) and asks for transparent huge pages; ok is false if mapping failed.
@@ -20,16 +13,8 @@ func mapBuf(n int) ([]byte, bool) {
 		return nil, false
 	}
 	_ = syscall.Madvise(b, 14) // MADV_HUGEPAGE; a hint, ignored where unsupported
-	mapped.Store(unsafe.SliceData(b), true)
 	return b[:n], true
 }
 
-// unmapBuf releases b if mapBuf made it.
-func unmapBuf(b []byte) bool {
-	p := unsafe.SliceData(b)
-	if _, ok := mapped.LoadAndDelete(p); !ok {
-		return false
-	}
-	_ = syscall.Munmap(b[:cap(b)])
-	return true
-}
+// unmapBuf releases a buffer mapBuf made.
+func unmapBuf(b []byte) { _ = syscall.Munmap(b[:cap(b)]) }

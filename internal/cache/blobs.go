@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -162,14 +161,22 @@ func (c *Cache) readAhead(ctx context.Context, repo store.Repo, desc ocispec.Des
 // joinFill joins the fill of d in flight for repo's registry, or starts
 // one (detached from ctx); leader reports whether this call started it.
 func (c *Cache) joinFill(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (f *fill, leader bool) {
-	f = c.fills.join(fillKey{repo.Registry, d}, func() *fill {
-		leader = true
+	f, leader = c.fills.join(fillKey{repo.Registry, d}, func() *fill {
 		f := newFill()
 		c.work.Add(1)
 		go func() { defer c.work.Done(); c.runFill(ctx, f, repo, d, sources) }()
 		return f
-	}, c.metrics.Coalesced.Inc)
+	})
+	if !leader {
+		c.metrics.Coalesced.Inc()
+	}
 	return f, leader
+}
+
+// endFill ends f with err and forgets it.
+func (c *Cache) endFill(k fillKey, f *fill, err error) {
+	c.fills.forget(k, f)
+	f.finish(err)
 }
 
 // runFill fetches a blob from the first source that has it into the store.
@@ -182,7 +189,7 @@ func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d dige
 	// A fill that finished just before this one started may have stored it.
 	if _, err := c.store.StatBlob(ctx, repo, d); err == nil {
 		f.setNotFetched()
-		c.fills.finish(fillKey{repo.Registry, d}, f, nil)
+		c.endFill(fillKey{repo.Registry, d}, f, nil)
 		return
 	}
 	if c.leases != nil {
@@ -212,7 +219,7 @@ func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d dige
 				"connector", src.Name(), "bytes", f.knownSize(), "duration", time.Since(start))
 			c.miss(reqCtx, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: d.String(),
 				Digest: d, Kind: metrics.KindBlob, Connector: src.Name()})
-			c.fills.finish(fillKey{repo.Registry, d}, f, nil)
+			c.endFill(fillKey{repo.Registry, d}, f, nil)
 			return
 		}
 		c.log.Warn("blob fill failed", "registry", repo.Registry, "repo", repo.Name, "digest", d,
@@ -225,11 +232,8 @@ func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d dige
 	if lastErr == nil || connector.IsNotFound(lastErr) {
 		lastErr = fmt.Errorf("%w: %s", store.ErrBlobUnknown, d)
 	}
-	c.fills.finish(fillKey{repo.Registry, d}, f, lastErr)
+	c.endFill(fillKey{repo.Registry, d}, f, lastErr)
 }
-
-// bufPool holds copy buffers for fills.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // stream copies rc into the store: through a spool that readers follow when
 // the store supports it and the size is known, else with a plain PutBlob.
@@ -238,7 +242,7 @@ func (c *Cache) stream(ctx context.Context, cancel context.CancelFunc, f *fill, 
 	watchdog := time.AfterFunc(c.idleTimeout, cancel)
 	defer watchdog.Stop()
 	src := &watchedBody{rc: rc, ctx: ctx, watchdog: watchdog, idle: c.idleTimeout}
-	if size >= 0 && size <= min(memSpoolMax, c.mem.max()) && c.mem.take(size) {
+	if size >= 0 && size <= memSpoolMax && c.mem.take(size) {
 		return c.streamMem(ctx, f, repo, d, src, size)
 	}
 	sp, ok := c.store.(store.Spooler)
@@ -251,36 +255,10 @@ func (c *Cache) stream(ctx context.Context, cancel context.CancelFunc, f *fill, 
 		return err
 	}
 	f.markReady(spool, size)
-	if sf, ok := spool.(spoolFiller); ok {
-		_, err = sf.Fill(src, f.advance)
-	} else {
-		err = copyToSpool(src, spool, f.advance)
-	}
-	if err != nil {
+	if err := spool.Fill(src, f.advance); err != nil {
 		return readFailure(ctx, err)
 	}
 	return c.finishSpool(ctx, f, repo, src, spool)
-}
-
-// copyToSpool writes src to a spool that cannot read it itself.
-func copyToSpool(src io.Reader, spool store.Spool, progress func(int64)) error {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	for {
-		n, rerr := src.Read(*bp)
-		if n > 0 {
-			if _, err := spool.Write((*bp)[:n]); err != nil {
-				return err
-			}
-			progress(int64(n))
-		}
-		if rerr == io.EOF {
-			return nil
-		}
-		if rerr != nil {
-			return rerr
-		}
-	}
 }
 
 // readFailure says why reading an upstream body failed.
@@ -289,12 +267,6 @@ func readFailure(ctx context.Context, err error) error {
 		return fmt.Errorf("upstream stalled or fill timed out: %w", err)
 	}
 	return err
-}
-
-// spoolFiller is a spool that reads the upstream body itself (store.FS's
-// does, without an extra copy for hashing).
-type spoolFiller interface {
-	Fill(r io.Reader, progress func(n int64)) (int64, error)
 }
 
 // finishSpool ends a spool whose body was read: verify, let readers have
@@ -423,7 +395,7 @@ func (c *Cache) awaitLease(ctx context.Context, f *fill, repo store.Repo, d dige
 				if err == nil {
 					err = c.store.LinkBlob(ctx, repo, d)
 				}
-				c.fills.finish(fillKey{repo.Registry, d}, f, err)
+				c.endFill(fillKey{repo.Registry, d}, f, err)
 				return nil, true
 			}
 			held, err := c.leases.Held(ctx, key)
@@ -435,7 +407,7 @@ func (c *Cache) awaitLease(ctx context.Context, f *fill, repo store.Repo, d dige
 			}
 			select {
 			case <-ctx.Done():
-				c.fills.finish(fillKey{repo.Registry, d}, f, ctx.Err())
+				c.endFill(fillKey{repo.Registry, d}, f, ctx.Err())
 				return nil, true
 			case <-time.After(leasePoll):
 			}

@@ -47,9 +47,9 @@ type Cache struct {
 	fillTimeout time.Duration
 	idleTimeout time.Duration
 
-	calls flights[string, any] // manifests and tags
-	fills fillSet              // blobs
-	mem   budget               // bytes of blobs streaming through memory
+	calls inflight[string, *flight[any]] // manifests and tags
+	fills inflight[fillKey, *fill]       // blobs, one fill per registry and digest
+	mem   budget                         // bytes of blobs streaming through memory
 
 	active   activity       // cold work in progress, for write-behind
 	pending  pendingSet     // manifests answered but not stored yet
@@ -60,7 +60,6 @@ type Cache struct {
 var _ store.Reader = (*Cache)(nil)
 
 type registry struct {
-	name    string
 	ttl     time.Duration
 	push    bool
 	sources []connector.Source
@@ -178,7 +177,7 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 		sources[cc.Name] = up
 	}
 	for _, r := range cfg.Registries {
-		reg := &registry{name: r.Name, ttl: r.TagTTL.D(), push: r.Push}
+		reg := &registry{ttl: r.TagTTL.D(), push: r.Push}
 		for _, name := range r.Connectors {
 			s, ok := sources[name]
 			if !ok {
@@ -221,14 +220,6 @@ func (c *Cache) Source(name string) (connector.Source, bool) {
 		}
 	}
 	return nil, false
-}
-
-// Sources returns the connectors of a registry, in order.
-func (c *Cache) Sources(registry string) []connector.Source {
-	if r, ok := c.regs[registry]; ok {
-		return r.sources
-	}
-	return nil
 }
 
 func (c *Cache) sources(repo store.Repo) []connector.Source {

@@ -13,47 +13,9 @@ type fillKey struct {
 	d        digest.Digest
 }
 
-// fillSet tracks the blob fills in flight, one per registry and digest.
-type fillSet struct {
-	mu sync.Mutex
-	m  map[fillKey]*fill
-}
-
-func (s *fillSet) get(k fillKey) *fill {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.m[k]
-}
-
-// join returns the fill in flight for k or starts one; onJoin runs when an
-// existing fill is joined.
-func (s *fillSet) join(k fillKey, start func() *fill, onJoin func()) *fill {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if f, ok := s.m[k]; ok {
-		onJoin()
-		return f
-	}
-	if s.m == nil {
-		s.m = map[fillKey]*fill{}
-	}
-	f := start()
-	s.m[k] = f
-	return f
-}
-
-// finish ends f with err and forgets it.
-func (s *fillSet) finish(k fillKey, f *fill, err error) {
-	s.mu.Lock()
-	if s.m[k] == f {
-		delete(s.m, k)
-	}
-	s.mu.Unlock()
-	f.finish(err)
-}
-
 // fill is one upstream blob download that any number of readers follow.
-// Lock order: fillSet.mu before fill.mu (never held together in practice).
+// Lock order: the fills set's mutex before fill.mu (never held together in
+// practice).
 type fill struct {
 	ready     chan struct{} // closed when the size and spool are known, or the fill failed
 	done      chan struct{} // closed when the fill ended
@@ -75,12 +37,17 @@ type fill struct {
 	endActive  func() // ends the fill's share of the cache's activity
 }
 
+// wakeLocked wakes the readers waiting for progress (f.mu held).
+func (f *fill) wakeLocked() {
+	close(f.progress)
+	f.progress = make(chan struct{})
+}
+
 // markVerified lets readers have the final byte.
 func (f *fill) markVerified() {
 	f.mu.Lock()
 	f.verified = true
-	close(f.progress)
-	f.progress = make(chan struct{})
+	f.wakeLocked()
 	f.mu.Unlock()
 }
 
@@ -128,16 +95,14 @@ func (f *fill) exposed() bool {
 func (f *fill) advance(n int64) {
 	f.mu.Lock()
 	f.written += n
-	close(f.progress)
-	f.progress = make(chan struct{})
+	f.wakeLocked()
 	f.mu.Unlock()
 }
 
 func (f *fill) finish(err error) {
 	f.mu.Lock()
 	f.finished, f.err = true, err
-	close(f.progress)
-	f.progress = make(chan struct{})
+	f.wakeLocked()
 	release := f.readers == 0 && f.body != nil
 	f.mu.Unlock()
 	if release {
@@ -239,6 +204,9 @@ func (r *fillReader) Read(p []byte) (int, error) {
 	}
 	return m, rerr
 }
+
+// bufPool holds the buffers readers copy a spool file through.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // WriteTo writes the rest of the blob to w as it arrives: a blob in
 // memory without an intermediate copy, a spool file through a buffer.

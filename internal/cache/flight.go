@@ -31,33 +31,41 @@ func (f *flight[V]) wait(ctx context.Context) (V, error) {
 	}
 }
 
-// flights coalesces work by key within the process.
-type flights[K comparable, V any] struct {
+// inflight coalesces work by key within the process: W is the shared
+// piece of work (a manifest or tag flight, a blob fill).
+type inflight[K, W comparable] struct {
 	mu sync.Mutex
-	m  map[K]*flight[V]
+	m  map[K]W
 }
 
-// join returns the flight in progress for key, or starts one with start.
-// leader reports whether this caller started it.
-func (s *flights[K, V]) join(key K, start func() *flight[V]) (f *flight[V], leader bool) {
+// get returns the work in progress for key (the zero W if none).
+func (s *inflight[K, W]) get(key K) W {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if f, ok := s.m[key]; ok {
-		return f, false
+	return s.m[key]
+}
+
+// join returns the work in progress for key, or starts it with start.
+// leader reports whether this caller started it.
+func (s *inflight[K, W]) join(key K, start func() W) (w W, leader bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w, ok := s.m[key]; ok {
+		return w, false
 	}
 	if s.m == nil {
-		s.m = map[K]*flight[V]{}
+		s.m = map[K]W{}
 	}
-	f = start()
-	s.m[key] = f
-	return f, true
+	w = start()
+	s.m[key] = w
+	return w, true
 }
 
-// forget removes a finished flight so the next caller starts afresh.
-func (s *flights[K, V]) forget(key K, f *flight[V]) {
+// forget removes finished work so the next caller starts afresh.
+func (s *inflight[K, W]) forget(key K, w W) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.m[key] == f {
+	if s.m[key] == w {
 		delete(s.m, key)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -181,7 +180,7 @@ func (c *Cache) storeManifestSoon(ctx context.Context, repo store.Repo, m store.
 		if pt != nil {
 			asked = pt.urgent
 		}
-		c.writeSoon(wctx, time.Now(), asked)
+		c.writeSoon(wctx, asked)
 		err := c.store.PutManifest(wctx, repo, m, opts)
 		if err == nil && tag != "" {
 			if cur, terr := c.store.Tag(wctx, repo, tag); terr != nil || (cur.Source != "" && cur.Checked.Before(info.Checked)) {

@@ -50,12 +50,25 @@ func (b *budget) give(n int64) { b.used.Add(-n) }
 // count never change, so readers may use them without copying.
 type memSpool struct {
 	buf     []byte
+	mapped  bool // buf came from mapBuf, not from the pools
 	release func()
 	once    sync.Once
 }
 
+// Buffers of at least bigBuf bytes are mapped outside the Go heap (see
+// bigbuf_linux.go), so they cost no garbage collection and, with
+// transparent huge pages, few page faults; smaller ones come from pools.
+const bigBuf = 1 << 20
+
 func newMemSpool(size int64, b *budget) *memSpool {
-	return &memSpool{buf: getBuf(int(size)), release: func() { b.give(size) }}
+	m := &memSpool{release: func() { b.give(size) }}
+	if size >= bigBuf {
+		m.buf, m.mapped = mapBuf(int(size))
+	}
+	if !m.mapped {
+		m.buf = getBuf(int(size))
+	}
+	return m
 }
 
 func (m *memSpool) ReadAt(p []byte, off int64) (int, error) {
@@ -72,29 +85,22 @@ func (m *memSpool) ReadAt(p []byte, off int64) (int, error) {
 // Close returns the memory; readers must be done with it.
 func (m *memSpool) Close() error {
 	m.once.Do(func() {
-		putBuf(m.buf)
+		if m.mapped {
+			unmapBuf(m.buf)
+		} else {
+			putBuf(m.buf)
+		}
 		m.release()
 	})
 	return nil
 }
 
-// Buffers of at least bigBuf bytes are mapped outside the Go heap (see
-// bigbuf_linux.go), so they cost no garbage collection and, with
-// transparent huge pages, few page faults; smaller ones come from pools.
-const bigBuf = 1 << 20
-
-// memBufs pools small spool buffers by power-of-two capacity.
+// memBufs pools heap buffers by power-of-two capacity.
 var memBufs [bits.UintSize]sync.Pool
 
 func bufClass(n int) int { return bits.Len(uint(max(n, 1) - 1)) }
 
 func getBuf(n int) []byte {
-	if n >= bigBuf {
-		if b, ok := mapBuf(n); ok {
-			return b
-		}
-		return make([]byte, n)
-	}
 	c := bufClass(n)
 	if b, ok := memBufs[c].Get().(*[]byte); ok {
 		return (*b)[:n]
@@ -103,11 +109,8 @@ func getBuf(n int) []byte {
 }
 
 func putBuf(b []byte) {
-	if unmapBuf(b) {
-		return
-	}
 	c := bufClass(cap(b))
-	if cap(b) != 1<<c || cap(b) >= bigBuf {
+	if cap(b) != 1<<c {
 		return
 	}
 	b = b[:cap(b)]

@@ -62,10 +62,11 @@ func (a *activity) notifyLocked() {
 	}
 }
 
-// waitQuiet returns once no cold work has run for writeQuiet, writeMaxDelay
-// after since, when urgent reports true, when asked is closed, or when ctx
-// ends.
-func (a *activity) waitQuiet(ctx context.Context, since time.Time, urgent func() bool, asked <-chan struct{}) {
+// waitQuiet returns once no cold work has run for writeQuiet, at the
+// latest writeMaxDelay after it was called, when urgent reports true, when
+// asked is closed, or when ctx ends.
+func (a *activity) waitQuiet(ctx context.Context, urgent func() bool, asked <-chan struct{}) {
+	since := time.Now()
 	for {
 		a.mu.Lock()
 		n, last := a.n, a.last
@@ -117,15 +118,15 @@ func (c *Cache) verifiedThenStore(ctx context.Context, f *fill, write func() err
 	f.markVerified()
 	f.endActive()
 	if f.foreground {
-		c.writeSoon(ctx, time.Now(), nil)
+		c.writeSoon(ctx, nil)
 	}
 	return write()
 }
 
-// writeSoon waits until no cold work ran for writeQuiet (at most until
-// writeMaxDelay after since, or until asked is closed).
-func (c *Cache) writeSoon(ctx context.Context, since time.Time, asked <-chan struct{}) {
-	c.active.waitQuiet(ctx, since, func() bool { return c.mem.used.Load() > c.mem.max()/2 || c.closing() }, asked)
+// writeSoon waits until no cold work ran for writeQuiet (at most
+// writeMaxDelay, or until asked is closed).
+func (c *Cache) writeSoon(ctx context.Context, asked <-chan struct{}) {
+	c.active.waitQuiet(ctx, func() bool { return c.mem.used.Load() > c.mem.max()/2 || c.closing() }, asked)
 }
 
 // pendingSet holds manifests (and the tags that name them) answered to
@@ -215,11 +216,7 @@ func (p *pendingSet) add(repo store.Repo, m store.Manifest, opts store.PutManife
 	pm := pendingManifest{repo: repo, m: m}
 	if opts.Subject != nil {
 		pm.subject = opts.Subject.Digest
-		pm.referrer = opts.Referrer
-		pm.referrer.Digest, pm.referrer.Size = m.Digest, int64(len(m.Data))
-		if pm.referrer.MediaType == "" {
-			pm.referrer.MediaType = m.MediaType
-		}
+		pm.referrer = opts.ReferrerEntry(m)
 	}
 	p.manifests[manifestKey(repo, m.Digest)] = pm
 	tag := opts.Tag

@@ -24,7 +24,6 @@ import (
 	rcref "github.com/regclient/regclient/types/ref"
 
 	"github.com/regwarm/regwarm/internal/config"
-	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/metrics"
 )
 
@@ -35,7 +34,6 @@ type Upstream struct {
 	hub    bool   // Docker Hub: single-component names get "library/"
 	filter Filter
 	rc     *regclient.RegClient
-	log    *slog.Logger
 	// retryUntil is the UnixNano time before which the upstream asked us
 	// (Retry-After) not to come back; calls fail fast until then.
 	retryUntil atomic.Int64
@@ -144,7 +142,6 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 		host:   u.Host,
 		hub:    dockerHubHosts[strings.ToLower(u.Hostname())] || dockerHubHosts[strings.ToLower(c.Host)],
 		filter: Filter{Include: c.Include, Exclude: c.Exclude},
-		log:    o.log,
 	}
 	tls := rcconfig.TLSEnabled
 	if u.Scheme == "http" {
@@ -318,15 +315,12 @@ func (u *Upstream) GetManifest(ctx context.Context, repo, reference string) (Man
 	if err != nil {
 		return Manifest{}, u.wrap(ctx, KindManifest, o, err)
 	}
-	mt := m.GetDescriptor().MediaType
-	if p, err := manifest.Parse(mt, raw); err == nil {
-		mt = p.MediaType
-	}
 	got, err := verifyManifest(raw, reference, m.GetDescriptor().Digest)
 	if err != nil {
 		return Manifest{}, &Error{Connector: u.name, Kind: KindManifest, Err: err, Temporary: true}
 	}
-	return Manifest{MediaType: mt, Digest: got, Data: raw}, nil
+	// The media type as served; the cache parses (and normalises) it.
+	return Manifest{MediaType: m.GetDescriptor().MediaType, Digest: got, Data: raw}, nil
 }
 
 // verifyManifest computes the digest of raw with the algorithm of the
@@ -346,6 +340,7 @@ func verifyManifest(raw []byte, reference string, header digest.Digest) (digest.
 		if got := alg.FromBytes(raw); got != header {
 			return "", fmt.Errorf("%w: body hashes to %s, upstream says %s", ErrMismatch, got, header)
 		}
+		return header, nil
 	}
 	return alg.FromBytes(raw), nil
 }

@@ -61,27 +61,8 @@ func (f *FS) PutVerifiedBlob(ctx context.Context, repo Repo, d digest.Digest, da
 	if err := check(ctx, repo, d); err != nil {
 		return err
 	}
-	if ok, err := exists(f.blobPath(d)); err != nil || !ok {
-		tmp, err := f.createTemp("blob-")
-		if err != nil {
-			return err
-		}
-		if _, err := tmp.Write(data); err != nil {
-			discard(tmp)
-			return fmt.Errorf("write blob %s: %w", d, err)
-		}
-		if err := tmp.Sync(); err != nil {
-			discard(tmp)
-			return fmt.Errorf("write blob %s: %w", d, err)
-		}
-		if err := tmp.Close(); err != nil {
-			discard(tmp)
-			return fmt.Errorf("write blob %s: %w", d, err)
-		}
-		if err := f.install(tmp.Name(), f.blobPath(d)); err != nil {
-			_ = os.Remove(tmp.Name())
-			return err
-		}
+	if err := f.putContent(d, data); err != nil {
+		return err
 	}
 	return f.link(repo, d)
 }

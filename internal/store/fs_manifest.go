@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,7 +71,7 @@ func (f *FS) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 		return fmt.Errorf("%w: manifest hashes to %s, want %s", ErrDigestMismatch, got, m.Digest)
 	}
 	size := int64(len(m.Data))
-	if _, err := f.writeContent(ctx, m.Digest, size, bytes.NewReader(m.Data)); err != nil {
+	if err := f.putContent(m.Digest, m.Data); err != nil {
 		return err
 	}
 	if err := f.link(repo, m.Digest); err != nil {
@@ -91,13 +90,7 @@ func (f *FS) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 		return err
 	}
 	if subject != "" {
-		desc := opts.Referrer
-		desc.Digest = m.Digest
-		desc.Size = size
-		if desc.MediaType == "" {
-			desc.MediaType = m.MediaType
-		}
-		if err := f.writeJSON(f.referrerPath(repo, subject, m.Digest), desc); err != nil {
+		if err := f.writeJSON(f.referrerPath(repo, subject, m.Digest), opts.ReferrerEntry(m)); err != nil {
 			return err
 		}
 	}

@@ -95,14 +95,32 @@ func (s *fsSpool) stopHashing() {
 	<-s.hashed
 }
 
+// acceptLocked checks that n more bytes may be written (s.mu held):
+// hashing stops at Verify, Commit and Close, so nothing may follow them.
+func (s *fsSpool) acceptLocked(n int) error {
+	if s.hashClosed {
+		return fmt.Errorf("%w: write to a finished spool", ErrInvalid)
+	}
+	if s.size >= 0 && s.n+int64(n) > s.size {
+		return fmt.Errorf("%w: blob %s: more than %d bytes", ErrSizeMismatch, s.d, s.size)
+	}
+	return nil
+}
+
+// wroteLocked counts n written bytes (s.mu held).
+func (s *fsSpool) wroteLocked(n int) {
+	s.n += int64(n)
+	if s.n-s.flushed >= writebackChunk {
+		startWriteback(s.file, s.flushed, s.n-s.flushed)
+		s.flushed = s.n
+	}
+}
+
 func (s *fsSpool) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.hashClosed || s.verified || s.committed || s.closed {
-		return 0, fmt.Errorf("%w: write to a finished spool", ErrInvalid)
-	}
-	if s.size >= 0 && s.n+int64(len(p)) > s.size {
-		return 0, fmt.Errorf("%w: blob %s: more than %d bytes", ErrSizeMismatch, s.d, s.size)
+	if err := s.acceptLocked(len(p)); err != nil {
+		return 0, err
 	}
 	n, err := s.file.Write(p)
 	for rest := p[:n]; len(rest) > 0; {
@@ -112,34 +130,31 @@ func (s *fsSpool) Write(p []byte) (int, error) {
 		s.queue(b)
 		rest = rest[k:]
 	}
-	s.n += int64(n)
-	s.kickWriteback()
+	s.wroteLocked(n)
 	return n, err
 }
 
 // Fill reads r to its end into the spool, calling progress after each
 // chunk is written. Unlike Write it hands its own read buffers to the
 // hashing goroutine, so no byte is copied an extra time.
-func (s *fsSpool) Fill(r io.Reader, progress func(n int64)) (int64, error) {
-	var total int64
+func (s *fsSpool) Fill(r io.Reader, progress func(n int64)) error {
 	for {
 		b := spoolChunks.Get().(*[]byte)
 		buf := (*b)[:cap(*b)]
 		n, rerr := r.Read(buf)
 		if n > 0 {
 			if err := s.writeOwned(b, buf[:n]); err != nil {
-				return total, err
+				return err
 			}
-			total += int64(n)
 			progress(int64(n))
 		} else {
 			spoolChunks.Put(b)
 		}
 		if rerr == io.EOF {
-			return total, nil
+			return nil
 		}
 		if rerr != nil {
-			return total, rerr
+			return rerr
 		}
 	}
 }
@@ -148,13 +163,9 @@ func (s *fsSpool) Fill(r io.Reader, progress func(n int64)) (int64, error) {
 func (s *fsSpool) writeOwned(b *[]byte, p []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.hashClosed || s.verified || s.committed || s.closed {
+	if err := s.acceptLocked(len(p)); err != nil {
 		spoolChunks.Put(b)
-		return fmt.Errorf("%w: write to a finished spool", ErrInvalid)
-	}
-	if s.size >= 0 && s.n+int64(len(p)) > s.size {
-		spoolChunks.Put(b)
-		return fmt.Errorf("%w: blob %s: more than %d bytes", ErrSizeMismatch, s.d, s.size)
+		return err
 	}
 	n, err := s.file.Write(p)
 	if n < len(p) && err == nil {
@@ -166,8 +177,7 @@ func (s *fsSpool) writeOwned(b *[]byte, p []byte) error {
 	}
 	*b = p
 	s.queue(b)
-	s.n += int64(n)
-	s.kickWriteback()
+	s.wroteLocked(n)
 	return nil
 }
 
@@ -176,13 +186,6 @@ func (s *fsSpool) writeOwned(b *[]byte, p []byte) error {
 // streams, instead of in one long fsync at the end that would compete with
 // the client's own writes.
 const writebackChunk = 8 << 20
-
-func (s *fsSpool) kickWriteback() {
-	if s.n-s.flushed >= writebackChunk {
-		startWriteback(s.file, s.flushed, s.n-s.flushed)
-		s.flushed = s.n
-	}
-}
 
 // ReadAt reads written bytes; it works after Commit too, until Close.
 func (s *fsSpool) ReadAt(p []byte, off int64) (int, error) { return s.file.ReadAt(p, off) }

@@ -79,32 +79,59 @@ func (f *FS) install(src, dst string) error {
 	return syncDir(dir)
 }
 
-// writeFile replaces dst with data atomically: temporary file, sync,
-// rename, sync of the directory.
-func (f *FS) writeFile(dst string, data []byte) error {
-	tmp, err := f.createTemp("meta-")
+// writeTemp writes data to a new synced and closed file in tmp/ and
+// returns its name; what names the data in errors. On error nothing is
+// left behind.
+func (f *FS) writeTemp(prefix, what string, data []byte) (string, error) {
+	tmp, err := f.createTemp(prefix)
+	if err != nil {
+		return "", err
+	}
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if err == nil {
+		err = tmp.Close()
+	}
+	if err != nil {
+		discard(tmp)
+		return "", fmt.Errorf("write %s: %w", what, err)
+	}
+	return tmp.Name(), nil
+}
+
+// putContent stores data, whose digest d the caller checked, in blobs/
+// unless it is there already.
+func (f *FS) putContent(d digest.Digest, data []byte) error {
+	if ok, err := exists(f.blobPath(d)); err == nil && ok {
+		return nil
+	}
+	name, err := f.writeTemp("blob-", "blob "+d.String(), data)
 	if err != nil {
 		return err
 	}
-	if _, err := tmp.Write(data); err != nil {
-		discard(tmp)
-		return fmt.Errorf("write %s: %w", filepath.Base(dst), err)
+	if err := f.install(name, f.blobPath(d)); err != nil {
+		_ = os.Remove(name)
+		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		discard(tmp)
-		return fmt.Errorf("write %s: %w", filepath.Base(dst), err)
-	}
-	if err := tmp.Close(); err != nil {
-		discard(tmp)
-		return fmt.Errorf("write %s: %w", filepath.Base(dst), err)
+	return nil
+}
+
+// writeFile replaces dst with data atomically: temporary file, sync,
+// rename, sync of the directory.
+func (f *FS) writeFile(dst string, data []byte) error {
+	name, err := f.writeTemp("meta-", filepath.Base(dst), data)
+	if err != nil {
+		return err
 	}
 	dir := filepath.Dir(dst)
 	if err := mkdirs(dir); err != nil {
-		_ = os.Remove(tmp.Name())
+		_ = os.Remove(name)
 		return err
 	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		_ = os.Remove(tmp.Name())
+	if err := os.Rename(name, dst); err != nil {
+		_ = os.Remove(name)
 		return fmt.Errorf("write %s: %w", filepath.Base(dst), err)
 	}
 	return syncDir(dir)

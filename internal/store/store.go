@@ -60,6 +60,17 @@ type PutManifestOptions struct {
 	Referrer ocispec.Descriptor
 }
 
+// ReferrerEntry is m's entry in its subject's referrers list: Referrer
+// with m's digest and size, and m's media type unless Referrer has one.
+func (o PutManifestOptions) ReferrerEntry(m Manifest) ocispec.Descriptor {
+	desc := o.Referrer
+	desc.Digest, desc.Size = m.Digest, int64(len(m.Data))
+	if desc.MediaType == "" {
+		desc.MediaType = m.MediaType
+	}
+	return desc
+}
+
 // UploadStatus reports an upload session's progress.
 type UploadStatus struct {
 	ID     string
@@ -149,7 +160,9 @@ type Spooler interface {
 	Spool(ctx context.Context, d digest.Digest, size int64) (Spool, error)
 }
 
-// Spool is a blob being written. Write appends and hashes; ReadAt reads
+// Spool is a blob being written. Write appends and hashes; Fill does the
+// same with everything r yields until EOF, calling progress after each
+// chunk (with its own buffers, so no extra copy); ReadAt reads
 // what has been written (concurrently with Write); Verify checks digest and
 // size once everything is written; Commit (which verifies if Verify was not
 // called) makes the blob durable and links it into repo; Close releases the
@@ -158,6 +171,7 @@ type Spooler interface {
 // Commit, whose fsyncs then stay off the response path.
 type Spool interface {
 	io.Writer
+	Fill(r io.Reader, progress func(n int64)) error
 	io.ReaderAt
 	Verify() error
 	Commit(ctx context.Context, repo Repo) error

@@ -77,9 +77,6 @@ func New(t testing.TB) *Upstream {
 	return u
 }
 
-// Host is the upstream's host:port.
-func (u *Upstream) Host() string { return strings.TrimPrefix(u.URL, "http://") }
-
 // AddBlob stores data as a blob of repo and returns its digest.
 func (u *Upstream) AddBlob(repo string, data []byte) digest.Digest {
 	d := digest.FromBytes(data)
