@@ -97,11 +97,8 @@ func newBus(url string, cfg *config.Config, name string, log *slog.Logger) (*bus
 		nc.Close()
 		return nil, err
 	}
-	subj := events.Subjects{Prefix: cfg.NATS.SubjectPrefix}
-	return &bus{
-		nc: nc, js: js, subj: subj, log: log, ready: make(chan struct{}),
-		setup: events.Setup{Subjects: subj, Replicas: cfg.NATS.Replicas, MaxDeliveries: cfg.Worker.MaxDeliveries, AckWait: cfg.Worker.AckWait.D()},
-	}, nil
+	setup := events.SetupFor(cfg)
+	return &bus{nc: nc, js: js, subj: setup.Subjects, log: log, ready: make(chan struct{}), setup: setup}, nil
 }
 
 // run applies the JetStream setup, retrying until it works or ctx ends.

@@ -55,7 +55,7 @@ func Sync(ctx context.Context, cfg *config.Config, url string, images []string, 
 		fmt.Fprintf(w, "regwarm sync: %v\n", err)
 		return ExitError
 	}
-	setup := events.Setup{Subjects: events.Subjects{Prefix: cfg.NATS.SubjectPrefix}, Replicas: cfg.NATS.Replicas, MaxDeliveries: cfg.Worker.MaxDeliveries, AckWait: cfg.Worker.AckWait.D()}
+	setup := events.SetupFor(cfg)
 	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	_, _, err = setup.Apply(sctx, js)
 	cancel()

@@ -173,7 +173,8 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	defer stopWorker()
 	var workerWG sync.WaitGroup
 	if mode == ModeRun || mode == ModeWorker {
-		w := &Worker{cfg: cfg, bus: b, syncer: jobs.NewSyncer(cfg, c), log: log, metrics: m, ackWait: cfg.Worker.AckWait.D()}
+		syncer := jobs.NewSyncer(cfg, c)
+		w := &Worker{cfg: cfg, bus: b, syncer: syncer, log: log, metrics: m}
 		health.SetProblem("nats", "not set up yet")
 		go func() {
 			select {
@@ -193,7 +194,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 			_, err := b.js.Publish(ctx, b.subj.Sync(), []byte(image))
 			return err
 		}
-		sch := &scheduler{cfg: cfg, bus: b, jobs: jobFuncs(cfg, st, c, log, repair), log: log, metrics: m,
+		sch := &scheduler{cfg: cfg, bus: b, jobs: jobFuncs(cfg, st, c, syncer, log, repair), log: log, metrics: m,
 			owner: fmt.Sprintf("%s/%d", mode, os.Getpid()), now: time.Now, running: map[string]bool{}}
 		workerWG.Add(1)
 		go func() {

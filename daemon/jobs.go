@@ -18,10 +18,10 @@ import (
 	"github.com/regwarm/regwarm/jobs"
 )
 
-// jobFuncs builds the scheduled jobs over a store and cache. repair, when
-// not nil, queues a sync for what the dangling scan finds fixable.
-func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, log *slog.Logger, repair func(context.Context, string) error) map[string]JobFunc {
-	syncer := jobs.NewSyncer(cfg, c)
+// jobFuncs builds the scheduled jobs over a store and cache (refresh syncs
+// with syncer). repair, when not nil, queues a sync for what the dangling
+// scan finds fixable.
+func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, syncer *jobs.Syncer, log *slog.Logger, repair func(context.Context, string) error) map[string]JobFunc {
 	return map[string]JobFunc{
 		jobs.JobDanglingScan: func(ctx context.Context) (*jobs.Report, error) {
 			ctx = cache.Background(ctx)
@@ -69,7 +69,7 @@ func OneShot(ctx context.Context, cfg *config.Config, job, format, output string
 		fmt.Fprintf(stderr, "regwarm %s: %v\n", job, err)
 		return ExitError
 	}
-	fn := jobFuncs(cfg, st, c, log, nil)[job]
+	fn := jobFuncs(cfg, st, c, jobs.NewSyncer(cfg, c), log, nil)[job]
 	if fn == nil {
 		fmt.Fprintf(stderr, "regwarm: unknown job %q\n", job)
 		return ExitError

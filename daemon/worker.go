@@ -30,7 +30,6 @@ type Worker struct {
 	syncer  *jobs.Syncer
 	log     *slog.Logger
 	metrics *metrics.Set
-	ackWait time.Duration
 }
 
 // jobDrain is how long running jobs may finish after shutdown begins;
@@ -211,7 +210,7 @@ func (w *Worker) target(msg jetstream.Msg, reqID *string) (jobs.Target, error) {
 // are not redelivered to another worker.
 func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
 	done := make(chan struct{})
-	every := max(w.ackWait/3, time.Second)
+	every := max(w.cfg.Worker.AckWait.D()/3, time.Second)
 	go func() {
 		t := time.NewTicker(every)
 		defer t.Stop()

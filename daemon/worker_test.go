@@ -123,7 +123,7 @@ func (e *workerEnv) newCache(b *bus, opts ...cache.Option) *cache.Cache {
 func (e *workerEnv) startWorker() {
 	e.t.Helper()
 	w := &Worker{cfg: e.cfg, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache),
-		log: slog.New(slog.DiscardHandler), metrics: e.m, ackWait: time.Minute}
+		log: slog.New(slog.DiscardHandler), metrics: e.m}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = w.Run(ctx) }()

@@ -64,6 +64,12 @@ type Setup struct {
 	AckWait       time.Duration
 }
 
+// SetupFor is the JetStream setup cfg asks for.
+func SetupFor(cfg *config.Config) Setup {
+	return Setup{Subjects: Subjects{Prefix: cfg.NATS.SubjectPrefix}, Replicas: cfg.NATS.Replicas,
+		MaxDeliveries: cfg.Worker.MaxDeliveries, AckWait: cfg.Worker.AckWait.D()}
+}
+
 // StreamConfig is the work stream: sync requests and misses, kept until a
 // worker acknowledges them.
 func (s Setup) StreamConfig() jetstream.StreamConfig {

@@ -20,7 +20,7 @@ type Publisher struct {
 	subj    Subjects
 	log     *slog.Logger
 	metrics *metrics.Set
-	ch      chan *nats.Msg
+	ch      chan MissEvent
 }
 
 // DefaultBuffer is how many events wait for NATS before new ones are dropped.
@@ -32,25 +32,13 @@ func NewPublisher(js jetstream.JetStream, subj Subjects, log *slog.Logger, m *me
 	if buffer <= 0 {
 		buffer = DefaultBuffer
 	}
-	return &Publisher{js: js, subj: subj, log: log, metrics: m, ch: make(chan *nats.Msg, buffer)}
+	return &Publisher{js: js, subj: subj, log: log, metrics: m, ch: make(chan MissEvent, buffer)}
 }
 
-// Miss queues a miss event. It returns at once.
+// Miss queues a miss event. It returns at once; encoding happens in Run.
 func (p *Publisher) Miss(ev MissEvent) {
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return
-	}
-	msg := nats.NewMsg(p.subj.Miss(ev.Registry))
-	msg.Data = data
-	// Repeated misses of the same content within the stream's duplicate
-	// window become one job.
-	msg.Header.Set(jetstream.MsgIDHeader, "miss:"+ev.Kind+":"+ev.Registry+"/"+ev.Repository+"@"+ev.Digest)
-	if ev.RequestID != "" {
-		msg.Header.Set(RequestIDHeader, ev.RequestID)
-	}
 	select {
-	case p.ch <- msg:
+	case p.ch <- ev:
 		p.metrics.EventBufferDepth.Set(float64(len(p.ch)))
 	default:
 		p.metrics.EventsPublished.WithLabelValues(metrics.ResultDropped).Inc()
@@ -62,13 +50,18 @@ func (p *Publisher) Miss(ev MissEvent) {
 func (p *Publisher) Run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for {
-		var msg *nats.Msg
+		var ev MissEvent
 		select {
 		case <-ctx.Done():
 			return
-		case msg = <-p.ch:
+		case ev = <-p.ch:
 		}
 		p.metrics.EventBufferDepth.Set(float64(len(p.ch)))
+		msg, err := p.message(ev)
+		if err != nil {
+			p.metrics.EventsPublished.WithLabelValues(metrics.ResultDropped).Inc()
+			continue
+		}
 		for {
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err := p.js.PublishMsg(pctx, msg)
@@ -90,4 +83,21 @@ func (p *Publisher) Run(ctx context.Context) {
 			backoff = min(backoff*2, 5*time.Second)
 		}
 	}
+}
+
+// message encodes a miss event for the work stream.
+func (p *Publisher) message(ev MissEvent) (*nats.Msg, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	msg := nats.NewMsg(p.subj.Miss(ev.Registry))
+	msg.Data = data
+	// Repeated misses of the same content within the stream's duplicate
+	// window become one job.
+	msg.Header.Set(jetstream.MsgIDHeader, "miss:"+ev.Kind+":"+ev.Registry+"/"+ev.Repository+"@"+ev.Digest)
+	if ev.RequestID != "" {
+		msg.Header.Set(RequestIDHeader, ev.RequestID)
+	}
+	return msg, nil
 }
