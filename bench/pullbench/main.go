@@ -140,9 +140,7 @@ func run() error {
 	res := newResults()
 	if o.only == "big" {
 		servers, err := e.bigCold(res, md.big, o.bigRuns)
-		for _, s := range servers {
-			e.stopServer(s)
-		}
+		e.stopServers(servers)
 		if err != nil {
 			return err
 		}
@@ -173,11 +171,7 @@ func run() error {
 		return err
 	}
 	servers, err := e.bigCold(res, md.big, o.bigRuns)
-	defer func() {
-		for _, s := range servers {
-			e.stopServer(s)
-		}
-	}()
+	defer e.stopServers(servers) // a map: servers added below are stopped too
 	if err != nil {
 		return err
 	}

@@ -119,9 +119,7 @@ func (e *env) pinnedCold(md *meta, runs, bigRuns int) (*results, error) {
 		return nil, err
 	}
 	servers, err := e.bigCold(res, md.big, bigRuns)
-	for _, s := range servers {
-		e.stopServer(s)
-	}
+	e.stopServers(servers)
 	return res, err
 }
 

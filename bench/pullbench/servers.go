@@ -99,13 +99,13 @@ func (e *env) startRegistry(target, remote string) (*server, error) {
 	if err := os.WriteFile(cfg, []byte(registryConfig(filepath.Join(dir, "data"), addr, remote)), 0o644); err != nil {
 		return nil, err
 	}
-	return e.launch(target, dir, addr, "access.log", "registry.log", "docker-registry", "serve", cfg)
+	return e.launch(target, dir, addr, "/v2/", "access.log", "registry.log", "docker-registry", "serve", cfg)
 }
 
 // launch starts argv for target with its stdout in dir/outLog (and stderr
 // in dir/errLog, or with stdout when it is ""), and waits until addr
-// answers /v2/.
-func (e *env) launch(target, dir, addr, outLog, errLog string, argv ...string) (*server, error) {
+// answers 200 on the path ready.
+func (e *env) launch(target, dir, addr, ready, outLog, errLog string, argv ...string) (*server, error) {
 	errPath, tail := "", filepath.Join(dir, outLog)
 	if errLog != "" {
 		errPath = filepath.Join(dir, errLog)
@@ -116,7 +116,7 @@ func (e *env) launch(target, dir, addr, outLog, errLog string, argv ...string) (
 		return nil, err
 	}
 	s := &server{target: target, addr: addr, data: dir, proc: p}
-	if err := waitHTTP(e.ctx, p, "http://"+addr+"/v2/"); err != nil {
+	if err := waitHTTP(e.ctx, p, "http://"+addr+ready); err != nil {
 		e.procs.stop(p)
 		return nil, fmt.Errorf("%w\n%s", err, logTail(tail, 20))
 	}
@@ -148,7 +148,7 @@ connectors:
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		return nil, err
 	}
-	return e.launch(targetRegwarm, dir, addr, "regwarm.log", "", e.regwarm, "serve", "--config", cfg)
+	return e.launch(targetRegwarm, dir, addr, "/v2/", "regwarm.log", "", e.regwarm, "serve", "--config", cfg)
 }
 
 // startCache starts a fresh, empty cache of the upstream for target; for
@@ -177,7 +177,7 @@ func (e *env) startRelay(target string) (*server, error) {
 	if target == targetRelayVerify {
 		args = append(args, "-verify")
 	}
-	return e.launch(target, dir, addr, "relay.log", "", append([]string{e.relay}, args...)...)
+	return e.launch(target, dir, addr, "/v2/", "relay.log", "", append([]string{e.relay}, args...)...)
 }
 
 // stopServer stops a cache and removes its data; the upstream stays.
@@ -197,26 +197,20 @@ func (e *env) stopServer(s *server) {
 	}
 }
 
+// stopServers stops every server of m.
+func (e *env) stopServers(m map[string]*server) {
+	for _, s := range m {
+		e.stopServer(s)
+	}
+}
+
 // startServeFile serves file with bench/servefile.
 func (e *env) startServeFile(file string) (*server, error) {
-	dir, err := e.dir("servefile")
+	dir, addr, err := e.place("servefile")
 	if err != nil {
 		return nil, err
 	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	p, err := e.procs.start("servefile", filepath.Join(dir, "servefile.log"), "", e.servefile, "-listen", addr, "-file", file)
-	if err != nil {
-		return nil, err
-	}
-	s := &server{target: "servefile", addr: addr, data: dir, proc: p}
-	if err := waitHTTP(e.ctx, p, "http://"+addr+"/"); err != nil {
-		e.stopServer(s)
-		return nil, err
-	}
-	return s, nil
+	return e.launch("servefile", dir, addr, "/", "servefile.log", "", e.servefile, "-listen", addr, "-file", file)
 }
 
 // idle waits (up to 2 s) until the process's RSS has been steady for a
