@@ -330,10 +330,7 @@ func scanReferences(p *manifest.Manifest) iter.Seq2[scanKind, ocispec.Descriptor
 		if manifest.IsIndex(p.MediaType) {
 			kind = scanKindManifest
 		}
-		for _, desc := range p.References() {
-			if kind == scanKindBlob && manifest.NonDistributable(desc) {
-				continue
-			}
+		for _, desc := range p.Required() {
 			if !yield(kind, desc) {
 				return
 			}

@@ -183,10 +183,8 @@ func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
 			}
 		}
 	} else {
-		for _, b := range p.References() {
-			if !manifest.NonDistributable(b) {
-				w.addBlob(b.Digest)
-			}
+		for _, b := range p.Required() {
+			w.addBlob(b.Digest)
 		}
 	}
 	if w.t.Referrers {

@@ -214,10 +214,7 @@ func (h *Handler) checkReferences(r *http.Request, rt route, p *manifest.Manifes
 		}
 		return nil
 	}
-	for _, d := range p.References() {
-		if manifest.NonDistributable(d) {
-			continue
-		}
+	for _, d := range p.Required() {
 		size, err := h.read.StatBlob(ctx, rt.repo, d.Digest)
 		if errors.Is(err, store.ErrBlobUnknown) {
 			return errorf(CodeManifestBlobUnknown, "blob %s is not in the repository", d.Digest)

@@ -174,6 +174,23 @@ func (m *Manifest) References() []ocispec.Descriptor {
 	return append(out, m.Layers...)
 }
 
+// Required lists what m needs in the registry: the child manifests of an
+// index, or the config and layers of an image without the
+// non-distributable ones.
+func (m *Manifest) Required() []ocispec.Descriptor {
+	refs := m.References()
+	if IsIndex(m.MediaType) {
+		return refs
+	}
+	out := refs[:0]
+	for _, d := range refs {
+		if !NonDistributable(d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // NonDistributable reports whether a layer descriptor need not be present in
 // the registry (foreign or non-distributable layers).
 func NonDistributable(d ocispec.Descriptor) bool {
