@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -173,13 +172,9 @@ func (w *Worker) target(msg jetstream.Msg, reqID *string) (jobs.Target, error) {
 	if !strings.HasPrefix(subj, strings.TrimSuffix(w.bus.subj.Misses(), ">")) {
 		return jobs.Target{}, fmt.Errorf("%w: unexpected subject %q", events.ErrBadMessage, subj)
 	}
-	var ev events.MissEvent
-	dec := json.NewDecoder(bytes.NewReader(msg.Data()))
-	if len(msg.Data()) > events.MaxMessageSize {
-		return jobs.Target{}, fmt.Errorf("%w: miss event of %d bytes", events.ErrBadMessage, len(msg.Data()))
-	}
-	if err := dec.Decode(&ev); err != nil {
-		return jobs.Target{}, fmt.Errorf("%w: miss event: %v", events.ErrBadMessage, err)
+	ev, err := events.ParseMissEvent(msg.Data())
+	if err != nil {
+		return jobs.Target{}, err
 	}
 	if *reqID == "" {
 		*reqID = ev.RequestID

@@ -101,6 +101,18 @@ type SyncResult struct {
 // ErrBadMessage is returned for a message that can never be processed.
 var ErrBadMessage = errors.New("malformed sync request")
 
+// ParseMissEvent decodes a miss event (at most MaxMessageSize bytes).
+func ParseMissEvent(data []byte) (MissEvent, error) {
+	var ev MissEvent
+	if len(data) > MaxMessageSize {
+		return ev, fmt.Errorf("%w: miss event of %d bytes", ErrBadMessage, len(data))
+	}
+	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&ev); err != nil {
+		return ev, fmt.Errorf("%w: miss event: %v", ErrBadMessage, err)
+	}
+	return ev, nil
+}
+
 // ParseSyncRequest decodes a sync message: a plain image name, or a JSON
 // object {"image": …, "platforms": […], "referrers": bool}.
 func ParseSyncRequest(data []byte) (SyncRequest, error) {
