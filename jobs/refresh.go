@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/store"
 )
 
@@ -80,13 +81,9 @@ func (r *Refresher) Run(ctx context.Context) (*Report, error) {
 
 // splitWatch parses "<registry>/<repo>:<tag or glob>".
 func splitWatch(img string) (store.Repo, string, error) {
-	i := strings.LastIndexByte(img, ':')
-	j := strings.IndexByte(img, '/')
-	if i < 0 || j < 0 || i < j {
-		return store.Repo{}, "", fmt.Errorf("refresh image %q: want <registry>/<repo>:<tag or glob>", img)
+	reg, repo, pattern, problem := config.ParseRefreshImage(img)
+	if problem != "" {
+		return store.Repo{}, "", fmt.Errorf("refresh image %q: %s", img, problem)
 	}
-	if _, err := path.Match(img[i+1:], "x"); err != nil {
-		return store.Repo{}, "", fmt.Errorf("refresh image %q: %w", img, err)
-	}
-	return store.Repo{Registry: img[:j], Name: img[j+1 : i]}, img[i+1:], nil
+	return store.Repo{Registry: reg, Name: repo}, pattern, nil
 }

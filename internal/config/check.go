@@ -167,28 +167,28 @@ func checkSubjectPrefix(p string) string {
 	return ""
 }
 
-// checkRefreshImage splits <registry>/<repo>:<tag-or-glob>, returning the
-// registry name, or what is wrong with it.
-func checkRefreshImage(img string) (registry, problem string) {
+// ParseRefreshImage splits a jobs.refresh image, <registry>/<repo>:<tag or
+// glob>; problem says what is wrong with it, "" when nothing is.
+func ParseRefreshImage(img string) (registry, repo, pattern, problem string) {
 	const form = "must be <registry>/<repo>:<tag-or-glob>"
 	reg, rest, ok := strings.Cut(img, "/")
 	if !ok || reg == "" || strings.Contains(img, "@") {
-		return "", form
+		return "", "", "", form
 	}
 	i := strings.LastIndex(rest, ":")
 	if i < 0 {
-		return "", form + " (the tag is missing)"
+		return "", "", "", form + " (the tag is missing)"
 	}
 	repo, tag := rest[:i], rest[i+1:]
 	if ref.ValidName(repo) != nil {
-		return "", "repository " + strconv.Quote(repo) + " is not a valid name"
+		return "", "", "", "repository " + strconv.Quote(repo) + " is not a valid name"
 	}
 	if strings.ContainsAny(tag, "*?[") {
 		if _, err := path.Match(tag, "x"); err != nil {
-			return "", "tag pattern " + strconv.Quote(tag) + " is not a valid glob"
+			return "", "", "", "tag pattern " + strconv.Quote(tag) + " is not a valid glob"
 		}
 	} else if ref.ValidTag(tag) != nil {
-		return "", "tag " + strconv.Quote(tag) + " is not valid"
+		return "", "", "", "tag " + strconv.Quote(tag) + " is not valid"
 	}
-	return reg, ""
+	return reg, repo, tag, ""
 }

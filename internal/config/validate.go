@@ -379,7 +379,7 @@ func (v *validator) jobs() {
 	}
 	for i, img := range j.Refresh.Images {
 		p := fmt.Sprintf("jobs.refresh.images[%d]", i)
-		reg, msg := checkRefreshImage(img)
+		reg, _, _, msg := ParseRefreshImage(img)
 		if msg != "" {
 			v.add(p, img, "%s", msg)
 			continue
