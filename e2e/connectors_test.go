@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -23,47 +22,13 @@ func startHub(t *testing.T, ttl time.Duration) (*harness.Upstream, *harness.Regw
 	return up, harness.StartRegwarm(t, "serve", hubConfig(up.URL(), ttl))
 }
 
-// accessEntry is an upstream access-log line with its User-Agent.
-type accessEntry struct {
-	harness.Request
-	Agent string
-}
-
-var accessAgentLine = regexp.MustCompile(`^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) \S+ "[^"]*" "(.*)"\s*$`)
-
-// accessLog returns the upstream's access-log lines with their agents.
-func accessLog(t *testing.T, up *harness.Upstream) []accessEntry {
-	t.Helper()
-	b, err := os.ReadFile(up.LogPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []accessEntry
-	for _, line := range strings.Split(string(b), "\n") {
-		m := accessAgentLine.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		var e accessEntry
-		e.Method, e.Agent = m[1], m[4]
-		e.Path, e.Query, _ = strings.Cut(m[2], "?")
-		fmt.Sscan(m[3], &e.Status)
-		out = append(out, e)
-	}
-	if n := len(up.Requests()); n != len(out) {
-		t.Fatalf("access log: %d lines with a user agent, %d requests", len(out), n)
-	}
-	return out
-}
-
 // foreignRequests lists upstream requests after the first mark lines that
 // regwarm did not send: a client that went around the cache.
-func foreignRequests(t *testing.T, up *harness.Upstream, mark int) []string {
-	t.Helper()
+func foreignRequests(up *harness.Upstream, mark int) []string {
 	var out []string
-	for _, e := range accessLog(t, up)[mark:] {
-		if !strings.HasPrefix(e.Agent, "regwarm") {
-			out = append(out, fmt.Sprintf("%s %s (%s)", e.Method, e.Path, e.Agent))
+	for _, r := range up.Requests()[mark:] {
+		if !strings.HasPrefix(r.Agent, "regwarm") {
+			out = append(out, fmt.Sprintf("%s %s (%s)", r.Method, r.Path, r.Agent))
 		}
 	}
 	return out
@@ -126,7 +91,7 @@ func TestConnectorPullThroughClients(t *testing.T) {
 	for i, k := range []string{"all", "one", "podman", "ctr", "docker"} {
 		ims[k] = pushNewImage(t, up, repos[k]+":v1", harness.ImageOptions{Seed: int64(101 + i)})
 	}
-	mark := len(accessLog(t, up))
+	mark := len(up.Requests())
 	hub := rw.Addr + "/hub/"
 	d := harness.StartDockerd(t, harness.DockerdOptions{RegistryMirror: rw.URL()})
 
@@ -209,7 +174,7 @@ func TestConnectorPullThroughClients(t *testing.T) {
 			assertBlobGETs(t, up, repos["docker"], 1, blobsOf(ims["docker"], hostPlatform())...)
 		})
 		// Every client went through regwarm; none reached the upstream itself.
-		if reqs := foreignRequests(t, up, mark); len(reqs) > 0 {
+		if reqs := foreignRequests(up, mark); len(reqs) > 0 {
 			t.Errorf("the upstream served clients directly:\n%s", strings.Join(reqs, "\n"))
 		}
 		if n := cacheCount(t, rw, "hub", "result", "stale"); n != 0 {

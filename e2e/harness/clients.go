@@ -104,12 +104,6 @@ func Regctl(t testing.TB, args ...string) string {
 	return Must(t, envFor(t).env, "regctl", args...)
 }
 
-// TryRegctl is Regctl without failing the test on a non-zero exit.
-func TryRegctl(t testing.TB, args ...string) (string, error) {
-	t.Helper()
-	return Try(t, envFor(t).env, "regctl", args...)
-}
-
 // RegctlHost returns the regctl flag that marks addr as a plain-HTTP registry.
 func RegctlHost(addr string) string {
 	return "--host=reg=" + addr + ",tls=disabled"

@@ -169,9 +169,3 @@ func (c *Containerd) Ctr(args ...string) string {
 	c.t.Helper()
 	return Must(c.t, ClientEnv(c.t), "ctr", append([]string{"--address", c.Socket, "--namespace", c.Namespace}, args...)...)
 }
-
-// TryCtr is Ctr without failing the test on a non-zero exit.
-func (c *Containerd) TryCtr(args ...string) (string, error) {
-	c.t.Helper()
-	return Try(c.t, ClientEnv(c.t), "ctr", append([]string{"--address", c.Socket, "--namespace", c.Namespace}, args...)...)
-}

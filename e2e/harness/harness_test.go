@@ -43,9 +43,9 @@ func TestParseAccessLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Request{
-		{Method: "GET", Path: "/v2/", Status: 200},
-		{Method: "GET", Path: "/v2/foo/blobs/sha256:aa", Query: "ns=docker.io", Status: 404},
-		{Method: "HEAD", Path: "/v2/_catalog", Status: 405},
+		{Method: "GET", Path: "/v2/", Status: 200, Agent: "curl/7.88.1"},
+		{Method: "GET", Path: "/v2/foo/blobs/sha256:aa", Query: "ns=docker.io", Status: 404, Agent: "curl/7.88.1"},
+		{Method: "HEAD", Path: "/v2/_catalog", Status: 405, Agent: "curl/7.88.1"},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("parseAccessLog:\n got %+v\nwant %+v", got, want)

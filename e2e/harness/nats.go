@@ -35,25 +35,36 @@ type NATS struct {
 // store directory in t.TempDir, and waits until /healthz reports ready.
 func StartNATS(t testing.TB) *NATS {
 	t.Helper()
+	n := startNATSNode(t, "nats-server", "regwarm-e2e", "")
+	waitStart(t, n.Process, n.monitorURL(), ReadyTimeout, http.StatusOK)
+	return n
+}
+
+// startNATSNode writes a config for server serverName (clusterBlock, when
+// not empty, is its cluster block) and starts it as process procName on
+// free loopback ports with a store directory in t.TempDir, without waiting
+// for it. Stop sends SIGINT, on which nats-server exits 0 (it exits 1 on
+// SIGTERM).
+func startNATSNode(t testing.TB, procName, serverName, clusterBlock string) *NATS {
+	t.Helper()
 	dir := t.TempDir()
-	n := &NATS{Addr: FreeAddr(t), MonitorAddr: FreeAddr(t), StoreDir: filepath.Join(dir, "js"), ServerName: "regwarm-e2e", t: t}
+	n := &NATS{Addr: FreeAddr(t), MonitorAddr: FreeAddr(t), StoreDir: filepath.Join(dir, "js"), ServerName: serverName, t: t}
 	cfg := fmt.Sprintf(`server_name: %s
 listen: %q
 http: %q
 max_payload: %d
-jetstream {
+%sjetstream {
   store_dir: %q
   max_memory_store: 64MB
   max_file_store: 2GB
 }
-`, n.ServerName, n.Addr, n.MonitorAddr, NATSMaxPayload, n.StoreDir)
+`, n.ServerName, n.Addr, n.MonitorAddr, NATSMaxPayload, clusterBlock, n.StoreDir)
 	path := filepath.Join(dir, "nats-server.conf")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	n.Process = StartProcess(t, "nats-server", nil, "nats-server", "-c", path)
-	t.Cleanup(func() { _ = n.Stop() }) // runs first: a clean SIGINT stop
-	waitStart(t, n.Process, n.monitorURL(), ReadyTimeout, http.StatusOK)
+	n.Process = StartProcess(t, procName, nil, "nats-server", "-c", path)
+	n.StopSignal = syscall.SIGINT
 	return n
 }
 
@@ -61,20 +72,6 @@ jetstream {
 func (n *NATS) URL() string { return "nats://" + n.Addr }
 
 func (n *NATS) monitorURL() string { return "http://" + n.MonitorAddr + "/healthz" }
-
-// Stop stops the server with SIGINT, on which nats-server exits 0 (it
-// exits 1 on SIGTERM), waiting up to StopTimeout before it sends SIGKILL.
-func (n *NATS) Stop() error {
-	if exited, err := n.Exited(); exited {
-		return err
-	}
-	_ = n.Signal(syscall.SIGINT)
-	if err := n.Wait(StopTimeout); err != nil {
-		n.Kill()
-		return err
-	}
-	return nil
-}
 
 // Start starts the server again after Stop or Kill, on the same ports with
 // the same store, and waits until it is ready.

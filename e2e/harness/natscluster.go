@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,30 +36,15 @@ func StartNATSCluster(t testing.TB, size int) *NATSCluster {
 		routes[i] = fmt.Sprintf("%q", "nats-route://"+clusterAddrs[i])
 	}
 	for i := range size {
-		dir := t.TempDir()
-		n := &NATS{Addr: FreeAddr(t), MonitorAddr: FreeAddr(t), StoreDir: filepath.Join(dir, "js"),
-			ServerName: fmt.Sprintf("n%d", i+1), ClusterAddr: clusterAddrs[i], t: t}
-		cfg := fmt.Sprintf(`server_name: %s
-listen: %q
-http: %q
-max_payload: %d
-cluster {
+		cluster := fmt.Sprintf(`cluster {
   name: regwarm
   listen: %q
   routes: [%s]
 }
-jetstream {
-  store_dir: %q
-  max_memory_store: 64MB
-  max_file_store: 2GB
-}
-`, n.ServerName, n.Addr, n.MonitorAddr, NATSMaxPayload, n.ClusterAddr, strings.Join(routes, ", "), n.StoreDir)
-		path := filepath.Join(dir, "nats-server.conf")
-		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		n.Process = StartProcess(t, "nats-"+n.ServerName, nil, "nats-server", "-c", path)
-		t.Cleanup(func() { _ = n.Stop() }) // runs first: a clean SIGINT stop
+`, clusterAddrs[i], strings.Join(routes, ", "))
+		name := fmt.Sprintf("n%d", i+1)
+		n := startNATSNode(t, "nats-"+name, name, cluster)
+		n.ClusterAddr = clusterAddrs[i]
 		c.Nodes = append(c.Nodes, n)
 	}
 	// A node's /healthz answers 503 until JetStream has a meta leader, so
@@ -85,16 +68,6 @@ func (c *NATSCluster) URLs() []string {
 // URL returns the client URLs joined by commas, as nats.url and nats.go
 // accept them.
 func (c *NATSCluster) URL() string { return strings.Join(c.URLs(), ",") }
-
-// Node returns the node whose server_name is name, or nil.
-func (c *NATSCluster) Node(name string) *NATS {
-	for _, n := range c.Nodes {
-		if n.ServerName == name {
-			return n
-		}
-	}
-	return nil
-}
 
 // WaitMetaLeader waits until every running node reports the same
 // JetStream meta leader, and returns its server name.

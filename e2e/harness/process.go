@@ -26,7 +26,8 @@ import (
 	"time"
 )
 
-// StopTimeout is how long Stop waits after SIGTERM before it sends SIGKILL.
+// StopTimeout is how long Stop waits after the stop signal before it
+// sends SIGKILL.
 const StopTimeout = 15 * time.Second
 
 // logTailLines is how many log lines are printed when a test fails.
@@ -40,6 +41,9 @@ type Process struct {
 	Name string
 	// LogPath is the file that receives stdout and stderr; restarts append.
 	LogPath string
+	// StopSignal is the signal Stop sends first; the zero value means
+	// SIGTERM. Set it right after StartProcess.
+	StopSignal syscall.Signal
 
 	t    testing.TB
 	argv []string
@@ -68,7 +72,7 @@ func StartProcess(t testing.TB, name string, env []string, argv ...string) *Proc
 		t.Fatalf("start %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		if err := p.Stop(); err != nil && !killedBy(err, syscall.SIGTERM) {
+		if err := p.Stop(); err != nil && !killedBy(err, p.stopSignal()) {
 			t.Logf("stop %s: %v", name, err)
 		}
 		if t.Failed() {
@@ -179,21 +183,43 @@ func (p *Process) Wait(timeout time.Duration) error {
 	}
 }
 
-// Stop sends SIGTERM to the process group, waits up to StopTimeout, then
-// sends SIGKILL. It returns the exit error: nil only for exit status 0, so
-// tests can check a graceful shutdown (regwarm exits 0 on SIGTERM; servers
-// that die by the signal, like docker-registry, report "signal: terminated").
+// Stop sends the stop signal (SIGTERM unless StopSignal says otherwise)
+// to the process group, waits up to StopTimeout, then sends SIGKILL. It
+// returns the exit error: nil only for exit status 0, so tests can check a
+// graceful shutdown (regwarm exits 0 on SIGTERM, nats-server on SIGINT;
+// servers that die by the signal, like docker-registry, report "signal:
+// terminated").
 func (p *Process) Stop() error {
 	if exited, err := p.Exited(); exited {
 		return err
 	}
-	_ = p.Signal(syscall.SIGTERM)
+	sig := p.stopSignal()
+	_ = p.Signal(sig)
 	err := p.Wait(StopTimeout)
 	if exited, _ := p.Exited(); !exited {
 		p.Kill()
-		return fmt.Errorf("%s ignored SIGTERM for %s, killed", p.Name, StopTimeout)
+		return fmt.Errorf("%s ignored %s for %s, killed", p.Name, signalName(sig), StopTimeout)
 	}
 	return err
+}
+
+// stopSignal returns the signal Stop sends first.
+func (p *Process) stopSignal() syscall.Signal {
+	if p.StopSignal == 0 {
+		return syscall.SIGTERM
+	}
+	return p.StopSignal
+}
+
+// signalName names the stop signals in messages ("SIGTERM").
+func signalName(sig syscall.Signal) string {
+	switch sig {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	}
+	return sig.String()
 }
 
 // killedBy reports whether err is the exit of a process that died by sig.

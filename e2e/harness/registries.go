@@ -335,11 +335,13 @@ type Request struct {
 	Path   string // without the query
 	Query  string // raw query, without "?"
 	Status int
+	Agent  string // User-Agent; empty when the line has none
 }
 
-// accessLine matches docker-registry's combined-format access log lines:
+// accessLine matches docker-registry's combined-format access log lines
+// and, when there is one, their User-Agent:
 // 127.0.0.1 - - [27/Nov/2026:03:31:37 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"
-var accessLine = regexp.MustCompile(`^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) `)
+var accessLine = regexp.MustCompile(`^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) (?:\S+ "[^"]*" "(.*)"\s*$)?`)
 
 // Requests returns every request the registry has logged so far, across
 // restarts, in order.
@@ -388,7 +390,7 @@ func parseAccessLog(f io.Reader) ([]Request, error) {
 		}
 		status, _ := strconv.Atoi(m[3])
 		path, query, _ := strings.Cut(m[2], "?")
-		reqs = append(reqs, Request{Method: m[1], Path: path, Query: query, Status: status})
+		reqs = append(reqs, Request{Method: m[1], Path: path, Query: query, Status: status, Agent: m[4]})
 	}
 	return reqs, sc.Err()
 }
