@@ -56,8 +56,8 @@ type memSpool struct {
 }
 
 // Buffers of at least bigBuf bytes are mapped outside the Go heap (see
-// bigbuf_linux.go), so they cost no garbage collection and, with
-// transparent huge pages, few page faults; smaller ones come from pools.
+// bigbuf_linux.go), so they cost no garbage collection and go back to the
+// system when the blob is stored; smaller ones come from pools.
 const bigBuf = 1 << 20
 
 func newMemSpool(size int64, b *budget) *memSpool {
