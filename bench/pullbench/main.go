@@ -60,7 +60,7 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds per server")
 	flag.DurationVar(&o.each, "each", 1500*time.Millisecond, "minimum duration of one throughput round")
 	flag.Int64Var(&o.bigMiB, "big-mib", 256, "payload of the large image's layer in MiB")
-	flag.StringVar(&o.only, "only", "", "`cold` or `big`: run only the cold/warm small-image pulls, or the cold large-image pulls, of the targets in -targets and print their times (no report)")
+	flag.StringVar(&o.only, "only", "", "`cold`, `big` or `first-byte`: run only the cold/warm small-image pulls, the cold large-image pulls, or the cold blob first-byte times, of the targets in -targets and print their times (no report)")
 	flag.BoolVar(&o.pin, "pin", true, "also measure the cold pulls with the client and upstream on CPU 0 and the cache on CPU 1 (needs taskset and 2 CPUs)")
 	flag.StringVar(&o.keepLogs, "keep-logs", "", "directory to copy every regwarm log into before its data is removed")
 	flag.StringVar(&o.logLevel, "log-level", "info", "regwarm's log level (debug logs every request with its duration)")
@@ -72,8 +72,8 @@ func parseFlags() (options, error) {
 	if o.regwarm == "" || o.servefile == "" || o.work == "" {
 		return o, errors.New("-regwarm, -servefile and -work are required")
 	}
-	if o.only != "" && o.only != "cold" && o.only != "big" {
-		return o, fmt.Errorf("-only %q: cold or big", o.only)
+	if o.only != "" && o.only != "cold" && o.only != "big" && o.only != "first-byte" {
+		return o, fmt.Errorf("-only %q: cold, big or first-byte", o.only)
 	}
 	if o.runs < 1 || o.concurrent < 1 || o.concRuns < 1 || o.bigRuns < 1 || o.rounds < 1 || o.bigMiB < 1 {
 		return o, errors.New("counts must be positive")
@@ -138,6 +138,16 @@ func run() error {
 	}
 
 	res := newResults()
+	if o.only == "first-byte" {
+		if err := e.firstBytes(res, md, o.runs); err != nil {
+			return err
+		}
+		for _, t := range e.coldTargets() {
+			fmt.Printf("%-12s first byte: small layer %v, large layer %v\n", t,
+				medianDur(firsts(res.firstSmall[t])).Round(10*time.Microsecond), medianDur(firsts(res.firstBig[t])).Round(10*time.Microsecond))
+		}
+		return nil
+	}
 	if o.only == "big" {
 		servers, err := e.bigCold(res, md.big, o.bigRuns)
 		e.stopServers(servers)
@@ -166,6 +176,9 @@ func run() error {
 			fmt.Printf("%-8s cold median %v  warm median %v\n", t, medianDur(cold).Round(100*time.Microsecond), medianDur(warm).Round(100*time.Microsecond))
 		}
 		return nil
+	}
+	if err := e.firstBytes(res, md, o.runs); err != nil {
+		return err
 	}
 	if err := e.concurrent(res, md.small, o.concurrent, o.concRuns); err != nil {
 		return err

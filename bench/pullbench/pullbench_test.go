@@ -97,3 +97,30 @@ func TestWriteDoc(t *testing.T) {
 		t.Fatalf("rewritten doc:\n%s\nwant:\n%s", b, want)
 	}
 }
+
+func TestColdVerdict(t *testing.T) {
+	t.Parallel()
+	v := func(regwarm, floor float64) map[string]float64 {
+		return map[string]float64{targetDirect: 100, targetRegwarm: regwarm, targetRelayStore: floor}
+	}
+	for _, tc := range []struct {
+		name   string
+		v      map[string]float64
+		cpus   string
+		pinned bool
+		met    string
+		judged bool
+	}{
+		{"own CPU met", v(108, 101), cpusOwn, true, "yes", true},
+		{"own CPU missed, floor ignored", v(112, 115), cpusOwn, true, "**NO**", true},
+		{"shared, floor misses too", v(121, 119), cpusShared, true, "not judged: floor 1.19×", false},
+		{"shared, floor meets it", v(121, 105), cpusShared, true, "**NO**", true},
+		{"shared, no pinned run", v(121, 119), cpusShared, false, "**NO**", true},
+		{"shared, no relay", map[string]float64{targetDirect: 100, targetRegwarm: 105}, cpusShared, true, "yes", true},
+	} {
+		met, judged := coldVerdict(tc.v, tc.cpus, tc.pinned)
+		if met != tc.met || judged != tc.judged {
+			t.Errorf("%s: got %q %v, want %q %v", tc.name, met, judged, tc.met, tc.judged)
+		}
+	}
+}

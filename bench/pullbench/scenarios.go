@@ -41,12 +41,16 @@ type results struct {
 	big        map[string][]bigPull
 	throughput map[string][]float64 // MB/s per round; also "servefile"
 	pinned     *results             // the cold pulls again, with the cache on its own CPU
+	// firstSmall and firstBig time the first byte of a cold blob: the
+	// small image's largest layer and the large image's layer.
+	firstSmall, firstBig map[string][]firstByte
 }
 
 func newResults() *results {
 	return &results{
 		cold: map[string][]pull{}, warm: map[string][]pull{}, conc: map[string][]concPull{},
 		big: map[string][]bigPull{}, throughput: map[string][]float64{},
+		firstSmall: map[string][]firstByte{}, firstBig: map[string][]firstByte{},
 	}
 }
 
@@ -56,7 +60,7 @@ var targets = []string{targetDirect, targetRegwarm, targetProxy}
 
 // floorTargets are measured in the cold pull scenarios only (with -relay):
 // bench/relay, the least work a pass-through does.
-var floorTargets = []string{targetRelay, targetRelayVerify}
+var floorTargets = []string{targetRelay, targetRelayVerify, targetRelayStore}
 
 // coldTargets are the targets of the cold pull scenarios.
 func (e *env) coldTargets() []string {

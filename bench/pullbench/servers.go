@@ -16,9 +16,11 @@ const (
 	targetDirect  = "direct"
 	targetRegwarm = "regwarm"
 	targetProxy   = "proxy"
-	// The floor: bench/relay copying only, and verifying digests.
+	// The floor: bench/relay copying only, verifying digests, and
+	// verifying while writing each blob to a file.
 	targetRelay       = "relay"
 	targetRelayVerify = "relay-verify"
+	targetRelayStore  = "relay-store"
 )
 
 // server is a running registry (or file server) under test.
@@ -161,7 +163,7 @@ func (e *env) startCache(target string) (*server, error) {
 		return e.startRegistry(targetProxy, e.upstream.addr)
 	case targetDirect:
 		return e.upstream, nil
-	case targetRelay, targetRelayVerify:
+	case targetRelay, targetRelayVerify, targetRelayStore:
 		return e.startRelay(target)
 	}
 	return nil, fmt.Errorf("unknown target %q", target)
@@ -174,8 +176,15 @@ func (e *env) startRelay(target string) (*server, error) {
 		return nil, err
 	}
 	args := []string{"-listen", addr, "-upstream", "http://" + e.upstream.addr}
-	if target == targetRelayVerify {
+	switch target {
+	case targetRelayVerify:
 		args = append(args, "-verify")
+	case targetRelayStore:
+		blobs := filepath.Join(dir, "blobs")
+		if err := os.MkdirAll(blobs, 0o755); err != nil {
+			return nil, err
+		}
+		args = append(args, "-store", blobs)
 	}
 	return e.launch(target, dir, addr, "/v2/", "relay.log", "", append([]string{e.relay}, args...)...)
 }

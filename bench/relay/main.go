@@ -1,9 +1,11 @@
 // Command relay is the floor of the pull benchmark: a minimal reverse
-// proxy that stores nothing. With -verify it hashes every blob body it
-// relays and holds back the last byte until the digest matched, which is
-// the least work any cache that verifies what it serves must do on a cold
-// pull; without it, it only copies. bench/pullbench measures cold pulls
-// through it next to regwarm's.
+// proxy. With -verify it hashes every blob body it relays and holds back
+// the last byte until the digest matched, which is the least work any
+// cache that verifies what it serves must do on a cold pull; without it,
+// it only copies. With -store DIR it also writes each blob to a file in
+// DIR while relaying it and makes it durable (fsync, rename) after the
+// last byte went out: the least a cache that verifies and stores does.
+// bench/pullbench measures cold pulls through it next to regwarm's.
 package main
 
 import (
@@ -12,6 +14,8 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -22,11 +26,12 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
 	upstream := flag.String("upstream", "", "upstream base URL (http://host:port)")
 	verify := flag.Bool("verify", false, "hash blob bodies and hold back the last byte until the digest matched")
+	storeDir := flag.String("store", "", "also write every blob to a file in this directory while relaying it (implies -verify)")
 	flag.Parse()
 	if *upstream == "" {
 		log.Fatal("relay: -upstream is required")
 	}
-	r := &relay{upstream: strings.TrimSuffix(*upstream, "/"), verify: *verify,
+	r := &relay{upstream: strings.TrimSuffix(*upstream, "/"), verify: *verify || *storeDir != "", store: *storeDir,
 		client: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
 	srv := &http.Server{Addr: *listen, Handler: r, ReadHeaderTimeout: 10 * time.Second}
 	log.Fatal(srv.ListenAndServe())
@@ -35,6 +40,7 @@ func main() {
 type relay struct {
 	upstream string
 	verify   bool
+	store    string // directory blobs are written to; "" for none
 	client   http.RoundTripper
 }
 
@@ -64,7 +70,22 @@ func (p *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := d.Algorithm().Hash()
-	src := io.TeeReader(res.Body, h)
+	var sink io.Writer = h
+	var file *os.File
+	if p.store != "" {
+		if file, err = os.CreateTemp(p.store, "blob-"); err != nil {
+			log.Printf("relay: %v", err)
+			return
+		}
+		defer func() {
+			if file != nil { // not handed to durable
+				_ = file.Close()
+				_ = os.Remove(file.Name())
+			}
+		}()
+		sink = io.MultiWriter(file, h)
+	}
+	src := io.TeeReader(res.Body, sink)
 	if _, err := copyBody(w, io.LimitReader(src, res.ContentLength-1)); err != nil {
 		return
 	}
@@ -77,6 +98,28 @@ func (p *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, _ = w.Write(last[:])
+	if file != nil {
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		go durable(file, filepath.Join(p.store, d.Encoded()))
+		file = nil
+	}
+}
+
+// durable syncs a verified blob file and renames it into place.
+func durable(f *os.File, path string) {
+	err := f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		log.Printf("relay: store %s: %v", path, err)
+		_ = os.Remove(f.Name())
+	}
 }
 
 // copyBody copies with a large buffer (and without ReadFrom, like a

@@ -4,12 +4,15 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
 
-func TestRelayVerify(t *testing.T) {
+func TestRelay(t *testing.T) {
 	good := []byte("the blob's bytes")
 	d := digest.FromBytes(good)
 	body := good
@@ -17,8 +20,12 @@ func TestRelayVerify(t *testing.T) {
 		_, _ = w.Write(body)
 	}))
 	defer up.Close()
-	for _, verify := range []bool{false, true} {
-		front := httptest.NewServer(&relay{upstream: up.URL, verify: verify, client: http.DefaultTransport})
+	for _, mode := range []string{"copy", "verify", "store"} {
+		r := &relay{upstream: up.URL, verify: mode != "copy", client: http.DefaultTransport}
+		if mode == "store" {
+			r.store = t.TempDir()
+		}
+		front := httptest.NewServer(r)
 		get := func() ([]byte, error) {
 			res, err := http.Get(front.URL + "/v2/app/blobs/" + d.String())
 			if err != nil {
@@ -29,16 +36,34 @@ func TestRelayVerify(t *testing.T) {
 		}
 		body = good
 		if got, err := get(); err != nil || string(got) != string(good) {
-			t.Fatalf("verify=%v: %q, %v", verify, got, err)
+			t.Fatalf("%s: %q, %v", mode, got, err)
+		}
+		if mode == "store" {
+			path := filepath.Join(r.store, d.Encoded())
+			var stored []byte
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				if stored, _ = os.ReadFile(path); stored != nil {
+					break
+				}
+			}
+			if string(stored) != string(good) {
+				t.Fatalf("store: stored %q, want %q", stored, good)
+			}
+			_ = os.Remove(path)
 		}
 		body = []byte("the blob's bytez")
 		got, err := get()
-		if verify && (err == nil || len(got) != len(good)-1) {
-			t.Fatalf("corrupt blob through the verifying relay: %d bytes, %v; want the last byte withheld", len(got), err)
+		if mode != "copy" && (err == nil || len(got) != len(good)-1) {
+			t.Fatalf("%s: corrupt blob relayed: %d bytes, %v; want the last byte withheld", mode, len(got), err)
 		}
-		if !verify && string(got) != string(body) {
+		if mode == "copy" && string(got) != string(body) {
 			t.Fatalf("copying relay changed the body: %q, %v", got, err)
 		}
 		front.Close()
+		if mode == "store" {
+			if left, _ := os.ReadDir(r.store); len(left) != 0 {
+				t.Fatalf("store: a corrupt blob left %d files", len(left))
+			}
+		}
 	}
 }
