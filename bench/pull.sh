@@ -3,7 +3,7 @@
 # from the upstream, measured in one run; rewrites the generated section of
 # docs/benchmarks.md. Run by hand from the repository root (not in CI):
 #
-#   bench/pull.sh                 # about 3 minutes on 2 cores
+#   bench/pull.sh                 # about 4 minutes on 2 cores
 #   bench/pull.sh -runs 3         # extra flags go to bench/pullbench
 #   PULLBENCH_DOC= bench/pull.sh  # print the section instead of writing the doc
 #   PULLBENCH_GOBENCH=0 bench/pull.sh   # skip the registryapi Go benchmarks

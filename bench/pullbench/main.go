@@ -6,9 +6,12 @@
 // Scenarios, each against a fresh, empty cache per run:
 //   - cold and warm single-platform pulls of a small image (skopeo), with
 //     the upstream requests and bytes they caused (upstream access log);
+//   - the time to the first byte of a cold blob GET;
 //   - concurrent cold pulls, with upstream GETs per blob;
 //   - a cold pull of a 256 MiB layer, with the cache's peak RSS above idle;
-//   - warm throughput of that blob vs http.ServeFile of the same file.
+//   - warm throughput of that blob vs http.ServeFile of the same file;
+//   - with -relay, the cold pulls through bench/relay (the floor), and with
+//     -pin all cold pulls again with the cache on its own CPU.
 package main
 
 import (
@@ -53,10 +56,10 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.doc, "doc", "docs/benchmarks.md", "markdown file whose generated section is rewritten; empty: print to stdout")
 	flag.StringVar(&o.command, "command", "bench/pull.sh", "the command line recorded in the report")
 	flag.StringVar(&o.goBench, "gobench", "", "file with `go test -bench` output to include in the report")
-	flag.IntVar(&o.runs, "runs", 5, "cold/warm pull runs per target")
+	flag.IntVar(&o.runs, "runs", 7, "cold/warm pull runs per target")
 	flag.IntVar(&o.concurrent, "concurrent", 10, "pulls started at once in the concurrency scenario")
 	flag.IntVar(&o.concRuns, "conc-runs", 3, "runs of the concurrency scenario per target")
-	flag.IntVar(&o.bigRuns, "big-runs", 5, "cold pulls of the large image per target")
+	flag.IntVar(&o.bigRuns, "big-runs", 7, "cold pulls of the large image per target")
 	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds per server")
 	flag.DurationVar(&o.each, "each", 1500*time.Millisecond, "minimum duration of one throughput round")
 	flag.Int64Var(&o.bigMiB, "big-mib", 256, "payload of the large image's layer in MiB")

@@ -198,6 +198,9 @@ func (res *results) render(md *meta) (string, []string) {
 			r.unit(r.vals[targetProxy]), fmtRatio(ratio(r.vals, targetProxy, targetDirect)), r.goal, met)
 	}
 
+	if len(res.proxyFailures) > 0 {
+		p("\nThe docker-registry proxy failed %d run(s), left out of its medians: %s.\n", len(res.proxyFailures), strings.Join(res.proxyFailures, "; "))
+	}
 	missed = append(missed, res.renderCold(p, md)...)
 	missed = append(missed, res.renderFirstByte(p, md)...)
 
