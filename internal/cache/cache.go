@@ -281,8 +281,10 @@ func (c *Cache) shared(ctx context.Context, key string, fn func(ctx context.Cont
 			fctx, cancel := c.detached(ctx)
 			defer cancel()
 			v, err := fn(fctx)
-			f.finish(v, err)
+			// Forget first: a caller arriving after the result must not
+			// get this (possibly outdated) one, it starts afresh.
 			c.calls.forget(key, f)
+			f.finish(v, err)
 		}()
 		return f
 	})

@@ -53,7 +53,10 @@ func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, for
 	}
 	v, err := c.shared(ctx, "tag\x00"+repo.String()+"\x00"+tag, func(ctx context.Context) (any, error) {
 		// A flight that finished just before this one started may have
-		// resolved it already.
+		// resolved it already (pending write-behind, or stored since).
+		if pt, ok := c.pending.tag(repo, tag); ok && !force && c.now().Sub(pt.info.Checked) < reg.ttl {
+			return tagResult{info: pt.info}, nil
+		}
 		if cur, err := c.store.Tag(ctx, repo, tag); err == nil && !force && cur.Source != "" && c.now().Sub(cur.Checked) < reg.ttl {
 			return tagResult{info: cur}, nil
 		}
@@ -217,7 +220,11 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 	}
 	c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
 	v, ferr := c.shared(ctx, "manifest\x00"+repo.String()+"\x00"+d.String(), func(ctx context.Context) (any, error) {
-		// A flight that finished just before this one started may have stored it.
+		// A flight that finished just before this one started may have
+		// fetched it (pending write-behind, or stored since).
+		if m, ok := c.pending.manifest(repo, d); ok {
+			return m, nil
+		}
 		if m, err := c.store.Manifest(ctx, repo, d); err == nil {
 			return m, nil
 		}
