@@ -124,3 +124,20 @@ func TestColdVerdict(t *testing.T) {
 		}
 	}
 }
+
+func TestUnmeasuredTargetsPrintDash(t *testing.T) {
+	t.Parallel()
+	v := map[string]float64{targetDirect: 100, targetRegwarm: 110}
+	if got := fmtRatio(ratio(v, targetRelay, targetDirect)); got != "—" {
+		t.Errorf("ratio of an unmeasured target printed %q", got)
+	}
+	if got := fmtRatio(ratio(v, targetRegwarm, targetDirect)); got != "1.10" {
+		t.Errorf("ratio printed %q, want 1.10", got)
+	}
+	if got := cell(ms, v, targetProxy); got != "—" {
+		t.Errorf("unmeasured cell printed %q", got)
+	}
+	if got := cell(ms, v, targetDirect); got != "100 ms" {
+		t.Errorf("cell printed %q", got)
+	}
+}

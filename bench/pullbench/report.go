@@ -104,7 +104,24 @@ func worst[T any](m map[string][]T, f func(T) float64) map[string]float64 {
 	return out
 }
 
-func ratio(v map[string]float64, t, base string) float64 { return v[t] / v[base] }
+// ratio is v[t] ÷ v[base], NaN (printed "—") when either was not measured.
+func ratio(v map[string]float64, t, base string) float64 {
+	a, ok1 := v[t]
+	b, ok2 := v[base]
+	if !ok1 || !ok2 {
+		return math.NaN()
+	}
+	return a / b
+}
+
+// cell prints v[t] with unit, or "—" when t was not measured.
+func cell(unit func(float64) string, v map[string]float64, t string) string {
+	x, ok := v[t]
+	if !ok || math.IsNaN(x) {
+		return "—"
+	}
+	return unit(x)
+}
 
 // pairedRatio is the median over rounds of m[t][i] / m[base][i].
 func pairedRatio(m map[string][]float64, t, base string) float64 {
@@ -194,8 +211,8 @@ func (res *results) render(md *meta) (string, []string) {
 			}
 		}
 		p("| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.name,
-			r.unit(r.vals[targetDirect]), r.unit(r.vals[targetRegwarm]), fmtRatio(ratio(r.vals, targetRegwarm, targetDirect)),
-			r.unit(r.vals[targetProxy]), fmtRatio(ratio(r.vals, targetProxy, targetDirect)), r.goal, met)
+			cell(r.unit, r.vals, targetDirect), cell(r.unit, r.vals, targetRegwarm), fmtRatio(ratio(r.vals, targetRegwarm, targetDirect)),
+			cell(r.unit, r.vals, targetProxy), fmtRatio(ratio(r.vals, targetProxy, targetDirect)), r.goal, met)
 	}
 
 	if len(res.proxyFailures) > 0 {
@@ -372,7 +389,7 @@ func (res *results) renderFirstByte(p func(string, ...any), md *meta) []string {
 		return nil
 	}
 	p("\nTime to the first byte of a cold blob GET (shared CPUs; median of %d): a fresh cache per run is asked for the image's tag first, as a client would, then the blob on a new connection (Go client); the time runs from sending the request to reading the blob's first byte (of the body, not the headers); **all** is the time to the last byte.\n\n", md.runs.cold)
-	cols := []string{targetDirect, targetRegwarm, targetProxy, targetRelayVerify}
+	cols := []string{targetDirect, targetRegwarm, targetProxy, targetRelay, targetRelayVerify, targetRelayStore}
 	p("| blob |")
 	for _, t := range cols {
 		p(" %s |", t)
@@ -383,7 +400,7 @@ func (res *results) renderFirstByte(p func(string, ...any), md *meta) []string {
 		name string
 		m    map[string][]firstByte
 	}{
-		{fmt.Sprintf("%s layer of the small image (through memory)", mib(md.small.layers[len(md.small.layers)-1].desc.Size)), res.firstSmall},
+		{fmt.Sprintf("%s layer of the small image (through memory)", mib(largestLayer(md.small).desc.Size)), res.firstSmall},
 		{fmt.Sprintf("%s layer (through a spool file)", mib(md.big.layers[0].desc.Size)), res.firstBig},
 	} {
 		first := map[string]time.Duration{}

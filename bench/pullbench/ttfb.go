@@ -91,13 +91,7 @@ func getFirstByte(addr string, im *image, blob content) (firstByte, error) {
 // largest layer (streamed through memory by regwarm) and of the large
 // image's layer (through a spool file).
 func (e *env) firstBytes(res *results, md *meta, runs int) error {
-	small := md.small.layers[len(md.small.layers)-1]
-	for _, l := range md.small.layers {
-		if l.desc.Size > small.desc.Size {
-			small = l
-		}
-	}
-	if err := e.coldFirstByte(res.firstSmall, md.small, small, runs); err != nil {
+	if err := e.coldFirstByte(res.firstSmall, md.small, largestLayer(md.small), runs); err != nil {
 		return err
 	}
 	return e.coldFirstByte(res.firstBig, md.big, md.big.layers[0], runs)
@@ -110,4 +104,15 @@ func firsts(fbs []firstByte) []time.Duration {
 		out[i] = fb.first
 	}
 	return out
+}
+
+// largestLayer returns im's largest layer.
+func largestLayer(im *image) content {
+	l := im.layers[0]
+	for _, c := range im.layers[1:] {
+		if c.desc.Size > l.desc.Size {
+			l = c
+		}
+	}
+	return l
 }

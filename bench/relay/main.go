@@ -57,24 +57,12 @@ func (p *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer res.Body.Close()
-	for k, v := range res.Header {
-		w.Header()[k] = v
-	}
-	w.WriteHeader(res.StatusCode)
-	if r.Method != http.MethodGet {
-		return
-	}
 	d, isBlob := blobDigest(r.URL.Path)
-	if !p.verify || !isBlob || res.StatusCode != http.StatusOK || res.ContentLength < 1 {
-		_, _ = copyBody(w, res.Body)
-		return
-	}
-	h := d.Algorithm().Hash()
-	var sink io.Writer = h
+	verify := p.verify && r.Method == http.MethodGet && isBlob && res.StatusCode == http.StatusOK && res.ContentLength > 0
 	var file *os.File
-	if p.store != "" {
+	if verify && p.store != "" {
 		if file, err = os.CreateTemp(p.store, "blob-"); err != nil {
-			log.Printf("relay: %v", err)
+			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
 		}
 		defer func() {
@@ -83,6 +71,21 @@ func (p *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				_ = os.Remove(file.Name())
 			}
 		}()
+	}
+	for k, v := range res.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(res.StatusCode)
+	if r.Method != http.MethodGet {
+		return
+	}
+	if !verify {
+		_, _ = copyBody(w, res.Body)
+		return
+	}
+	h := d.Algorithm().Hash()
+	var sink io.Writer = h
+	if file != nil {
 		sink = io.MultiWriter(file, h)
 	}
 	src := io.TeeReader(res.Body, sink)

@@ -67,3 +67,22 @@ func TestRelay(t *testing.T) {
 		}
 	}
 }
+
+func TestRelayStoreUnwritable(t *testing.T) {
+	good := []byte("the blob's bytes")
+	d := digest.FromBytes(good)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(good)
+	}))
+	defer up.Close()
+	front := httptest.NewServer(&relay{upstream: up.URL, verify: true, store: filepath.Join(t.TempDir(), "missing"), client: http.DefaultTransport})
+	defer front.Close()
+	res, err := http.Get(front.URL + "/v2/app/blobs/" + d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = res.Body.Close()
+	if res.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status %d with an unwritable store, want 502", res.StatusCode)
+	}
+}

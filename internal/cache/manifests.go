@@ -51,7 +51,11 @@ func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, for
 		}
 		return local, lerr
 	}
-	v, err := c.shared(ctx, "tag\x00"+repo.String()+"\x00"+tag, func(ctx context.Context) (any, error) {
+	key := "tag\x00" + repo.String() + "\x00" + tag
+	if force {
+		key += "\x00force" // a forced revalidation never takes an unforced flight's answer
+	}
+	v, err := c.shared(ctx, key, func(ctx context.Context) (any, error) {
 		// A flight that finished just before this one started may have
 		// resolved it already (pending write-behind, or stored since).
 		if pt, ok := c.pending.tag(repo, tag); ok && !force && c.now().Sub(pt.info.Checked) < reg.ttl {
