@@ -118,7 +118,10 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		}
 	}
 	c.count(ctx, repo.Registry, metrics.KindBlob, metrics.ResultMiss)
-	f, _ := c.joinFill(ctx, repo, d, sources)
+	f, _, err := c.shareFill(ctx, repo, d, sources, true)
+	if err != nil {
+		return nil, err
+	}
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
@@ -136,6 +139,11 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 	}
 	if err := f.result(); err != nil {
 		return nil, err
+	}
+	if f.repo != repo {
+		if err := c.linkShared(ctx, repo, d); err != nil {
+			return nil, err
+		}
 	}
 	return c.store.OpenBlob(ctx, repo, d)
 }
@@ -160,9 +168,10 @@ func (c *Cache) readAhead(ctx context.Context, repo store.Repo, desc ocispec.Des
 
 // joinFill joins the fill of d in flight for repo's registry, or starts
 // one (detached from ctx); leader reports whether this call started it.
+// The fill may be storing d for another repository: see shareFill.
 func (c *Cache) joinFill(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (f *fill, leader bool) {
 	f, leader = c.fills.join(fillKey{repo.Registry, d}, func() *fill {
-		f := newFill()
+		f := newFill(repo)
 		c.work.Add(1)
 		go func() { defer c.work.Done(); c.runFill(ctx, f, repo, d, sources) }()
 		return f
@@ -171,6 +180,43 @@ func (c *Cache) joinFill(ctx context.Context, repo store.Repo, d digest.Digest, 
 		c.metrics.Coalesced.Inc()
 	}
 	return f, leader
+}
+
+// shareFill is joinFill for a caller that needs d in repo. A fill another
+// repository of the registry started (a layer two images share) is only
+// shared once a connector confirms that repo has d as well (a HEAD, as
+// for linking a stored blob), and d is linked into repo when the fill
+// stored it: by the caller itself after the fill, or, with linkLater, in
+// the background once it ends (a reader may finish before the write).
+func (c *Cache) shareFill(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source, linkLater bool) (f *fill, leader bool, err error) {
+	f, leader = c.joinFill(ctx, repo, d, sources)
+	if leader || f.repo == repo {
+		return f, leader, nil
+	}
+	if _, _, err := c.headBlob(ctx, repo, d, sources); err != nil {
+		return nil, false, err
+	}
+	if linkLater {
+		c.work.Add(1)
+		go func() {
+			defer c.work.Done()
+			<-f.done
+			if f.result() == nil {
+				c.linkShared(context.WithoutCancel(ctx), repo, d)
+			}
+		}()
+	}
+	return f, false, nil
+}
+
+// linkShared links d, stored by a fill for another repository, into repo.
+func (c *Cache) linkShared(ctx context.Context, repo store.Repo, d digest.Digest) error {
+	err := c.store.LinkBlob(ctx, repo, d)
+	if err != nil {
+		c.log.Warn("linking a blob fetched for another repository failed", "registry", repo.Registry,
+			"repo", repo.Name, "digest", d, "error", err)
+	}
+	return err
 }
 
 // endFill ends f with err and forgets it.
@@ -434,7 +480,10 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 		n, err := c.store.StatBlob(ctx, repo, d)
 		return false, n, err
 	}
-	f, leader := c.joinFill(ctx, repo, d, sources)
+	f, leader, err := c.shareFill(ctx, repo, d, sources, false)
+	if err != nil {
+		return false, 0, err
+	}
 	select {
 	case <-f.done:
 	case <-ctx.Done():
@@ -442,6 +491,11 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 	}
 	if err := f.result(); err != nil {
 		return false, 0, err
+	}
+	if f.repo != repo {
+		if err := c.linkShared(ctx, repo, d); err != nil {
+			return false, 0, err
+		}
 	}
 	n, err := c.store.StatBlob(ctx, repo, d)
 	return leader && !f.wasNotFetched(), n, err

@@ -401,3 +401,63 @@ connectors:
 		t.Fatalf("pushed tag: %v %s (upstream has %s)", err, ti.Digest, other.Digest)
 	}
 }
+
+// A layer two repositories share is fetched once; a caller from the other
+// repository joins that fill and gets the blob linked into its own
+// repository too — once a connector confirms that repository has it.
+func TestSharedLayerAcrossRepositories(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "")
+	layer := upstreamtest.RandomGzip(2 << 20)
+	d := f.up.AddBlob("a", layer)
+	f.up.AddBlob("b", layer)
+	f.up.AddBlob("e", layer)
+	f.up.SetRate(8 << 20) // 0.25 s: the others join while it runs
+	bg := Background(context.Background())
+
+	leader := make(chan error, 1)
+	go func() { _, _, err := f.cache.Fetch(bg, hub("a"), d); leader <- err }()
+	for f.up.Count("GET", "/blobs/"+d.String()) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	wg.Go(func() { // a worker sync of another image with the same layer
+		if _, _, err := f.cache.Fetch(bg, hub("b"), d); err != nil {
+			errs <- fmt.Errorf("fetch in b: %w", err)
+		}
+	})
+	wg.Go(func() { // a client pulling another image with the same layer
+		if err := f.readBlob(context.Background(), hub("e"), d); err != nil {
+			errs <- fmt.Errorf("read in e: %w", err)
+		}
+	})
+	wg.Go(func() { // a repository whose upstream lacks it gets nothing
+		if b, err := f.cache.OpenBlob(context.Background(), hub("c"), d); err == nil {
+			b.Close()
+			errs <- errors.New("blob served in a repository that does not have it upstream")
+		} else if !errors.Is(err, store.ErrBlobUnknown) {
+			errs <- fmt.Errorf("open in c: %v, want blob unknown", err)
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := <-leader; err != nil {
+		t.Fatalf("fetch in a: %v", err)
+	}
+	f.cache.Wait()
+	for _, repo := range []string{"a", "b", "e"} {
+		if _, err := f.store.StatBlob(context.Background(), hub(repo), d); err != nil {
+			t.Errorf("not linked in %s: %v", repo, err)
+		}
+	}
+	if _, err := f.store.StatBlob(context.Background(), hub("c"), d); err == nil {
+		t.Error("linked in c, whose upstream does not have it")
+	}
+	if n := f.up.Count("GET", "/blobs/"+d.String()); n != 1 {
+		t.Errorf("blob fetched %d times, want 1", n)
+	}
+}

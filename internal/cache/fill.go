@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regwarm/regwarm/internal/store"
 )
 
 type fillKey struct {
@@ -17,6 +19,7 @@ type fillKey struct {
 // Lock order: the fills set's mutex before fill.mu (never held together in
 // practice).
 type fill struct {
+	repo      store.Repo    // the repository it stores into (others link it, see shareFill)
 	ready     chan struct{} // closed when the size and spool are known, or the fill failed
 	done      chan struct{} // closed when the fill ended
 	readyOnce sync.Once
@@ -63,8 +66,8 @@ func (f *fill) wasNotFetched() bool {
 	return f.notFetched
 }
 
-func newFill() *fill {
-	return &fill{ready: make(chan struct{}), done: make(chan struct{}), progress: make(chan struct{}), size: -1}
+func newFill(repo store.Repo) *fill {
+	return &fill{repo: repo, ready: make(chan struct{}), done: make(chan struct{}), progress: make(chan struct{}), size: -1}
 }
 
 // fillBody is what readers of a fill read while it arrives.
