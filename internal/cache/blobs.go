@@ -118,7 +118,7 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		}
 	}
 	c.count(ctx, repo.Registry, metrics.KindBlob, metrics.ResultMiss)
-	f, _, err := c.shareFill(ctx, repo, d, sources, true)
+	f, _, err := c.shareFill(ctx, repo, d, sources)
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +129,9 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 	}
 	if r, ok := f.reader(ctx.Done()); ok {
 		r.onClose = c.active.begin()
+		if f.repo != repo {
+			c.linkWhenStored(ctx, f, repo, d) // the reader may finish before the write
+		}
 		return r, nil
 	}
 	// No stream to share (failed, or unknown size): wait for the result.
@@ -137,13 +140,8 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	if err := f.result(); err != nil {
+	if err := c.filled(ctx, f, repo, d); err != nil {
 		return nil, err
-	}
-	if f.repo != repo {
-		if err := c.linkShared(ctx, repo, d); err != nil {
-			return nil, err
-		}
 	}
 	return c.store.OpenBlob(ctx, repo, d)
 }
@@ -185,10 +183,9 @@ func (c *Cache) joinFill(ctx context.Context, repo store.Repo, d digest.Digest, 
 // shareFill is joinFill for a caller that needs d in repo. A fill another
 // repository of the registry started (a layer two images share) is only
 // shared once a connector confirms that repo has d as well (a HEAD, as
-// for linking a stored blob), and d is linked into repo when the fill
-// stored it: by the caller itself after the fill, or, with linkLater, in
-// the background once it ends (a reader may finish before the write).
-func (c *Cache) shareFill(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source, linkLater bool) (f *fill, leader bool, err error) {
+// for linking a stored blob); d is then linked into repo once the fill
+// stored it (filled, linkWhenStored).
+func (c *Cache) shareFill(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (f *fill, leader bool, err error) {
 	f, leader = c.joinFill(ctx, repo, d, sources)
 	if leader || f.repo == repo {
 		return f, leader, nil
@@ -196,27 +193,32 @@ func (c *Cache) shareFill(ctx context.Context, repo store.Repo, d digest.Digest,
 	if _, _, err := c.headBlob(ctx, repo, d, sources); err != nil {
 		return nil, false, err
 	}
-	if linkLater {
-		c.work.Add(1)
-		go func() {
-			defer c.work.Done()
-			<-f.done
-			if f.result() == nil {
-				c.linkShared(context.WithoutCancel(ctx), repo, d)
-			}
-		}()
-	}
 	return f, false, nil
 }
 
-// linkShared links d, stored by a fill for another repository, into repo.
-func (c *Cache) linkShared(ctx context.Context, repo store.Repo, d digest.Digest) error {
+// filled returns the result of the ended fill f, with d linked into repo
+// when f stored it for another repository.
+func (c *Cache) filled(ctx context.Context, f *fill, repo store.Repo, d digest.Digest) error {
+	if err := f.result(); err != nil || f.repo == repo {
+		return err
+	}
 	err := c.store.LinkBlob(ctx, repo, d)
 	if err != nil {
 		c.log.Warn("linking a blob fetched for another repository failed", "registry", repo.Registry,
 			"repo", repo.Name, "digest", d, "error", err)
 	}
 	return err
+}
+
+// linkWhenStored links d into repo once f (storing it for another
+// repository) has ended, in the background.
+func (c *Cache) linkWhenStored(ctx context.Context, f *fill, repo store.Repo, d digest.Digest) {
+	c.work.Add(1)
+	go func() {
+		defer c.work.Done()
+		<-f.done
+		_ = c.filled(context.WithoutCancel(ctx), f, repo, d)
+	}()
 }
 
 // endFill ends f with err and forgets it.
@@ -480,7 +482,7 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 		n, err := c.store.StatBlob(ctx, repo, d)
 		return false, n, err
 	}
-	f, leader, err := c.shareFill(ctx, repo, d, sources, false)
+	f, leader, err := c.shareFill(ctx, repo, d, sources)
 	if err != nil {
 		return false, 0, err
 	}
@@ -489,13 +491,8 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 	case <-ctx.Done():
 		return false, 0, ctx.Err()
 	}
-	if err := f.result(); err != nil {
+	if err := c.filled(ctx, f, repo, d); err != nil {
 		return false, 0, err
-	}
-	if f.repo != repo {
-		if err := c.linkShared(ctx, repo, d); err != nil {
-			return false, 0, err
-		}
 	}
 	n, err := c.store.StatBlob(ctx, repo, d)
 	return leader && !f.wasNotFetched(), n, err
