@@ -407,7 +407,9 @@ connectors:
 // repository too — once a connector confirms that repository has it.
 func TestSharedLayerAcrossRepositories(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, "")
+	// A generous idle timeout: this test is about linking, and a loaded CI
+	// machine once stalled the paced upstream past the fixture's 500 ms.
+	f := newFixture(t, "", WithTimeouts(time.Minute, 10*time.Second))
 	layer := upstreamtest.RandomGzip(2 << 20)
 	d := f.up.AddBlob("a", layer)
 	f.up.AddBlob("b", layer)
