@@ -203,14 +203,19 @@ func (c *Cache) storeManifestSoon(ctx context.Context, repo store.Repo, m store.
 	}()
 }
 
+// localManifest returns a manifest fetched already: pending its
+// write-behind, or from the store.
+func (c *Cache) localManifest(ctx context.Context, repo store.Repo, d digest.Digest) (store.Manifest, error) {
+	if m, ok := c.pending.manifest(repo, d); ok {
+		return m, nil
+	}
+	return c.store.Manifest(ctx, repo, d)
+}
+
 // Manifest returns a manifest by digest, from the store or, on a miss,
 // from the connectors (digests are immutable: never revalidated).
 func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) (store.Manifest, error) {
-	if m, ok := c.pending.manifest(repo, d); ok {
-		c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)
-		return m, nil
-	}
-	m, err := c.store.Manifest(ctx, repo, d)
+	m, err := c.localManifest(ctx, repo, d)
 	if err == nil {
 		c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)
 		return m, nil
@@ -225,11 +230,8 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 	c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
 	v, ferr := c.shared(ctx, "manifest\x00"+repo.String()+"\x00"+d.String(), func(ctx context.Context) (any, error) {
 		// A flight that finished just before this one started may have
-		// fetched it (pending write-behind, or stored since).
-		if m, ok := c.pending.manifest(repo, d); ok {
-			return m, nil
-		}
-		if m, err := c.store.Manifest(ctx, repo, d); err == nil {
+		// fetched it.
+		if m, err := c.localManifest(ctx, repo, d); err == nil {
 			return m, nil
 		}
 		var lastErr error

@@ -18,24 +18,20 @@ import (
 func TestUpstreamCredentials(t *testing.T) {
 	const pass = "s3cr3t-Pa55"
 	t.Setenv("REGWARM_TEST_PASSWD", pass)
-	f := newFixture(t, `
+	const cfg = `
 registries:
   - {name: hub, connectors: [up]}
 connectors:
   - {name: up, url: "UP", username: puller, password_env: REGWARM_TEST_PASSWD}
-`)
+`
+	f := newFixture(t, cfg)
 	f.up.RequireBasic("puller", pass)
 	img := f.up.AddImage("private/app", "v1", 2000)
 	if err := f.pull(context.Background(), hub("private/app"), "v1", img); err != nil {
 		t.Fatalf("pull with credentials: %v", err)
 	}
 
-	wrong := newFixture(t, `
-registries:
-  - {name: hub, connectors: [up]}
-connectors:
-  - {name: up, url: "UP", username: puller, password_env: REGWARM_TEST_PASSWD}
-`)
+	wrong := newFixture(t, cfg)
 	wrong.up.RequireBasic("puller", "another-password")
 	wrong.up.AddImage("private/app", "v1", 2000)
 	_, err := wrong.cache.Tag(context.Background(), hub("private/app"), "v1")
