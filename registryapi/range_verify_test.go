@@ -23,16 +23,19 @@ import (
 type pullThrough struct {
 	t   *testing.T
 	up  *upstreamtest.Upstream
+	st  *store.FS
 	url string
 }
 
-func newPullThrough(t *testing.T) *pullThrough {
+// newPullThrough starts the API over a cache registry "hub" and the
+// registries listed in more (YAML list entries, "" for none).
+func newPullThrough(t *testing.T, more string) *pullThrough {
 	t.Helper()
 	up := upstreamtest.New(t)
 	cfg, err := config.Parse([]byte(`version: 1
 registries:
   - {name: hub, default: true, connectors: [up]}
-connectors:
+` + more + `connectors:
   - {name: up, url: "` + up.URL + `"}
 `))
 	if err != nil {
@@ -52,7 +55,7 @@ connectors:
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(func() { srv.Close(); c.Wait() })
-	return &pullThrough{t: t, up: up, url: srv.URL}
+	return &pullThrough{t: t, up: up, st: st, url: srv.URL}
 }
 
 // get requests blob d of hub/app with a Range header ("" for none).
@@ -80,7 +83,7 @@ var blobSizes = []int{2 << 20, 17 << 20}
 // coldCorruptBlob serves a blob of size bytes that the upstream sends
 // corrupt, slowly (a quarter of a second).
 func coldCorruptBlob(t *testing.T, size int) (*pullThrough, []byte, digest.Digest) {
-	p := newPullThrough(t)
+	p := newPullThrough(t, "")
 	data := upstreamtest.RandomGzip(size)
 	d := p.up.AddBlob("app", data)
 	p.up.SetRate(int64(size) * 4)
