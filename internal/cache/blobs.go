@@ -20,9 +20,9 @@ import (
 // StatBlob returns a blob's size: from the store, or from the first
 // connector that has it (content already stored for another repository is
 // then linked into this one where the sharing rule allows, see share.go).
-// In a registry that accepts pushes the blob is
-// fetched first: a pushing client told that a layer exists skips uploading
-// it, so it must really be here.
+// In a registry that accepts pushes the blob is fetched first: a pushing
+// client told that a layer exists skips uploading it, so it must really be
+// here.
 func (c *Cache) StatBlob(ctx context.Context, repo store.Repo, d digest.Digest) (int64, error) {
 	n, err := c.store.StatBlob(ctx, repo, d)
 	if err == nil || !errors.Is(err, store.ErrBlobUnknown) {
