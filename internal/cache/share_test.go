@@ -26,6 +26,18 @@ connectors:
   - {name: up, url: "UP"}
 `
 
+// chainConfig is shareConfig plus a registry reading hub through a local
+// connector.
+const chainConfig = `
+registries:
+  - {name: private, push: true}
+  - {name: hub, default: true, connectors: [up], tag_ttl: 1m}
+  - {name: release, connectors: [hubc]}
+connectors:
+  - {name: up, url: "UP"}
+  - {name: hubc, registry: hub}
+`
+
 var private = func(name string) store.Repo { return store.Repo{Registry: "private", Name: name} }
 
 // pushPrivate stores data in the private registry as a push would.
@@ -212,5 +224,48 @@ func TestNoCrossRegistryManifestOnUpstreamHEAD(t *testing.T) {
 	}
 	if _, err := f.store.Manifest(ctx, hub("attacker/any"), md); err == nil {
 		t.Fatal("private manifest stored in the cache registry")
+	}
+}
+
+// TestNoCrossRegistryLinkThroughLocalChain: a registry reading a cache
+// registry through a local connector does not get a private blob linked
+// on the cache registry's lying upstream either.
+func TestNoCrossRegistryLinkThroughLocalChain(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, chainConfig)
+	secret := upstreamtest.RandomGzip(3000)
+	d := f.pushPrivate(secret)
+	f.lyingUpstream(len(secret))
+	ctx := context.Background()
+	rel := store.Repo{Registry: "release", Name: "attacker/any"}
+	if err := f.readBlob(ctx, rel, d); err == nil {
+		t.Fatal("private blob served through a local connector chain")
+	}
+	f.cache.Wait()
+	for _, repo := range []store.Repo{rel, hub("attacker/any")} {
+		if _, err := f.store.StatBlob(ctx, repo, d); !errors.Is(err, store.ErrBlobUnknown) {
+			t.Errorf("private blob linked into %s: %v", repo, err)
+		}
+	}
+}
+
+// TestLocalConnectorLinksStoredCopy: what a local connector's registry
+// stores is linked, not downloaded again.
+func TestLocalConnectorLinksStoredCopy(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, chainConfig)
+	data := upstreamtest.RandomGzip(3000)
+	d := f.up.AddBlob("team/app", data)
+	ctx := context.Background()
+	if err := f.readBlob(ctx, hub("team/app"), d); err != nil {
+		t.Fatal(err)
+	}
+	f.cache.Wait()
+	f.up.SetDown(true)
+	if err := f.readBlob(ctx, store.Repo{Registry: "release", Name: "team/app"}, d); err != nil {
+		t.Fatalf("through the local connector: %v", err)
+	}
+	if n := f.up.Count("GET", "/blobs/"+d.String()); n != 1 {
+		t.Fatalf("blob fetched %d times, want 1", n)
 	}
 }
