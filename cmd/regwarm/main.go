@@ -199,6 +199,9 @@ func configCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "regwarm config check: %v\n", err)
 		return 2
 	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
 	fmt.Fprintf(stdout, "# %s: valid; effective config:\n%s", *cfgPath, b)
 	return 0
 }

@@ -45,6 +45,11 @@ func FuzzParse(f *testing.F) {
 		if !bytes.Equal(out, out2) {
 			t.Fatalf("round trip is not stable:\n%s\n---\n%s", out, out2)
 		}
+		for _, w := range c.Warnings() {
+			if w == "" {
+				t.Fatal("empty warning")
+			}
+		}
 		if _, err := c.Redacted().YAML(); err != nil {
 			t.Fatalf("Redacted().YAML(): %v", err)
 		}
