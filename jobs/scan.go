@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
-	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -349,26 +348,9 @@ func (rs *scanRepoState) scanManifest(ctx context.Context, d digest.Digest) erro
 	return nil
 }
 
-// limit is how many references of one manifest from source ("" for a
-// pushed one) may be asked upstream, and the connectors that sets it: the
-// providing connector's max_manifest_entries, or the smallest of the
-// registry's connectors for a pushed manifest. Without a connector to ask
-// there is no limit (nothing is asked).
+// limit is manifestLimit for a manifest of the repository from source.
 func (rs *scanRepoState) limit(source string) ([]string, int) {
-	names := rs.reg.Connectors
-	if source != "" {
-		names = []string{source}
-	}
-	limit := -1
-	for _, name := range names {
-		if cn, ok := rs.run.s.cfg.Connector(name); ok && slices.Contains(rs.reg.Connectors, name) && (limit < 0 || cn.MaxManifestEntries < limit) {
-			limit = cn.MaxManifestEntries
-		}
-	}
-	if limit < 0 {
-		return nil, math.MaxInt
-	}
-	return names, limit
+	return manifestLimit(rs.run.s.cfg, rs.reg, source)
 }
 
 // references yields what a manifest depends on and how each is checked:
