@@ -105,4 +105,3 @@ func FuzzParseMissEvent(f *testing.F) {
 		}
 	})
 }
-
