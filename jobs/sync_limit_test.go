@@ -11,6 +11,7 @@ import (
 	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/events"
+	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/internal/upstreamtest"
 )
@@ -50,6 +51,11 @@ func TestSyncTooManyReferences(t *testing.T) {
 			}
 			return sigs
 		}, 3, "4 referrers, more than max_manifest_entries (3)"},
+		{"over the cap of any manifest", func(up *upstreamtest.Upstream) []string {
+			ix := newScanWideIndex(manifest.MaxReferences+1, "sync")
+			up.AddManifest("app", "v1", ix.mediaType, ix.data)
+			return nil
+		}, 10000, "too many references: 10001, at most 10000"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,7 +87,8 @@ func TestSyncTooManyReferences(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, ErrTooManyReferences) || !Permanent(err) || !strings.Contains(err.Error(), tt.want) {
+			if !errors.Is(err, ErrTooManyReferences) && !errors.Is(err, manifest.ErrTooManyReferences) ||
+				!Permanent(err) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("sync: %v; want a permanent ErrTooManyReferences saying %q", err, tt.want)
 			}
 			for _, p := range never {
