@@ -19,6 +19,8 @@ func FuzzParse(f *testing.F) {
 		"registries: [{name: a, connectors: [x]}]\nconnectors: [{name: x, registry: a}]\n",
 		"jobs: {verify: {schedule: 'CRON_TZ=UTC @every 1s'}}\n",
 		"nats: {url: 'nats://u:p@h:1,ws://h'}\n",
+		"registries: [{name: a, push: true}, {name: b, connectors: [x]}]\nconnectors: [{name: x, registry: a, max_manifest_entries: 5}]\n" +
+			"auth: {htpasswd_file: f, rules: [{registry: b, users: [anonymous], allow: [pull]}]}\n",
 	} {
 		f.Add([]byte(s))
 	}
