@@ -115,6 +115,9 @@ func runDaemon(mode daemon.Mode, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := daemon.NewLogger(cfg.Log, stderr)
+	for _, w := range cfg.Warnings() {
+		log.Warn("config warning", "warning", w)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := daemon.Run(ctx, cfg, mode, log); err != nil {
