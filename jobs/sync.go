@@ -6,6 +6,8 @@ package jobs
 import (
 	"context"
 	"fmt"
+	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -173,17 +175,30 @@ func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
 	if err != nil {
 		return fmt.Errorf("manifest %s: %w: %w", d, ErrPermanent, err)
 	}
+	// What one manifest makes the sync do upstream is bounded by its
+	// connector's max_manifest_entries.
+	names, limit := w.limit(m.Source)
 	if manifest.IsIndex(p.MediaType) {
+		var children []ocispec.Descriptor
 		for _, c := range p.Manifests {
-			if !platformWanted(w.t.Platforms, c.Platform) {
-				continue
+			if platformWanted(w.t.Platforms, c.Platform) {
+				children = append(children, c)
 			}
+		}
+		if err := tooMany(d, "index entries", len(children), names, limit); err != nil {
+			return err
+		}
+		for _, c := range children {
 			if err := w.visit(ctx, c.Digest, depth+1); err != nil {
 				return err
 			}
 		}
 	} else {
-		for _, b := range p.Required() {
+		req := p.Required()
+		if err := tooMany(d, "references (config and layers)", len(req), names, limit); err != nil {
+			return err
+		}
+		for _, b := range req {
 			w.addBlob(b.Digest)
 		}
 	}
@@ -192,6 +207,9 @@ func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
 		if err != nil {
 			return fmt.Errorf("referrers of %s: %w", d, err)
 		}
+		if err := tooMany(d, "referrers", len(refs), names, limit); err != nil {
+			return err
+		}
 		for _, r := range refs {
 			if err := w.visit(ctx, r.Digest, depth+1); err != nil {
 				return err
@@ -199,6 +217,27 @@ func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
 		}
 	}
 	return nil
+}
+
+// limit is manifestLimit for a manifest of the target's registry from
+// source.
+func (w *walk) limit(source string) ([]string, int) {
+	reg, ok := w.s.cfg.Registry(w.t.Repo.Registry)
+	if !ok {
+		return nil, math.MaxInt
+	}
+	return manifestLimit(w.s.cfg, reg, source)
+}
+
+// tooMany is the sync's error for manifest d listing n of what (index
+// entries, layers, referrers) where limit are allowed; nil when n is within
+// it.
+func tooMany(d digest.Digest, what string, n int, names []string, limit int) error {
+	if n <= limit {
+		return nil
+	}
+	return fmt.Errorf("manifest %s: %w: %d %s, more than max_manifest_entries (%d) of connector %s",
+		d, ErrTooManyReferences, n, what, limit, strings.Join(names, ","))
 }
 
 // platformWanted reports whether an index entry matches the filter. Entries

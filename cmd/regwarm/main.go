@@ -115,6 +115,9 @@ func runDaemon(mode daemon.Mode, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := daemon.NewLogger(cfg.Log, stderr)
+	for _, w := range cfg.Warnings() {
+		log.Warn("config warning", "warning", w)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := daemon.Run(ctx, cfg, mode, log); err != nil {
@@ -198,6 +201,9 @@ func configCheck(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm config check: %v\n", err)
 		return 2
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
 	}
 	fmt.Fprintf(stdout, "# %s: valid; effective config:\n%s", *cfgPath, b)
 	return 0

@@ -114,6 +114,10 @@ type Connector struct {
 	Include      []string `yaml:"include"`
 	Exclude      []string `yaml:"exclude"`
 	Concurrency  int      `yaml:"concurrency"`
+	// MaxManifestEntries bounds the upstream work one manifest can cause
+	// through this connector: index entries followed, layers fetched,
+	// referrers listed, references asked about by the dangling scan.
+	MaxManifestEntries int `yaml:"max_manifest_entries"`
 }
 
 // Worker configures the worker daemon.

@@ -23,6 +23,8 @@ const (
 	defaultVerifySchedule   = "@weekly"
 	defaultRefreshSchedule  = "*/30 * * * *"
 	defaultRegistry         = "local"
+	// DefaultMaxManifestEntries is connectors[].max_manifest_entries when unset.
+	DefaultMaxManifestEntries = 1000
 )
 
 // Default returns the configuration of a file that sets nothing: one
@@ -68,6 +70,7 @@ func (c *Config) ApplyDefaults() {
 	}
 	for i := range c.Connectors {
 		setInt(&c.Connectors[i].Concurrency, defaultConcurrency)
+		setInt(&c.Connectors[i].MaxManifestEntries, DefaultMaxManifestEntries)
 	}
 	setInt(&c.Worker.Concurrency, defaultWorkers)
 	setInt(&c.Worker.MaxDeliveries, defaultMaxDeliveries)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/ref"
 )
 
@@ -259,6 +260,9 @@ func (v *validator) connectors() {
 		v.globs(p+".exclude", cn.Exclude)
 		if cn.Concurrency < 1 {
 			v.add(p+".concurrency", cn.Concurrency, "must be at least 1")
+		}
+		if cn.MaxManifestEntries < 1 || cn.MaxManifestEntries > manifest.MaxReferences {
+			v.add(p+".max_manifest_entries", cn.MaxManifestEntries, "must be from 1 to %d", manifest.MaxReferences)
 		}
 	}
 }
