@@ -80,6 +80,8 @@ type Summary struct {
 	UnreferencedBytes int64 `json:"unreferenced_bytes,omitempty"`
 	UpstreamErrors    int   `json:"upstream_errors,omitempty"`
 	RepairsQueued     int   `json:"repairs_queued,omitempty"`
+	// Repaired counts remote_only content verify fetched (verify --repair).
+	Repaired int `json:"repaired,omitempty"`
 }
 
 // Problem is one finding.
@@ -124,6 +126,10 @@ func (r *Report) WriteText(w io.Writer) error {
 	case JobVerify:
 		fmt.Fprintf(&b, "checked %d blobs (%d bytes) and %d manifests: %d corrupt (%d quarantined, %d re-fetched), %d referenced but absent, %d unreferenced (%d bytes)\n",
 			s.Blobs, s.Bytes, s.Manifests, s.Corrupt, s.Quarantined, s.Refetched, s.Absent, s.Unreferenced, s.UnreferencedBytes)
+		if s.RemoteOnly > 0 || s.UpstreamErrors > 0 {
+			fmt.Fprintf(&b, "%d references absent here but available upstream (remote-only, %d fetched by --repair), %d upstream errors\n",
+				s.RemoteOnly, s.Repaired, s.UpstreamErrors)
+		}
 	default:
 		fmt.Fprintf(&b, "%d registries, %d manifests, %d references: %d local, %d remote-only, %d dangling, %d upstream errors\n",
 			s.Registries, s.Manifests, s.References, s.Local, s.RemoteOnly, s.Problems, s.UpstreamErrors)

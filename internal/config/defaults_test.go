@@ -53,7 +53,7 @@ func TestDefault(t *testing.T) {
 
 func TestParseMinimal(t *testing.T) {
 	t.Parallel()
-	for _, in := range []string{"version: 1\n", "{}\n", "registries:\n", "data_dir: /d\n"} {
+	for _, in := range []string{"version: 1\n", "{version: 1}\n", "registries:\n", "data_dir: /d\n"} {
 		t.Run(in, func(t *testing.T) {
 			t.Parallel()
 			c := mustParse(t, in)
