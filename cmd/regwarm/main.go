@@ -29,8 +29,12 @@ commands:
   sync IMAGE…   force-sync images through a running deployment and wait for each result
   scan          one-shot dangling-reference scan of the store (exit 1 on problems)
   verify        one-shot integrity check of stored content (exit 1 on problems)
-  config check  validate and print the effective config
+  config check  validate and print the effective config, listing every problem
   version       print version and build info
+
+Every command works without --config, with the defaults of "regwarm run":
+registry API 127.0.0.1:5000, metrics 127.0.0.1:9466, embedded NATS
+127.0.0.1:4222, data in ./regwarm-data.
 
 run "regwarm <command> -h" for a command's flags
 `
