@@ -56,14 +56,46 @@ func newFlagSet(name, usageLine, description string) *flag.FlagSet {
 		if description != "" {
 			fmt.Fprintf(w, "\n%s\n", description)
 		}
+		shown := flag.NewFlagSet(name, flag.ContinueOnError)
+		shown.SetOutput(w)
+		fs.VisitAll(func(f *flag.Flag) {
+			if !strings.HasPrefix(f.Usage, ignoredUsage) {
+				shown.Var(f.Value, f.Name, f.Usage)
+				shown.Lookup(f.Name).DefValue = f.DefValue
+			}
+		})
 		n := 0
-		fs.VisitAll(func(*flag.Flag) { n++ })
+		shown.VisitAll(func(*flag.Flag) { n++ })
 		if n > 0 {
 			fmt.Fprint(w, "\nflags:\n")
-			fs.PrintDefaults()
+			shown.PrintDefaults()
 		}
 	}
 	return fs
+}
+
+// ignoredUsage marks the flags a command accepts, so that scripts written
+// when every command took every override keep working, but does not use:
+// help does not list them, and giving one prints a note.
+const ignoredUsage = "ignored: "
+
+// registerIgnored adds the override flags of overrideFlags that a command
+// does not use and is not given in used.
+func registerIgnored(fs *flag.FlagSet, used ...string) {
+	for _, f := range overrideFlags {
+		if fs.Lookup(f.name) == nil && !slices.Contains(used, f.name) {
+			fs.String(f.name, "", ignoredUsage+"regwarm "+fs.Name()+" does not use it")
+		}
+	}
+}
+
+// noteIgnored tells on stderr about each ignored flag that was given.
+func noteIgnored(fs *flag.FlagSet, stderr io.Writer) {
+	fs.Visit(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Usage, ignoredUsage) {
+			fmt.Fprintf(stderr, "regwarm %s: --%s has no effect here (ignored)\n", fs.Name(), f.Name)
+		}
+	})
 }
 
 // configFlag adds --config, the same for every command: without it a
@@ -103,6 +135,7 @@ func parseFlags(fs *flag.FlagSet, args []string, positional bool, stdout, stderr
 			return usageError(fs, stderr, err.Error())
 		}
 		if fs.NArg() == 0 {
+			noteIgnored(fs, stderr)
 			return rest, 0, true
 		}
 		if !positional {
@@ -110,6 +143,7 @@ func parseFlags(fs *flag.FlagSet, args []string, positional bool, stdout, stderr
 		}
 		consumed := len(args) - fs.NArg()
 		if consumed > 0 && args[consumed-1] == "--" {
+			noteIgnored(fs, stderr)
 			return append(rest, fs.Args()...), 0, true
 		}
 		rest = append(rest, fs.Arg(0))

@@ -96,6 +96,7 @@ func runDaemon(mode daemon.Mode, args []string, stdout, stderr io.Writer) int {
 	cfgPath := configFlag(fs)
 	var o config.Overrides
 	registerOverrides(fs, &o, daemonOverrides[mode]...)
+	registerIgnored(fs)
 	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
 		return code
 	}
@@ -171,6 +172,7 @@ func oneShot(name, job string, args []string, stdout, stderr io.Writer) int {
 	}
 	var o config.Overrides
 	registerOverrides(fs, &o, "data-dir", "log-level")
+	registerIgnored(fs)
 	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
 		return code
 	}
