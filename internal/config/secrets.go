@@ -7,7 +7,8 @@ import (
 )
 
 // CheckSecrets reports every credential the config names that this
-// environment cannot provide: an unset nats.password_env, and a
+// environment cannot provide: an unset nats.password_env (with a nats.url
+// that would use it), and a
 // connector's password_env that is unset or password_file that cannot be
 // read (or either one empty). run, serve and worker refuse to start with
 // any; `config check` lists them apart from the file's own problems. Each
@@ -17,7 +18,7 @@ func (c *Config) CheckSecrets() error {
 	add := func(path, value, msg string) {
 		errs = append(errs, &FieldError{Path: path, Value: show(value), Msg: msg, Kind: ErrSecret})
 	}
-	if n := c.NATS; n.PasswordEnv != "" {
+	if n := c.NATS; n.PasswordEnv != "" && n.URL != "" { // the embedded server does not use it
 		if v, ok := os.LookupEnv(n.PasswordEnv); !ok {
 			add("nats.password_env", n.PasswordEnv, "environment variable is not set")
 		} else if v == "" {
