@@ -88,6 +88,8 @@ type Summary struct {
 	// Unchecked counts references missing locally that were not asked
 	// upstream because their manifest has too many (too-many-references).
 	Unchecked int `json:"unchecked,omitempty"`
+	// Repaired counts remote_only content verify fetched (verify --repair).
+	Repaired int `json:"repaired,omitempty"`
 }
 
 // Problem is one finding.
@@ -132,6 +134,10 @@ func (r *Report) WriteText(w io.Writer) error {
 	case JobVerify:
 		fmt.Fprintf(&b, "checked %d blobs (%d bytes) and %d manifests: %d corrupt (%d quarantined, %d re-fetched), %d referenced but absent, %d unreferenced (%d bytes)\n",
 			s.Blobs, s.Bytes, s.Manifests, s.Corrupt, s.Quarantined, s.Refetched, s.Absent, s.Unreferenced, s.UnreferencedBytes)
+		if s.RemoteOnly > 0 || s.UpstreamErrors > 0 {
+			fmt.Fprintf(&b, "%d references absent here but available upstream (remote-only, %d fetched by --repair), %d upstream errors\n",
+				s.RemoteOnly, s.Repaired, s.UpstreamErrors)
+		}
 	default:
 		fmt.Fprintf(&b, "%d registries, %d manifests, %d references: %d local, %d remote-only, %d dangling, %d upstream errors",
 			s.Registries, s.Manifests, s.References, s.Local, s.RemoteOnly, s.Problems, s.UpstreamErrors)

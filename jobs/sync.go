@@ -109,6 +109,7 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 	w := &walk{s: s, t: t, seen: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}
 	var err error
 	if t.Blob != "" {
+		res.Digest = t.Blob.String()
 		w.addBlob(t.Blob)
 	} else {
 		var top digest.Digest

@@ -159,6 +159,9 @@ type DanglingScan struct {
 type Verify struct {
 	Schedule          string `yaml:"schedule"` // cron spec; "" disables the job
 	MaxBytesPerSecond int64  `yaml:"max_bytes_per_second"`
+	// Repair fetches content that manifests reference, absent here but
+	// still available upstream (counted remote_only either way).
+	Repair bool `yaml:"repair"`
 
 	scheduleSet bool // the file gave schedule; "" then means disabled
 }

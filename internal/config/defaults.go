@@ -12,7 +12,7 @@ const (
 	defaultLogLevel         = "info"
 	defaultLogFormat        = "text"
 	defaultServeListen      = "127.0.0.1:5000"
-	defaultMetricsListen    = "127.0.0.1:9090"
+	defaultMetricsListen    = "127.0.0.1:9466"
 	defaultNATSListen       = "127.0.0.1:4222"
 	defaultSubjectPrefix    = "regwarm"
 	defaultTagTTL           = 5 * time.Minute

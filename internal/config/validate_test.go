@@ -260,7 +260,7 @@ connectors:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := Parse([]byte(tt.in))
+			_, err := Parse([]byte("version: 1\n" + tt.in))
 			if len(tt.want) == 0 {
 				if err != nil {
 					t.Fatalf("Parse: %v", err)

@@ -157,7 +157,7 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 		ReqConcurrent: int64(conc),
 		APIOpts:       map[string]string{},
 	}
-	obs := &observer{name: c.Name, next: o.transport, metrics: o.metrics, backoff: up.setBackoff}
+	obs := &observer{name: c.Name, next: o.transport, metrics: o.metrics, backoff: up.setBackoff, log: o.log}
 	up.rc = regclient.New(
 		regclient.WithConfigHost(host),
 		regclient.WithUserAgent(o.userAgent),
