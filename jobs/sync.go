@@ -5,6 +5,7 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -40,6 +41,9 @@ type Target struct {
 	Blob      digest.Digest // only this blob, when set
 	Platforms []string      // empty: all
 	Referrers bool
+	// Tag, with a digest Reference, is revalidated first so that it moves
+	// at once (a webhook's image <repo>:<tag>@<digest>).
+	Tag string
 }
 
 // NewTarget is reference in repository name of reg, with what reg's
@@ -56,6 +60,9 @@ func (t Target) Image() string {
 		return t.Repo.String() + "@" + t.Blob.String()
 	}
 	if ref.IsDigest(t.Reference) {
+		if t.Tag != "" {
+			return t.Repo.String() + ":" + t.Tag + "@" + t.Reference
+		}
 		return t.Repo.String() + "@" + t.Reference
 	}
 	return t.Repo.String() + ":" + t.Reference
@@ -92,6 +99,9 @@ func (s *Syncer) Resolve(req events.SyncRequest) (Target, error) {
 	if req.Blob != "" {
 		t.Blob = digest.Digest(req.Blob)
 	}
+	if img.Digest != "" && img.Tag != "" {
+		t.Tag = img.Tag
+	}
 	return t, nil
 }
 
@@ -110,7 +120,16 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 		w.addBlob(t.Blob)
 	} else {
 		var top digest.Digest
-		top, err = s.resolve(ctx, t)
+		if t.Tag != "" {
+			// The tag first: it moves before the blobs are fetched.
+			// A tag gone upstream since the push leaves the digest to warm.
+			if _, err = s.cache.ResolveTag(ctx, t.Repo, t.Tag, true); errors.Is(err, store.ErrTagUnknown) {
+				err = nil
+			}
+		}
+		if err == nil {
+			top, err = s.resolve(ctx, t)
+		}
 		if err == nil {
 			res.Digest = top.String()
 			err = w.visit(ctx, top, 0)
