@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/regwarm/regwarm/e2e/harness"
+)
+
+const webhookSecret = "e2e-webhook-secret"
+
+// webhookPlatforms are the platforms harness.BuildImage builds by default.
+var webhookPlatforms = []string{"linux/amd64", "linux/arm64"}
+
+// TestWebhookDistributionWarmsBeforeAnyPull: docker-registry notifies
+// regwarm run of every push (its `notifications: endpoints:`). A new
+// multi-platform image pushed upstream is local, every blob of every
+// platform, without any client pulling (proved with the upstream stopped);
+// a new image pushed under the same tag is served at once although
+// tag_ttl is 1h.
+func TestWebhookDistributionWarmsBeforeAnyPull(t *testing.T) {
+	requireRegwarm(t)
+	t.Setenv("REGWARM_E2E_WEBHOOK_SECRET", webhookSecret) // regwarm inherits it
+	upAddr := harness.FreeAddr(t)
+	rw := harness.StartRegwarm(t, "run", harness.ConfigHeader+hubRegistries("http://"+upAddr, time.Hour)+jobsOff+`webhooks:
+  - {name: upstream, format: distribution, connector: up, secret_env: REGWARM_E2E_WEBHOOK_SECRET}
+`)
+	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{Addr: upAddr,
+		NotifyURL: rw.URL() + "/webhooks/upstream", NotifyHeaders: map[string]string{"Authorization": "Bearer " + webhookSecret}})
+	const repo = "e2e/hooked"
+
+	// 1. A new image: warm before anyone pulls.
+	v1 := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 151})
+	start := time.Now()
+	pushImage(t, v1, up.Addr+"/"+repo+":v1")
+	pushed := time.Now()
+	warm := waitBlobs(t, rw.DataDir, 30*time.Second, "every blob of every platform of v1", blobsOf(v1, webhookPlatforms...))
+	t.Logf("v1: skopeo push took %s; push finished -> fully warm in %s (both platforms, %d blobs)",
+		pushed.Sub(start).Round(time.Millisecond), warm.Round(time.Millisecond), len(blobsOf(v1, webhookPlatforms...)))
+	if code, d := manifestDigest(t, rw, "/v2/hub/"+repo+"/manifests/v1"); code != http.StatusOK || d != v1.IndexDigest {
+		t.Fatalf("v1 tag: %d %s, want %s", code, d, v1.IndexDigest)
+	}
+	for _, r := range up.Requests() {
+		if r.Method == http.MethodGet && strings.Contains(r.Path, "/blobs/") && !strings.HasPrefix(r.Agent, "regwarm") {
+			t.Errorf("a client pulled from the upstream: %s %s (%s)", r.Method, r.Path, r.Agent)
+		}
+	}
+	up.Stop()
+	out := filepath.Join(t.TempDir(), "v1")
+	harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+rw.Addr+"/hub/"+repo+":v1", "oci:"+out+":v1")
+	harness.AssertSameLayout(t, v1, out)
+
+	// 2. A new image under the same tag: served at once despite tag_ttl 1h.
+	up.Start()
+	v2 := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 152})
+	pushImage(t, v2, up.Addr+"/"+repo+":v1")
+	pushed = time.Now()
+	harness.Eventually(t, 15*time.Second, "the tag moved to v2", func() error {
+		if _, d := manifestDigest(t, rw, "/v2/hub/"+repo+"/manifests/v1"); d != v2.IndexDigest {
+			return fmt.Errorf("tag -> %s, want %s", d, v2.IndexDigest)
+		}
+		return nil
+	})
+	moved := time.Since(pushed)
+	warm = waitBlobs(t, rw.DataDir, 30*time.Second, "every blob of v2", blobsOf(v2, webhookPlatforms...))
+	t.Logf("v2 under the same tag (tag_ttl 1h): push finished -> tag moved in %s, fully warm in %s",
+		moved.Round(time.Millisecond), warm.Round(time.Millisecond))
+	up.Stop()
+	out = filepath.Join(t.TempDir(), "v2")
+	harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+rw.Addr+"/hub/"+repo+":v1", "oci:"+out+":v1")
+	harness.AssertSameLayout(t, v2, out)
+
+	m := harness.ScrapeMetrics(t, rw.MetricsAddr)
+	if m.Value("regwarm_webhook_requests_total", "webhook", "upstream", "result", "accepted") == 0 ||
+		m.Value("regwarm_webhook_images_total", "webhook", "upstream", "result", "queued") == 0 ||
+		m.Value("regwarm_webhook_images_total", "webhook", "upstream", "result", "ignored") == 0 {
+		t.Errorf("webhook metrics: accepted %v queued %v ignored %v",
+			m.Value("regwarm_webhook_requests_total", "webhook", "upstream", "result", "accepted"),
+			m.Value("regwarm_webhook_images_total", "webhook", "upstream", "result", "queued"),
+			m.Value("regwarm_webhook_images_total", "webhook", "upstream", "result", "ignored"))
+	}
+	if n := m.Value("regwarm_webhook_requests_total", "webhook", "upstream", "result", "unauthorized"); n != 0 {
+		t.Errorf("%v unauthorized requests from docker-registry", n)
+	}
+}
