@@ -27,7 +27,7 @@ func TestWebhookDistributionWarmsBeforeAnyPull(t *testing.T) {
 	t.Setenv("REGWARM_E2E_WEBHOOK_SECRET", webhookSecret) // regwarm inherits it
 	upAddr := harness.FreeAddr(t)
 	rw := harness.StartRegwarm(t, "run", harness.ConfigHeader+hubRegistries("http://"+upAddr, time.Hour)+jobsOff+`webhooks:
-  - {name: upstream, format: distribution, connector: up, secret_env: REGWARM_E2E_WEBHOOK_SECRET}
+  - {name: upstream, format: distribution, connector: up, secret_env: REGWARM_E2E_WEBHOOK_SECRET, actions: [push, delete]}
 `)
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{Addr: upAddr,
 		NotifyURL: rw.URL() + "/webhooks/upstream", NotifyHeaders: map[string]string{"Authorization": "Bearer " + webhookSecret}})
@@ -85,5 +85,25 @@ func TestWebhookDistributionWarmsBeforeAnyPull(t *testing.T) {
 	}
 	if n := m.Value("regwarm_webhook_requests_total", "webhook", "upstream", "result", "unauthorized"); n != 0 {
 		t.Errorf("%v unauthorized requests from docker-registry", n)
+	}
+
+	// 3. Deleted upstream: the tag stops being served at once (tag_ttl 1h);
+	// the content stays until gc.
+	up.Start()
+	resp, err := send(httpClient, http.MethodDelete, up.URL()+"/v2/"+repo+"/manifests/"+v2.IndexDigest, "")
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("delete upstream: %v %v", resp, err)
+	}
+	harness.Eventually(t, 15*time.Second, "the deleted tag is not served", func() error {
+		if code, d := manifestDigest(t, rw, "/v2/hub/"+repo+"/manifests/v1"); code != http.StatusNotFound {
+			return fmt.Errorf("status %d digest %s, want 404", code, d)
+		}
+		return nil
+	})
+	if code, _ := manifestDigest(t, rw, "/v2/hub/"+repo+"/manifests/"+v2.IndexDigest); code != http.StatusOK {
+		t.Errorf("the index by digest: %d, want 200 (content stays)", code)
+	}
+	if m := missingBlobs(rw.DataDir, blobsOf(v2, webhookPlatforms...)); len(m) > 0 {
+		t.Errorf("blobs removed: %v", m)
 	}
 }

@@ -164,7 +164,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.request(name, "accepted")
-	h.log.Info("webhook notification", "webhook", name, "queued", sum.Queued, "duplicate", sum.Duplicate,
+	lvl := slog.LevelDebug // pulls and blob pushes: distribution announces every one
+	if sum.Queued+sum.Revalidated+sum.Invalid > 0 {
+		lvl = slog.LevelInfo
+	}
+	h.log.Log(ctx, lvl, "webhook notification", "webhook", name, "queued", sum.Queued, "duplicate", sum.Duplicate,
 		"excluded", sum.Excluded, "ignored", sum.Ignored, "invalid", sum.Invalid, "revalidated", sum.Revalidated)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
