@@ -107,3 +107,39 @@ func TestWebhookDistributionWarmsBeforeAnyPull(t *testing.T) {
 		t.Errorf("blobs removed: %v", m)
 	}
 }
+
+// TestWebhookConfigCheck: `regwarm config check` refuses a webhook
+// without a secret (and with an unset variable), naming the field; with
+// the variable set it prints the webhook, not the secret.
+func TestWebhookConfigCheck(t *testing.T) {
+	requireRegwarm(t)
+	dir := t.TempDir()
+	base := `version: 1
+data_dir: ` + filepath.Join(dir, "data") + `
+registries:
+  - {name: hub, default: true, connectors: [up]}
+connectors:
+  - {name: up, url: "http://127.0.0.1:1"}
+webhooks:
+  - {name: upstream, format: distribution, connector: up`
+	for _, tc := range []struct{ name, hook, want string }{
+		{"no secret", base + "}\n", "webhooks[0].secret_env: required"},
+		{"unset variable", base + ", secret_env: REGWARM_E2E_UNSET_SECRET}\n", `webhooks[0].secret_env: "REGWARM_E2E_UNSET_SECRET": the environment variable is not set`},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml")
+		writeFile(t, path, tc.hook)
+		res := runRegwarmCLI(t, "config", "check", "--config", path)
+		res.wantCode(t, 2)
+		if !strings.Contains(res.stderr, tc.want) {
+			t.Errorf("%s: stderr does not say %q:\n%s", tc.name, tc.want, res.stderr)
+		}
+	}
+	t.Setenv("REGWARM_E2E_CHECK_SECRET", "do-not-print-me")
+	path := filepath.Join(dir, "good.yaml")
+	writeFile(t, path, base+", secret_env: REGWARM_E2E_CHECK_SECRET}\n")
+	res := runRegwarmCLI(t, "config", "check", "--config", path)
+	res.wantCode(t, 0)
+	if !strings.Contains(res.stdout, "REGWARM_E2E_CHECK_SECRET") || strings.Contains(res.stdout+res.stderr, "do-not-print-me") {
+		t.Errorf("config check output:\n%s\n%s", res.stdout, res.stderr)
+	}
+}
