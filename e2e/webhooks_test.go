@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -141,5 +142,43 @@ webhooks:
 	res.wantCode(t, 0)
 	if !strings.Contains(res.stdout, "REGWARM_E2E_CHECK_SECRET") || strings.Contains(res.stdout+res.stderr, "do-not-print-me") {
 		t.Errorf("config check output:\n%s\n%s", res.stdout, res.stderr)
+	}
+}
+
+// TestWebhookServeWithoutNATS: `regwarm serve` without nats.url answers a
+// notification 503 with a clear error, and a wrong secret 401; the
+// secrets never reach the log.
+func TestWebhookServeWithoutNATS(t *testing.T) {
+	requireRegwarm(t)
+	t.Setenv("REGWARM_E2E_WEBHOOK_SECRET", webhookSecret)
+	rw := harness.StartRegwarm(t, "serve", `version: 1
+data_dir: "{{.DataDir}}"
+serve: {listen: "{{.Addr}}"}
+metrics: {listen: "{{.MetricsAddr}}"}
+`+hubRegistries("http://127.0.0.1:1", time.Minute)+`webhooks:
+  - {name: upstream, format: distribution, connector: up, secret_env: REGWARM_E2E_WEBHOOK_SECRET}
+`)
+	post := func(auth string) (int, string) {
+		req, err := http.NewRequest(http.MethodPost, rw.URL()+"/webhooks/upstream", strings.NewReader(`{"events": []}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", auth)
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := post("Bearer " + webhookSecret); code != http.StatusServiceUnavailable || !strings.Contains(body, "need NATS") {
+		t.Errorf("without NATS: %d %s", code, body)
+	}
+	if code, body := post("Bearer wrong-secret-value"); code != http.StatusUnauthorized || !strings.Contains(body, "UNAUTHORIZED") {
+		t.Errorf("wrong secret: %d %s", code, body)
+	}
+	if log := rw.Log(); strings.Contains(log, webhookSecret) || strings.Contains(log, "wrong-secret-value") {
+		t.Errorf("a secret reached the log:\n%s", harness.LastLines(log, 20))
 	}
 }
