@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -27,6 +28,7 @@ const webhookExtra = `webhooks:
   - {name: harbor, format: harbor, connector: up, secret_env: REGWARM_DAEMON_WEBHOOK_SECRET, actions: [push, delete]}
   - {name: hub, format: dockerhub, connector: up, secret_env: REGWARM_DAEMON_WEBHOOK_SECRET}
   - {name: ce, format: cloudevents, connector: up, secret_env: REGWARM_DAEMON_WEBHOOK_SECRET, actions: [push, delete]}
+  - {name: dist, format: distribution, connector: up, secret_env: REGWARM_DAEMON_WEBHOOK_SECRET}
 `
 
 // newWebhookEnv is a worker env with the webhooks; ttl > 0 sets the hub
@@ -97,6 +99,41 @@ func TestWebhookSamplesSync(t *testing.T) {
 	}
 }
 
+// TestWebhookMultiPlatformPush: distribution announces each platform
+// manifest (by digest) and then the index (by tag); one job warms the
+// platforms sync.platforms allows, and no other.
+func TestWebhookMultiPlatformPush(t *testing.T) {
+	e, h := newWebhookEnv(t, 0)
+	e.startWorker()
+	r := e.watch()
+	ix := e.up.AddIndex("team/multi", "v1", []string{"linux/amd64", "linux/arm64", "linux/s390x"}, 20<<10)
+	var evs []string
+	event := func(mediaType, d, tag string) string {
+		return fmt.Sprintf(`{"action":"push","target":{"mediaType":%q,"digest":%q,"repository":"team/multi","tag":%q}}`, mediaType, d, tag)
+	}
+	for _, c := range ix.Children {
+		evs = append(evs, event("application/vnd.oci.image.manifest.v1+json", c.Digest.String(), ""))
+	}
+	evs = append(evs, event("application/vnd.oci.image.index.v1+json", ix.Digest.String(), "v1"))
+	req := httptest.NewRequest(http.MethodPost, "/webhooks/dist", strings.NewReader(`{"events":[`+strings.Join(evs, ",")+`]}`))
+	req.Header.Set("Authorization", "Bearer "+webhookSecret)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	if w.Code != http.StatusAccepted || !strings.Contains(w.Body.String(), `"queued":1,`) {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	res := r.wait(t, 10*time.Second, func(s events.SyncResult) bool { return s.Image == "hub/team/multi:v1@"+ix.Digest.String() })
+	if res.Error != "" || res.Manifests != 3 {
+		t.Fatalf("result %+v, want the index and 2 platforms", res)
+	}
+	repo := store.Repo{Registry: "hub", Name: "team/multi"}
+	for p, img := range ix.Children {
+		if got, want := e.hasAll(repo, append(img.Layers, img.Config)), p != "linux/s390x"; got != want {
+			t.Errorf("platform %s present=%v, want %v (sync.platforms)", p, got, want)
+		}
+	}
+}
+
 // TestWebhookTagMovesAtOnce: with tag_ttl 1h, a client's cached tag (still
 // pending its write-behind) gives way to the notified push at once.
 func TestWebhookTagMovesAtOnce(t *testing.T) {
@@ -123,6 +160,31 @@ func TestWebhookTagMovesAtOnce(t *testing.T) {
 	}
 	if !e.hasAll(repo, moved.Blobs()) {
 		t.Error("moved image not warm")
+	}
+}
+
+// TestWebhookBeforeTagWritten: distribution notifies a push before it
+// writes the tag; the job waits for the upstream to show the new digest
+// under the tag instead of keeping the old one for tag_ttl.
+func TestWebhookBeforeTagWritten(t *testing.T) {
+	e, h := newWebhookEnv(t, time.Hour)
+	e.startWorker()
+	r := e.watch()
+	repo := store.Repo{Registry: "hub", Name: "library/alpine"}
+	old := e.up.AddIndex("library/alpine", "3.17", []string{"linux/amd64"}, 4<<10)
+	ctx := context.Background()
+	if _, err := e.cache.Tag(ctx, repo, "3.17"); err != nil {
+		t.Fatal(err)
+	}
+	moved := e.up.AddIndex("library/alpine", "other", []string{"linux/amd64"}, 5<<10) // pushed, not yet under 3.17
+	time.AfterFunc(400*time.Millisecond, func() { e.up.Tag("library/alpine", "3.17", moved.Digest) })
+	postSample(t, h, "harbor", "harbor_push.json", moved.Digest.String())
+	res := r.wait(t, 10*time.Second, func(s events.SyncResult) bool { return strings.HasSuffix(s.Image, moved.Digest.String()) })
+	if res.Error != "" {
+		t.Fatalf("result %+v", res)
+	}
+	if ti, err := e.cache.Tag(ctx, repo, "3.17"); err != nil || ti.Digest != moved.Digest {
+		t.Fatalf("tag -> %s (%v), want %s (was %s)", ti.Digest, err, moved.Digest, old.Digest)
 	}
 }
 

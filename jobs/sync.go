@@ -122,10 +122,7 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 		var top digest.Digest
 		if t.Tag != "" {
 			// The tag first: it moves before the blobs are fetched.
-			// A tag gone upstream since the push leaves the digest to warm.
-			if _, err = s.cache.ResolveTag(ctx, t.Repo, t.Tag, true); errors.Is(err, store.ErrTagUnknown) {
-				err = nil
-			}
+			err = s.moveTag(ctx, t)
 		}
 		if err == nil {
 			top, err = s.resolve(ctx, t)
@@ -142,6 +139,36 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 	res.BlobsFetched, res.BlobsPresent, res.Bytes = w.fetched, w.present, w.bytes
 	res.DurationMS = time.Since(start).Milliseconds()
 	return res, err
+}
+
+// tagSettle bounds how long a job waits for its upstream to show the
+// notified digest under the notified tag: distribution announces a
+// manifest push before it writes the tag.
+const tagSettle = 3 * time.Second
+
+// moveTag revalidates t.Tag until the connector shows it on t.Reference
+// (or tagSettle passes: the tag moved on or went away since, and a later
+// notification covers that; the digest is warmed all the same).
+func (s *Syncer) moveTag(ctx context.Context, t Target) error {
+	deadline := time.Now().Add(tagSettle)
+	wait := 50 * time.Millisecond
+	for {
+		ti, err := s.cache.ResolveTag(ctx, t.Repo, t.Tag, true)
+		switch {
+		case err == nil && ti.Digest.String() == t.Reference:
+			return nil
+		case err != nil && !errors.Is(err, store.ErrTagUnknown):
+			return err
+		case time.Now().Add(wait).After(deadline):
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
 }
 
 // resolve returns the digest of the target's top manifest, revalidating a

@@ -108,6 +108,12 @@ const DistributionMediaType = "application/vnd.docker.distribution.events.v1+jso
 
 // manifestTypes are the media types a distribution event target has when
 // a manifest (not a blob) was pushed or deleted.
+// indexTypes are the manifest types that list other manifests.
+var indexTypes = map[string]bool{
+	"application/vnd.docker.distribution.manifest.list.v2+json": true,
+	"application/vnd.oci.image.index.v1+json":                   true,
+}
+
 var manifestTypes = map[string]bool{
 	"application/vnd.docker.distribution.manifest.v2+json":      true,
 	"application/vnd.docker.distribution.manifest.list.v2+json": true,
@@ -132,7 +138,10 @@ type distributionEnvelope struct {
 
 // ParseDistribution reads distribution's notification envelope
 // ({"events": […]}). Manifest pushes become push events, manifest and tag
-// deletes delete events; blob pushes, pulls and mounts are ignored.
+// deletes delete events; blob pushes, pulls and mounts are ignored, and so
+// are image manifests pushed without a tag: those are the platforms of an
+// index whose own (tagged) push follows, and syncing them one by one
+// would bypass the registry's sync.platforms.
 func ParseDistribution(data []byte) (Notification, error) {
 	var env distributionEnvelope
 	if err := decode(data, &env); err != nil {
@@ -145,7 +154,7 @@ func ParseDistribution(data []byte) (Notification, error) {
 	for _, ev := range *env.Events {
 		t := ev.Target
 		switch {
-		case ev.Action == "push" && manifestTypes[t.MediaType]:
+		case ev.Action == "push" && manifestTypes[t.MediaType] && (t.Tag != "" || indexTypes[t.MediaType]):
 			n.add(Event{Action: ActionPush, Repository: t.Repository, Tag: t.Tag, Digest: digest.Digest(t.Digest)})
 		case ev.Action == "delete" && (t.Tag != "" || manifestTypes[t.MediaType] || t.MediaType == ""):
 			// distribution's delete events name a tag, or a manifest digest
