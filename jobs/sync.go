@@ -5,6 +5,7 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -42,6 +43,9 @@ type Target struct {
 	Blob      digest.Digest // only this blob, when set
 	Platforms []string      // empty: all
 	Referrers bool
+	// Tag, with a digest Reference, is revalidated first so that it moves
+	// at once (a webhook's image <repo>:<tag>@<digest>).
+	Tag string
 }
 
 // NewTarget is reference in repository name of reg, with what reg's
@@ -58,6 +62,9 @@ func (t Target) Image() string {
 		return t.Repo.String() + "@" + t.Blob.String()
 	}
 	if ref.IsDigest(t.Reference) {
+		if t.Tag != "" {
+			return t.Repo.String() + ":" + t.Tag + "@" + t.Reference
+		}
 		return t.Repo.String() + "@" + t.Reference
 	}
 	return t.Repo.String() + ":" + t.Reference
@@ -94,6 +101,9 @@ func (s *Syncer) Resolve(req events.SyncRequest) (Target, error) {
 	if req.Blob != "" {
 		t.Blob = digest.Digest(req.Blob)
 	}
+	if img.Digest != "" && img.Tag != "" {
+		t.Tag = img.Tag
+	}
 	return t, nil
 }
 
@@ -113,7 +123,13 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 		w.addBlob(t.Blob)
 	} else {
 		var top digest.Digest
-		top, err = s.resolve(ctx, t)
+		if t.Tag != "" {
+			// The tag first: it moves before the blobs are fetched.
+			err = s.moveTag(ctx, t)
+		}
+		if err == nil {
+			top, err = s.resolve(ctx, t)
+		}
 		if err == nil {
 			res.Digest = top.String()
 			err = w.visit(ctx, top, 0)
@@ -126,6 +142,36 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 	res.BlobsFetched, res.BlobsPresent, res.Bytes = w.fetched, w.present, w.bytes
 	res.DurationMS = time.Since(start).Milliseconds()
 	return res, err
+}
+
+// tagSettle bounds how long a job waits for its upstream to show the
+// notified digest under the notified tag: distribution announces a
+// manifest push before it writes the tag.
+const tagSettle = 3 * time.Second
+
+// moveTag revalidates t.Tag until the connector shows it on t.Reference
+// (or tagSettle passes: the tag moved on or went away since, and a later
+// notification covers that; the digest is warmed all the same).
+func (s *Syncer) moveTag(ctx context.Context, t Target) error {
+	deadline := time.Now().Add(tagSettle)
+	wait := 50 * time.Millisecond
+	for {
+		ti, err := s.cache.ResolveTag(ctx, t.Repo, t.Tag, true)
+		switch {
+		case err == nil && ti.Digest.String() == t.Reference:
+			return nil
+		case err != nil && !errors.Is(err, store.ErrTagUnknown):
+			return err
+		case time.Now().Add(wait).After(deadline):
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
 }
 
 // resolve returns the digest of the target's top manifest, revalidating a

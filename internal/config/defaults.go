@@ -78,6 +78,12 @@ func (c *Config) ApplyDefaults() {
 		c.Worker.AckWait = Duration(30 * time.Second)
 	}
 
+	for i := range c.Webhooks {
+		if c.Webhooks[i].Actions == nil {
+			c.Webhooks[i].Actions = []string{WebhookPush}
+		}
+	}
+
 	if !c.Jobs.DanglingScan.scheduleSet {
 		setString(&c.Jobs.DanglingScan.Schedule, defaultDanglingSchedule)
 	}
