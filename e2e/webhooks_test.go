@@ -126,7 +126,7 @@ webhooks:
   - {name: upstream, format: distribution, connector: up`
 	for _, tc := range []struct{ name, hook, want string }{
 		{"no secret", base + "}\n", "webhooks[0].secret_env: required"},
-		{"unset variable", base + ", secret_env: REGWARM_E2E_UNSET_SECRET}\n", `webhooks[0].secret_env: "REGWARM_E2E_UNSET_SECRET": the environment variable is not set`},
+		{"unset variable", base + ", secret_env: REGWARM_E2E_UNSET_SECRET}\n", `webhooks[0].secret_env: "REGWARM_E2E_UNSET_SECRET": environment variable is not set`},
 	} {
 		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml")
 		writeFile(t, path, tc.hook)

@@ -35,6 +35,11 @@ func (c *Config) CheckSecrets() error {
 			add(fmt.Sprintf("connectors[%d].%s", i, field), value, secretProblem(cn, err))
 		}
 	}
+	for i, w := range c.Webhooks {
+		if w.SecretEnv != "" && w.Secret() == "" {
+			add(fmt.Sprintf("webhooks[%d].secret_env", i), w.SecretEnv, "environment variable is not set or empty")
+		}
+	}
 	return errors.Join(errs...)
 }
 

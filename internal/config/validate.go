@@ -417,11 +417,8 @@ func (v *validator) webhooks() {
 		if _, ok := v.c.Connector(w.Connector); !ok {
 			v.add(p+".connector", w.Connector, "no connector has this name")
 		}
-		switch {
-		case w.SecretEnv == "":
+		if w.SecretEnv == "" { // whether it is set is CheckSecrets' concern
 			v.add(p+".secret_env", nil, "required: the environment variable holding the shared secret")
-		case w.Secret() == "":
-			v.add(p+".secret_env", w.SecretEnv, "the environment variable is not set or empty")
 		}
 		if len(w.Actions) == 0 {
 			v.add(p+".actions", nil, "at least one of %s, %s", WebhookPush, WebhookDelete)
