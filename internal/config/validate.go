@@ -37,6 +37,8 @@ func (c *Config) Validate() error {
 	v.cycles()
 	v.worker()
 	v.auth()
+	v.serveLimits()
+	v.authExtra()
 	v.jobs()
 	return errors.Join(v.errs...)
 }

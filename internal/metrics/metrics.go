@@ -61,6 +61,7 @@ type Set struct {
 	StoreBlobs         prometheus.Gauge
 	StoreBytes         prometheus.Gauge
 	StoreWrites        *prometheus.CounterVec
+	Limits             *Limits // connection limits, body timeouts, logins
 }
 
 // New creates the collectors, registers them on reg and initialises the
@@ -152,6 +153,7 @@ func New(reg prometheus.Registerer, l Labels) *Set {
 		s.Coalesced, s.PendingWrites, s.EventsPublished, s.EventBufferDepth, s.SyncJobs, s.SyncDuration, s.SyncBytes,
 		s.SyncBlobs, s.WorkPending, s.JobRuns, s.JobLastSuccess, s.JobDuration, s.DanglingReferences,
 		s.StoreBlobs, s.StoreBytes, s.StoreWrites)
+	s.Limits = newLimits(reg)
 	s.init(l)
 	return s
 }
