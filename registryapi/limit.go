@@ -15,8 +15,12 @@ import (
 )
 
 // refusers bounds the goroutines that answer refused connections; past it
-// a refused connection is closed without an answer.
-const refusers = 64
+// a refused connection is closed without an answer. refuseTime bounds how
+// long one answer (and draining the request) may take.
+const (
+	refusers   = 256
+	refuseTime = 300 * time.Millisecond
+)
 
 // CodeBodyTimeout is the answer to a request whose body made no progress
 // for serve.body_idle_timeout.
@@ -86,8 +90,8 @@ func (l *limitListener) release(client string) {
 }
 
 // refuse answers and closes a connection over a limit, in the background
-// and within a second; the request is drained first so that the client
-// reads the answer instead of a reset.
+// and within refuseTime; the request is drained before the close so that
+// the client reads the answer instead of a reset.
 func (l *limitListener) refuse(c net.Conn, reason string) {
 	if !l.answer {
 		c.Close()
@@ -102,7 +106,7 @@ func (l *limitListener) refuse(c net.Conn, reason string) {
 	go func() {
 		defer func() { <-l.refusing }()
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(time.Second))
+		_ = c.SetDeadline(time.Now().Add(refuseTime))
 		code, msg := CodeUnavailable, "the registry has too many open connections; try again later"
 		if reason == metrics.ReasonPerClient {
 			code, msg = CodeTooManyRequests, "too many open connections from this address; try again later"
@@ -131,7 +135,8 @@ func (c *limitedConn) Close() error {
 }
 
 // idleBody fails a body read that makes no progress for idle: each read
-// gets a fresh read deadline on the connection.
+// gets a fresh read deadline on the connection. Failed reads become client
+// errors.
 type idleBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
@@ -142,9 +147,15 @@ type idleBody struct {
 func (b *idleBody) Read(p []byte) (int, error) {
 	_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+	switch {
+	case err == nil || err == io.EOF:
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		b.m.BodyTimeouts.Inc()
 		return n, errorf(CodeBodyTimeout, "no request body received for %s", b.idle)
+	default:
+		// The client's doing (it hung up mid-body): a client error, not
+		// one of ours to log.
+		return n, errorf(CodeBlobUploadInvalid, "request body ended early")
 	}
 	return n, err
 }
