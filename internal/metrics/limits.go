@@ -13,12 +13,32 @@ const (
 )
 
 // Limits holds the collectors of the API's connection limits, body
-// timeouts and login throttle.
+// timeouts and login throttle; it is itself a collector of all of them.
 type Limits struct {
 	OpenConnections     prometheus.Gauge
 	RejectedConnections *prometheus.CounterVec
 	BodyTimeouts        prometheus.Counter
 	Logins              *prometheus.CounterVec
+}
+
+var _ prometheus.Collector = (*Limits)(nil)
+
+func (l *Limits) collectors() []prometheus.Collector {
+	return []prometheus.Collector{l.OpenConnections, l.RejectedConnections, l.BodyTimeouts, l.Logins}
+}
+
+// Describe describes every collector of l.
+func (l *Limits) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range l.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect collects every collector of l.
+func (l *Limits) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range l.collectors() {
+		c.Collect(ch)
+	}
 }
 
 func newLimits(reg prometheus.Registerer) *Limits {
@@ -36,7 +56,7 @@ func newLimits(reg prometheus.Registerer) *Limits {
 			Name: "regwarm_auth_logins_total", Help: "Password checks by result (ok, failed, throttled: refused without checking).",
 		}, []string{"result"}),
 	}
-	reg.MustRegister(l.OpenConnections, l.RejectedConnections, l.BodyTimeouts, l.Logins)
+	reg.MustRegister(l)
 	for _, r := range []string{ReasonMaxConnections, ReasonPerClient} {
 		l.RejectedConnections.WithLabelValues(r)
 	}
