@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/ref"
 )
 
 // Actions a rule can allow.
@@ -389,7 +391,22 @@ func throttled(err error) *apiError {
 func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) {
 	a := h.auth
 	user := ""
-	if u, pass, ok := r.BasicAuth(); ok {
+	u, pass, hasCreds := r.BasicAuth()
+	query := r.URL.Query()
+	if r.Method == http.MethodPost {
+		// OAuth2 password grant (containerd); other grants are refused with
+		// 400, on which clients fall back to GET.
+		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+		if err := r.ParseForm(); err != nil || r.PostForm.Get("grant_type") != "password" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"error":"unsupported_grant_type"}`+"\n")
+			return
+		}
+		u, pass, hasCreds = r.PostForm.Get("username"), r.PostForm.Get("password"), true
+		query = r.Form
+	}
+	if hasCreds {
 		if err := a.login(r.Context(), clientAddr(r.RemoteAddr), u, pass); err != nil {
 			if ae := throttled(err); ae != nil {
 				writeError(w, r, ae)
@@ -406,7 +423,7 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var scopes []string
-	for _, s := range r.URL.Query()["scope"] {
+	for _, s := range query["scope"] {
 		scopes = append(scopes, strings.Fields(s)...)
 	}
 	if len(scopes) > maxScopes {
@@ -446,21 +463,48 @@ func (h *Handler) grant(user string, req access) (access, bool) {
 	default:
 		return access{}, false
 	}
-	repo, ae := h.resolveName(req.Name, "")
-	if ae != nil {
-		return access{}, false
-	}
+	regs := h.scopeRegistries(req.Name)
 	want := req.Actions
 	if slices.Contains(want, "*") {
 		want = []string{actionPull, actionPush, actionDelete}
 	}
 	g := access{Type: "repository", Name: req.Name, Actions: []string{}}
 	for _, act := range want {
-		if slices.Contains([]string{actionPull, actionPush, actionDelete}, act) && h.auth.allowed(user, repo.Registry, act) {
+		if !slices.Contains([]string{actionPull, actionPush, actionDelete}, act) {
+			continue
+		}
+		if slices.ContainsFunc(regs, func(reg string) bool { return h.auth.allowed(user, reg, act) }) {
 			g.Actions = append(g.Actions, act)
 		}
 	}
 	return g, len(g.Actions) > 0
+}
+
+// scopeRegistries lists the registries a repository name of a token
+// request may mean: the one it names, else the default registry and those
+// a ?ns= mirror request could reach (a token request does not carry ns;
+// each request is checked against the rules of its own registry again).
+func (h *Handler) scopeRegistries(name string) []string {
+	if ref.ValidName(name) != nil {
+		return nil
+	}
+	first, rest, _ := strings.Cut(name, "/")
+	if _, ok := h.cfg.Registry(first); ok {
+		if rest == "" {
+			return nil
+		}
+		return []string{first}
+	}
+	var regs []string
+	if reg, ok := h.cfg.DefaultRegistry(); ok {
+		regs = append(regs, reg.Name)
+	}
+	for _, c := range h.cfg.Connectors {
+		if reg, ok := h.cfg.RegistryForHost(c.Host); c.Host != "" && ok && !slices.Contains(regs, reg.Name) {
+			regs = append(regs, reg.Name)
+		}
+	}
+	return regs
 }
 
 // authorize checks a routed request; it returns nil when it may proceed.

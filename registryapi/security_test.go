@@ -474,3 +474,75 @@ func FuzzParseToken(f *testing.F) {
 		}
 	})
 }
+
+// containerd asks for tokens with an OAuth2 password grant (POST); other
+// grants get 400 so that it falls back to GET.
+func TestTokenOAuthPost(t *testing.T) {
+	e := newSecEnv(t, bcrypt.MinCost, "", "")
+	post := func(form string) resp {
+		req := httptest.NewRequest("POST", "/auth/token", strings.NewReader(form))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.RemoteAddr = "10.0.0.5:1234"
+		rec := httptest.NewRecorder()
+		e.h.ServeHTTP(rec, req)
+		return resp{rec.Code, rec.Header(), rec.Body.Bytes()}
+	}
+	r := post("grant_type=password&username=ci&password=ci-secret&service=regwarm&client_id=containerd-client&scope=repository%3Arelease%2Fx%3Apull%2Cpush")
+	r.expect(t, 200, "")
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.Unmarshal(r.body, &tok); err != nil || tok.AccessToken == "" {
+		t.Fatalf("token answer %s", r.body)
+	}
+	c := decodeClaims(t, tok.AccessToken)
+	if c.Subject != "ci" || len(c.Access) != 1 || !slices.Equal(c.Access[0].Actions, []string{"pull", "push"}) {
+		t.Fatalf("claims %+v", c)
+	}
+	post("grant_type=password&username=ci&password=wrong").expect(t, 401, "UNAUTHORIZED")
+	if r := post("grant_type=refresh_token&refresh_token=x"); r.status != 400 {
+		t.Fatalf("refresh grant: %d %s", r.status, r.body)
+	}
+}
+
+// A token request does not carry ?ns=: an unprefixed name is granted what
+// the rules allow in the default registry or a mirrored one, and each
+// request is checked against its own registry's rules again.
+func TestTokenScopeMirrorNames(t *testing.T) {
+	dir := t.TempDir()
+	e := &secEnv{t: t, dir: dir, htpasswd: filepath.Join(dir, "htpasswd")}
+	e.writeUsers(bcrypt.MinCost, "ci")
+	cfg, err := config.Parse([]byte(`version: 1
+data_dir: ` + dir + `
+registries:
+  - {name: local, default: true, push: true}
+  - {name: quay, connectors: [quay]}
+connectors:
+  - {name: quay, url: "http://127.0.0.1:1", host: quay.io}
+auth:
+  htpasswd_file: ` + e.htpasswd + `
+  rules:
+    - {registry: quay, users: [anonymous], allow: [pull]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.NewFS(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.h, err = New(cfg, st); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.token("", "repository:org/app:pull,push")
+	c := decodeClaims(t, tok)
+	if len(c.Access) != 1 || !slices.Equal(c.Access[0].Actions, []string{"pull"}) {
+		t.Fatalf("access %+v", c.Access)
+	}
+	// The mirror request passes; the same name in the default registry,
+	// whose rules deny anonymous pulls, does not.
+	if r := e.do("10.0.0.1", "GET", "/v2/org/app/tags/list?ns=quay.io", bearer(tok)...); r.status == 401 || r.status == 403 {
+		t.Fatalf("mirror pull: %d %s", r.status, r.body)
+	}
+	e.do("10.0.0.1", "GET", "/v2/org/app/tags/list", bearer(tok)...).expect(t, 401, "UNAUTHORIZED")
+}
