@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -545,4 +546,46 @@ auth:
 		t.Fatalf("mirror pull: %d %s", r.status, r.body)
 	}
 	e.do("10.0.0.1", "GET", "/v2/org/app/tags/list", bearer(tok)...).expect(t, 401, "UNAUTHORIZED")
+}
+
+// The key file: the 32-byte HMAC key of earlier versions is replaced by an
+// EC key; an RSA key signs RS256; anything else is an error naming the field.
+func TestTokenKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "k")
+	if err := os.WriteFile(path, make([]byte, 32), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, m, err := loadSigner(path); err != nil || m.Alg() != "ES256" {
+		t.Fatalf("old key: %v %v", m, err)
+	}
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "-----BEGIN PRIVATE KEY-----") {
+		t.Fatalf("old key not replaced: %q", b)
+	}
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rk)}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, m, err := loadSigner(path)
+	if err != nil || m.Alg() != "RS256" {
+		t.Fatalf("rsa key: %v %v", m, err)
+	}
+	s := &signer{key: key, method: m, issuer: "regwarm", service: "regwarm", ttl: time.Minute}
+	tok, err := s.issue("ci", []access{pullX}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &verifier{keys: []crypto.PublicKey{key.Public()}, issuer: "regwarm", service: "regwarm", now: time.Now}
+	if c, err := v.parse(tok); err != nil || !c.allows("release/x", "pull") {
+		t.Fatalf("RS256 token: %v", err)
+	}
+	if err := os.WriteFile(path, []byte("not a key, and longer than thirty-two bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadSigner(path); err == nil || !strings.Contains(err.Error(), "auth.token.key_file") {
+		t.Fatalf("bad key file: %v", err)
+	}
 }
