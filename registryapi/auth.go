@@ -515,7 +515,7 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rt route) *a
 		if ae := throttled(err); ae != nil {
 			return ae
 		}
-		a.challenge(w, "")
+		a.challenge(w, scopeFor(rt, actionFor(r.Method))) // e.g. an expired token: the client gets a new one
 		return errorf(CodeUnauthorized, "invalid credentials")
 	}
 	switch rt.kind {
@@ -548,14 +548,22 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rt route) *a
 	if id.user == "" || (id.token != nil && a.allowed(id.user, rt.repo.Registry, action)) {
 		// No credentials, or a token without this scope: the client gets
 		// (another) token for the scope named in the challenge.
-		scope := action
-		if action == actionPush {
-			scope = actionPull + "," + actionPush
-		}
-		a.challenge(w, "repository:"+rt.name+":"+scope)
+		a.challenge(w, scopeFor(rt, action))
 		return errorf(CodeUnauthorized, "authentication required")
 	}
 	return errorf(CodeDenied, "user %s may not %s in registry %s", id.user, action, rt.repo.Registry)
+}
+
+// scopeFor is the scope a request on rt needs ("" for ping and catalog);
+// a push asks for pull too, as clients do.
+func scopeFor(rt route, action string) string {
+	if rt.name == "" {
+		return ""
+	}
+	if action == actionPush {
+		action = actionPull + "," + actionPush
+	}
+	return "repository:" + rt.name + ":" + action
 }
 
 // pullFilter returns a check of whether the request may pull from a

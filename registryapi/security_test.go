@@ -310,6 +310,9 @@ func TestTokenClaimsChecked(t *testing.T) {
 		if r.status != tt.status {
 			t.Errorf("%s: status %d, want %d (%s)", tt.name, r.status, tt.status, r.body)
 		}
+		if ch := r.header.Get("WWW-Authenticate"); r.status == 401 && !strings.HasSuffix(ch, `scope="repository:release/x:pull"`) {
+			t.Errorf("%s: challenge %q names no scope for a new token", tt.name, ch)
+		}
 	}
 }
 
