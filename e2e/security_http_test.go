@@ -67,7 +67,7 @@ func rawGet(t *testing.T, method, url string, hdr ...string) (*http.Response, st
 	return res, string(b)
 }
 
-// skopeo/podman/crane login, push and pull through the token flow; tokens
+// skopeo/podman/crane/ctr login, push and pull through the token flow; tokens
 // carry only the access asked for and allowed; the realm ignores Host;
 // repeated failures are throttled.
 func TestAuthTokenFlowClients(t *testing.T) {
@@ -104,6 +104,9 @@ auth:
 	if out, err := harness.TrySkopeo(t, "copy", "--all", "--dest-tls-verify=false", im.OCI(), "docker://"+rw.Addr+"/local/app:v2"); err == nil {
 		t.Fatalf("dev pushed: %s", out)
 	}
+	// containerd asks for its token with an OAuth2 password grant (POST).
+	c := harness.StartContainerd(t)
+	c.Ctr("images", "pull", "--plain-http", "--user", "dev:dev-secret", rw.Addr+"/local/app:v1")
 
 	// The realm comes from serve.listen, whatever Host the request names.
 	res, _ := rawGet(t, "GET", base+"/v2/local/app/tags/list", "Host", "evil.example.net", "X-Forwarded-Proto", "https")
