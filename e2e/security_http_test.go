@@ -67,7 +67,7 @@ func rawGet(t *testing.T, method, url string, hdr ...string) (*http.Response, st
 	return res, string(b)
 }
 
-// skopeo/podman/crane/ctr login, push and pull through the token flow; tokens
+// skopeo/podman/crane/ctr/docker login, push and pull through the token flow; tokens
 // carry only the access asked for and allowed; the realm ignores Host;
 // repeated failures are throttled.
 func TestAuthTokenFlowClients(t *testing.T) {
@@ -148,6 +148,14 @@ auth:
 		t.Fatalf("throttled login: %d %q %s", res.StatusCode, res.Header.Get("Retry-After"), body)
 	}
 	harness.Skopeo(t, "login", "--tls-verify=false", "-u", "ci", "-p", "ci-secret", rw.Addr)
+
+	// docker login, pull and push through the token flow.
+	d := harness.StartDockerd(t, harness.DockerdOptions{})
+	d.Docker("login", "-u", "ci", "-p", "ci-secret", rw.Addr)
+	d.Docker("pull", rw.Addr+"/local/app:v1")
+	d.Docker("tag", rw.Addr+"/local/app:v1", rw.Addr+"/local/app:docker")
+	d.Docker("push", rw.Addr+"/local/app:docker")
+
 	m := harness.ScrapeMetrics(t, rw.MetricsAddr)
 	if m.Value("regwarm_auth_logins_total", "result", "throttled") < 1 || m.Value("regwarm_auth_logins_total", "result", "failed") < 5 {
 		t.Fatalf("login metrics: throttled %v failed %v", m.Value("regwarm_auth_logins_total", "result", "throttled"),
