@@ -55,7 +55,7 @@ type authenticator struct {
 	own      *verifier // tokens of signer
 	external *verifier // tokens of auth.external; nil: none
 	throttle *throttle
-	bcryptN  chan struct{} // bounds concurrent bcrypt work
+	bcryptN  *gate // bounds concurrent bcrypt work
 	compare  func(hash, pass []byte) error
 	now      func() time.Time
 	log      *slog.Logger
@@ -78,7 +78,7 @@ func newAuthenticator(cfg *config.Config, log *slog.Logger, m *metrics.Set) (*au
 	a := &authenticator{
 		rules: ac.Rules, htpasswd: ac.HtpasswdFile, now: time.Now, log: log, logins: m.Limits.Logins,
 		compare: bcrypt.CompareHashAndPassword, verified: map[string]time.Time{},
-		bcryptN: make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
+		bcryptN: newGate(max(1, runtime.GOMAXPROCS(0))),
 	}
 	a.throttle = newThrottle(ac.Throttle.MaxFailures, ac.Throttle.MaxFailuresPerClient, ac.Throttle.Window.D(),
 		ac.Throttle.MaxEntries, func() time.Time { return a.now() })
@@ -271,13 +271,11 @@ func (a *authenticator) login(ctx context.Context, client, user, pass string) er
 		a.logins.WithLabelValues(metrics.LoginOK).Inc()
 		return nil
 	}
-	select {
-	case a.bcryptN <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := a.bcryptN.acquire(ctx, !a.throttle.suspect(client)); err != nil {
+		return err
 	}
 	err := a.compare(hash, []byte(pass))
-	<-a.bcryptN
+	a.bcryptN.release()
 	if err != nil || !known {
 		a.throttle.fail(user, client)
 		a.logins.WithLabelValues(metrics.LoginFailed).Inc()

@@ -1,6 +1,7 @@
 package registryapi
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -429,8 +431,8 @@ func TestBcryptBounded(t *testing.T) {
 	for range 32 {
 		<-done
 	}
-	if p := int(peak.Load()); p > cap(a.bcryptN) {
-		t.Fatalf("%d bcrypt comparisons at once, bound %d", p, cap(a.bcryptN))
+	if p := int(peak.Load()); p > a.bcryptN.size {
+		t.Fatalf("%d bcrypt comparisons at once, bound %d", p, a.bcryptN.size)
 	}
 }
 
@@ -590,5 +592,67 @@ func TestTokenKeyFile(t *testing.T) {
 	}
 	if _, _, err := loadSigner(path); err == nil || !strings.Contains(err.Error(), "auth.token.key_file") {
 		t.Fatalf("bad key file: %v", err)
+	}
+}
+
+// The bcrypt gate serves clients without recent failures before guessers,
+// and a waiter that gives up leaks no slot.
+func TestGateOrder(t *testing.T) {
+	g := newGate(1)
+	ctx := t.Context()
+	if err := g.acquire(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 4)
+	var done sync.WaitGroup
+	wait := func(name string, first bool) {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			if err := g.acquire(ctx, first); err == nil {
+				order <- name
+				g.release()
+			}
+		}()
+	}
+	queued := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			g.mu.Lock()
+			q := len(g.high) + len(g.low)
+			g.mu.Unlock()
+			if q == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d waiters, want %d", q, n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	wait("guesser1", false)
+	queued(1)
+	wait("guesser2", false)
+	queued(2)
+	// One that gives up while queued.
+	cctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- g.acquire(cctx, true) }()
+	queued(3)
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("canceled acquire succeeded")
+	}
+	wait("user", true)
+	queued(3)
+	g.release()
+	got := []string{<-order, <-order, <-order}
+	if !slices.Equal(got, []string{"user", "guesser1", "guesser2"}) {
+		t.Fatalf("order %v", got)
+	}
+	done.Wait()
+	if g.free != 1 {
+		t.Fatalf("%d free slots after all released, want 1", g.free)
 	}
 }

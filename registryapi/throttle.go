@@ -2,8 +2,10 @@ package registryapi
 
 import (
 	"container/list"
+	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -120,4 +122,76 @@ func clientAddr(remote string) string {
 		return p.String()
 	}
 	return ip.String()
+}
+
+// suspect reports whether logins from client failed within the window.
+func (t *throttle) suspect(client string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.items[clientKey(client)]
+	return ok && t.now().Before(e.Value.(*failures).start.Add(t.window))
+}
+
+// gate bounds concurrent bcrypt work. Waiters from clients without recent
+// failures go first, so that guessers queue behind real users.
+type gate struct {
+	size int
+
+	mu        sync.Mutex
+	free      int
+	high, low []chan struct{}
+}
+
+func newGate(n int) *gate { return &gate{size: n, free: n} }
+
+// acquire waits for a slot (first among the waiters when first).
+func (g *gate) acquire(ctx context.Context, first bool) error {
+	g.mu.Lock()
+	if g.free > 0 {
+		g.free--
+		g.mu.Unlock()
+		return nil
+	}
+	ch := make(chan struct{})
+	if first {
+		g.high = append(g.high, ch)
+	} else {
+		g.low = append(g.low, ch)
+	}
+	g.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+	}
+	g.mu.Lock()
+	queued := false
+	g.high, queued = without(g.high, ch, queued)
+	g.low, queued = without(g.low, ch, queued)
+	g.mu.Unlock()
+	if !queued {
+		g.release() // handed a slot while giving up: pass it on
+	}
+	return ctx.Err()
+}
+
+func without(q []chan struct{}, ch chan struct{}, found bool) ([]chan struct{}, bool) {
+	if i := slices.Index(q, ch); i >= 0 {
+		return slices.Delete(q, i, i+1), true
+	}
+	return q, found
+}
+
+// release hands the slot to the next waiter, or frees it.
+func (g *gate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, q := range []*[]chan struct{}{&g.high, &g.low} {
+		if len(*q) > 0 {
+			close((*q)[0])
+			*q = (*q)[1:]
+			return
+		}
+	}
+	g.free++
 }
