@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -37,6 +38,15 @@ func writeHtpasswd(t *testing.T, users ...string) string {
 	path := filepath.Join(t.TempDir(), "htpasswd")
 	writeFile(t, path, b.String())
 	return path
+}
+
+func readFileString(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func basicAuth(user, pass string) string {
@@ -155,6 +165,28 @@ auth:
 	d.Docker("pull", rw.Addr+"/local/app:v1")
 	d.Docker("tag", rw.Addr+"/local/app:v1", rw.Addr+"/local/app:docker")
 	d.Docker("push", rw.Addr+"/local/app:docker")
+
+	// A user added to the htpasswd file can log in without a restart.
+	writeFile(t, ht, readFileString(t, ht)+readFileString(t, writeHtpasswd(t, "ops")))
+	// Each try comes from another loopback address, so that the failures
+	// before the reload do not get ops throttled.
+	try := 0
+	harness.Eventually(t, 10*time.Second, "ops logs in after the htpasswd change", func() error {
+		try++
+		src := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(try))}
+		client := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: src}).DialContext}}
+		req, _ := http.NewRequest("GET", base+"/v2/", nil)
+		req.SetBasicAuth("ops", "ops-secret")
+		res, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			return fmt.Errorf("status %d", res.StatusCode)
+		}
+		return nil
+	})
 
 	m := harness.ScrapeMetrics(t, rw.MetricsAddr)
 	if m.Value("regwarm_auth_logins_total", "result", "throttled") < 1 || m.Value("regwarm_auth_logins_total", "result", "failed") < 5 {
