@@ -149,10 +149,14 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 			}
 			handler = withWebhooks(api, webhook.New(cfg, q, webhook.WithLogger(log), webhook.WithMetrics(m), webhook.WithTags(c)))
 		}
-		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		srv := &http.Server{Handler: handler, ReadHeaderTimeout: cfg.Serve.HeaderTimeout.D(), IdleTimeout: 2 * time.Minute,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		servers = append(servers, &httpServer{name: "api", addr: cfg.Serve.Listen, srv: srv,
-			certFile: cfg.Serve.TLS.CertFile, keyFile: cfg.Serve.TLS.KeyFile})
+			certFile: cfg.Serve.TLS.CertFile, keyFile: cfg.Serve.TLS.KeyFile,
+			wrap: func(ln net.Listener) net.Listener {
+				return registryapi.LimitListener(ln, cfg.Serve.MaxConnections, cfg.Serve.MaxConnectionsPerClient,
+					cfg.Serve.TLS.CertFile == "", m)
+			}})
 	}
 
 	// Bind every listener before reporting ready, so a port clash fails fast.
@@ -312,6 +316,7 @@ type httpServer struct {
 	certFile, keyFile string
 	srv               *http.Server
 	ln                net.Listener
+	wrap              func(net.Listener) net.Listener // limits; nil: none
 }
 
 func (s *httpServer) listen() error {
@@ -320,6 +325,9 @@ func (s *httpServer) listen() error {
 		return fmt.Errorf("%s listener on %s: %w", s.name, s.addr, err)
 	}
 	s.ln = ln
+	if s.wrap != nil {
+		s.ln = s.wrap(ln)
+	}
 	return nil
 }
 

@@ -82,7 +82,7 @@ func New(cfg *config.Config, st store.Store, opts ...Option) (*Handler, error) {
 		h.metrics = metrics.New(prometheus.NewRegistry(), metrics.Labels{})
 	}
 	if cfg.Auth != nil {
-		a, err := newAuthenticator(cfg)
+		a, err := newAuthenticator(cfg, h.log, h.metrics)
 		if err != nil {
 			return nil, err
 		}
@@ -99,6 +99,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		id = trace.NewID()
 	}
 	r = r.WithContext(trace.WithRequestID(r.Context(), id))
+	h.limitBody(w, r)
 	rw := &responseWriter{ResponseWriter: w, status: http.StatusOK}
 	rw.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
 	rw.Header().Set("X-Request-Id", id)

@@ -2,26 +2,32 @@ package registryapi
 
 import (
 	"bufio"
-	"crypto/hmac"
+	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
-	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/ref"
 )
 
 // Actions a rule can allow.
@@ -34,36 +40,149 @@ const (
 // anonymous is the user name rules use for requests without credentials.
 const anonymous = "anonymous"
 
-// tokenTTL is how long a token from /auth/token is valid.
-const tokenTTL = 5 * time.Minute
+// htpasswdRecheck is how often the htpasswd file's mtime is looked at.
+const htpasswdRecheck = time.Second
 
 // authenticator checks credentials (htpasswd bcrypt entries, sent as Basic
 // auth or exchanged for a token by the Docker token flow) and the access
-// rules. Tokens only prove who the user is; every request is checked
-// against the rules.
+// rules. A token grants what its access claims name, and every request is
+// checked against the rules as well.
 type authenticator struct {
-	users map[string][]byte
-	rules []config.Rule
-	key   []byte
-	now   func() time.Time
+	rules    []config.Rule
+	realm    string // the challenge's realm and service
+	service  string
+	signer   *signer
+	own      *verifier // tokens of signer
+	external *verifier // tokens of auth.external; nil: none
+	throttle *throttle
+	bcryptN  *gate // bounds concurrent bcrypt work
+	compare  func(hash, pass []byte) error
+	now      func() time.Time
+	log      *slog.Logger
+	logins   *prometheus.CounterVec
 
+	htpasswd string
 	mu       sync.Mutex
+	users    map[string][]byte
+	dummy    []byte    // bcrypt hash compared for unknown users
+	checked  time.Time // last look at the htpasswd file
+	mtime    time.Time
+	size     int64
 	verified map[string]time.Time // sha256(user:password) → valid until
 }
 
-// newAuthenticator loads the htpasswd file and the token key, which lives
-// in data_dir so that every serve replica sharing it accepts the tokens of
-// the others.
-func newAuthenticator(cfg *config.Config) (*authenticator, error) {
-	users, err := loadHtpasswd(cfg.Auth.HtpasswdFile)
+// newAuthenticator loads the htpasswd file and the token signing key,
+// which every serve replica shares (auth.token.key_file).
+func newAuthenticator(cfg *config.Config, log *slog.Logger, m *metrics.Set) (*authenticator, error) {
+	ac := cfg.Auth
+	a := &authenticator{
+		rules: ac.Rules, htpasswd: ac.HtpasswdFile, now: time.Now, log: log, logins: m.Limits.Logins,
+		compare: bcrypt.CompareHashAndPassword, verified: map[string]time.Time{},
+		bcryptN: newGate(max(1, runtime.GOMAXPROCS(0))),
+	}
+	a.throttle = newThrottle(ac.Throttle.MaxFailures, ac.Throttle.MaxFailuresPerClient, ac.Throttle.Window.D(),
+		ac.Throttle.MaxEntries, func() time.Time { return a.now() })
+	if err := a.loadUsers(); err != nil {
+		return nil, err
+	}
+	key, method, err := loadSigner(ac.Token.KeyFile)
 	if err != nil {
 		return nil, err
 	}
-	key, err := tokenKey(filepath.Join(cfg.DataDir, "auth-token.key"))
+	a.signer = &signer{key: key, method: method, kid: keyID(key.Public()), issuer: ac.Token.Issuer,
+		service: ac.Token.Service, ttl: ac.Token.TTL.D()}
+	now := func() time.Time { return a.now() }
+	a.own = &verifier{keys: []crypto.PublicKey{key.Public()}, issuer: ac.Token.Issuer, service: ac.Token.Service, now: now}
+	base, err := externalBase(cfg.Serve)
 	if err != nil {
 		return nil, err
 	}
-	return &authenticator{users: users, rules: cfg.Auth.Rules, key: key, now: time.Now, verified: map[string]time.Time{}}, nil
+	a.realm, a.service = base+"/auth/token", ac.Token.Service
+	if e := ac.External; e != nil {
+		keys, err := loadBundle(e.RootCertBundle)
+		if err != nil {
+			return nil, err
+		}
+		a.external = &verifier{keys: keys, issuer: e.Issuer, service: e.Service, now: now}
+		a.realm, a.service = e.Realm, e.Service
+	}
+	return a, nil
+}
+
+// externalBase is scheme://host[:port] of the API as clients reach it:
+// serve.external_url, else built from serve.listen; never from a request.
+func externalBase(s config.Serve) (string, error) {
+	if s.ExternalURL != "" {
+		u, err := url.Parse(s.ExternalURL)
+		if err != nil {
+			return "", fmt.Errorf("serve.external_url: %w", err)
+		}
+		return u.Scheme + "://" + u.Host, nil
+	}
+	scheme := "http"
+	if s.TLS.CertFile != "" {
+		scheme = "https"
+	}
+	host, port, err := net.SplitHostPort(s.Listen)
+	if err != nil {
+		return "", fmt.Errorf("serve.listen: %w", err)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "localhost"
+	}
+	return scheme + "://" + net.JoinHostPort(host, port), nil
+}
+
+// loadUsers (re)reads the htpasswd file; the caller holds a.mu or is the
+// constructor.
+func (a *authenticator) loadUsers() error {
+	fi, err := os.Stat(a.htpasswd)
+	if err != nil {
+		return fmt.Errorf("auth.htpasswd_file: %w", err)
+	}
+	users, err := loadHtpasswd(a.htpasswd)
+	if err != nil {
+		return err
+	}
+	cost := 0 // the users' highest, so an unknown user costs what a known one does
+	for _, h := range users {
+		cost = max(cost, mustCost(h))
+	}
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	if a.dummy == nil || mustCost(a.dummy) != cost {
+		if a.dummy, err = bcrypt.GenerateFromPassword([]byte(rand.Text()), cost); err != nil {
+			return fmt.Errorf("auth: %w", err)
+		}
+	}
+	a.users, a.mtime, a.size = users, fi.ModTime(), fi.Size()
+	a.verified = map[string]time.Time{}
+	return nil
+}
+
+func mustCost(h []byte) int {
+	c, _ := bcrypt.Cost(h)
+	return c
+}
+
+// user returns the bcrypt hash of user, re-reading the htpasswd file when
+// it changed (looked at no more than once a second).
+func (a *authenticator) user(name string) ([]byte, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if now := a.now(); now.Sub(a.checked) >= htpasswdRecheck {
+		a.checked = now
+		if fi, err := os.Stat(a.htpasswd); err == nil && (!fi.ModTime().Equal(a.mtime) || fi.Size() != a.size) {
+			if err := a.loadUsers(); err != nil {
+				a.log.Error("htpasswd not reloaded, keeping the previous users", "error", err)
+			} else {
+				a.log.Info("htpasswd reloaded", "users", len(a.users))
+			}
+		}
+	}
+	h, ok := a.users[name]
+	return h, ok
 }
 
 func loadHtpasswd(path string) (map[string][]byte, error) {
@@ -94,115 +213,103 @@ func loadHtpasswd(path string) (map[string][]byte, error) {
 	return users, nil
 }
 
-// tokenKey reads the HMAC key for tokens, creating it on first use.
-func tokenKey(path string) ([]byte, error) {
-	if b, err := os.ReadFile(path); err == nil && len(b) >= 32 {
-		return b, nil
-	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("auth token key: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return os.ReadFile(path) // another replica created it first
-	}
-	if err != nil {
-		return nil, fmt.Errorf("auth token key: %w", err)
-	}
-	if _, err := f.Write(key); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("auth token key: %w", err)
-	}
-	return key, f.Close()
+// Credential errors.
+var (
+	errBadCredentials = errors.New("bad credentials")
+	errThrottled      = errors.New("too many failed logins")
+)
+
+// throttledError is errThrottled with the time to wait.
+type throttledError struct{ wait time.Duration }
+
+func (e *throttledError) Error() string { return errThrottled.Error() }
+func (e *throttledError) Unwrap() error { return errThrottled }
+
+// identity is who a request is from: user "" is anonymous; token is nil
+// for Basic auth and no credentials (the rules alone decide).
+type identity struct {
+	user  string
+	token *tokenClaims
 }
 
-// errBadCredentials is returned for credentials that do not check out.
-var errBadCredentials = errors.New("bad credentials")
-
-// identify returns the request's user ("" for anonymous).
-func (a *authenticator) identify(r *http.Request) (string, error) {
+// identify returns the request's identity.
+func (a *authenticator) identify(r *http.Request) (identity, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" {
-		return "", nil
+		return identity{}, nil
 	}
 	if user, pass, ok := r.BasicAuth(); ok {
-		if a.checkPassword(user, pass) {
-			return user, nil
+		if err := a.login(r.Context(), clientAddr(r.RemoteAddr), user, pass); err != nil {
+			return identity{}, err
 		}
-		return "", errBadCredentials
+		return identity{user: user}, nil
 	}
 	if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
 		return a.verifyToken(strings.TrimSpace(tok))
 	}
-	return "", errBadCredentials
+	return identity{}, errBadCredentials
 }
 
-func (a *authenticator) checkPassword(user, pass string) bool {
-	hash, ok := a.users[user]
-	if !ok {
-		return false
+// login checks a password. Unknown users cost a bcrypt comparison like
+// known ones; after too many failures from the client it answers
+// errThrottled without any bcrypt work.
+func (a *authenticator) login(ctx context.Context, client, user, pass string) error {
+	if wait := a.throttle.check(user, client); wait > 0 {
+		a.logins.WithLabelValues(metrics.LoginThrottled).Inc()
+		return &throttledError{wait: wait}
 	}
+	hash, known := a.user(user)
 	sum := sha256.Sum256([]byte(user + "\x00" + pass))
 	k := hex.EncodeToString(sum[:])
 	a.mu.Lock()
 	until, cached := a.verified[k]
+	if !known {
+		hash = a.dummy
+	}
 	a.mu.Unlock()
-	if cached && a.now().Before(until) {
-		return true
+	if known && cached && a.now().Before(until) {
+		a.logins.WithLabelValues(metrics.LoginOK).Inc()
+		return nil
 	}
-	if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil {
-		return false
+	if err := a.bcryptN.acquire(ctx, !a.throttle.suspect(client)); err != nil {
+		return err
 	}
+	err := a.compare(hash, []byte(pass))
+	a.bcryptN.release()
+	if err != nil || !known {
+		a.throttle.fail(user, client)
+		a.logins.WithLabelValues(metrics.LoginFailed).Inc()
+		return errBadCredentials
+	}
+	a.throttle.succeed(user, client)
+	a.logins.WithLabelValues(metrics.LoginOK).Inc()
 	a.mu.Lock()
 	if len(a.verified) > 10000 {
 		a.verified = map[string]time.Time{}
 	}
 	a.verified[k] = a.now().Add(5 * time.Minute)
 	a.mu.Unlock()
-	return true
+	return nil
 }
 
-type tokenClaims struct {
-	Sub string `json:"sub"`
-	Exp int64  `json:"exp"`
-}
-
-func (a *authenticator) issueToken(user string) (string, time.Time) {
-	exp := a.now().Add(tokenTTL)
-	payload, _ := json.Marshal(tokenClaims{Sub: user, Exp: exp.Unix()})
-	p := base64.RawURLEncoding.EncodeToString(payload)
-	return p + "." + a.sign(p), exp
-}
-
-func (a *authenticator) sign(p string) string {
-	m := hmac.New(sha256.New, a.key)
-	m.Write([]byte(p))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
-}
-
-func (a *authenticator) verifyToken(tok string) (string, error) {
-	p, sig, ok := strings.Cut(tok, ".")
-	if !ok || subtle.ConstantTimeCompare([]byte(sig), []byte(a.sign(p))) != 1 {
-		return "", errBadCredentials
+// verifyToken checks a bearer token: one of ours (whose user must still
+// exist), or one of the external issuer.
+func (a *authenticator) verifyToken(tok string) (identity, error) {
+	c, err := a.own.parse(tok)
+	if err == nil {
+		if c.Subject != "" {
+			if _, ok := a.user(c.Subject); !ok {
+				return identity{}, errBadCredentials // user removed since
+			}
+		}
+		return identity{user: c.Subject, token: c}, nil
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(p)
-	if err != nil {
-		return "", errBadCredentials
-	}
-	var c tokenClaims
-	if json.Unmarshal(raw, &c) != nil || a.now().Unix() > c.Exp {
-		return "", errBadCredentials
-	}
-	if c.Sub != "" {
-		if _, ok := a.users[c.Sub]; !ok {
-			return "", errBadCredentials // user removed since
+	if a.external != nil {
+		if c, err := a.external.parse(tok); err == nil {
+			return identity{user: c.Subject, token: c}, nil
 		}
 	}
-	return c.Sub, nil
+	return identity{}, errBadCredentials
 }
 
 // allowed applies the rules: the first rule matching the registry and the
@@ -218,6 +325,12 @@ func (a *authenticator) allowed(user, registry, action string) bool {
 		return slices.Contains(r.Allow, action)
 	}
 	return false
+}
+
+// permits checks the rules and, for a token, its access claims; name is
+// the repository as the client wrote it.
+func (a *authenticator) permits(id identity, name, registry, action string) bool {
+	return a.allowed(id.user, registry, action) && (id.token == nil || id.token.allows(name, action))
 }
 
 func userMatches(users []string, user string) bool {
@@ -248,47 +361,159 @@ func actionFor(method string) string {
 	return actionPush
 }
 
-// challenge sets the Docker token flow challenge for the request.
-func challenge(w http.ResponseWriter, r *http.Request, scope string) {
-	scheme := "http"
-	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
-		scheme = "https"
-	}
-	v := fmt.Sprintf(`Bearer realm="%s://%s/auth/token",service="regwarm"`, scheme, r.Host)
+// challenge sets the Docker token flow challenge: the realm comes from
+// the configuration (serve.external_url or auth.external), never from the
+// request.
+func (a *authenticator) challenge(w http.ResponseWriter, scope string) {
+	v := fmt.Sprintf(`Bearer realm=%q,service=%q`, a.realm, a.service)
 	if scope != "" {
-		v += fmt.Sprintf(`,scope="%s"`, scope)
+		v += fmt.Sprintf(`,scope=%q`, scope)
 	}
 	w.Header().Set("WWW-Authenticate", v)
 }
 
+// throttled is the answer to a throttled login.
+func throttled(err error) *apiError {
+	var te *throttledError
+	if !errors.As(err, &te) {
+		return nil
+	}
+	ae := errorf(CodeTooManyRequests, "too many failed logins; try again later")
+	ae.header = http.Header{"Retry-After": {strconv.Itoa(int(te.wait.Seconds() + 0.999))}}
+	return ae
+}
+
 // serveToken is the token endpoint of the Docker token flow: Basic
-// credentials (or none, for anonymous access) in, a signed token out.
+// credentials (or none, for anonymous access) and scopes in, a signed JWT
+// granting the requested actions the rules allow out.
 func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) {
+	a := h.auth
 	user := ""
-	if u, pass, ok := r.BasicAuth(); ok {
-		if !h.auth.checkPassword(u, pass) {
-			challenge(w, r, "")
+	u, pass, hasCreds := r.BasicAuth()
+	query := r.URL.Query()
+	if r.Method == http.MethodPost {
+		// OAuth2 password grant (containerd); other grants are refused with
+		// 400, on which clients fall back to GET.
+		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+		if err := r.ParseForm(); err != nil || r.PostForm.Get("grant_type") != "password" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"error":"unsupported_grant_type"}`+"\n")
+			return
+		}
+		u, pass, hasCreds = r.PostForm.Get("username"), r.PostForm.Get("password"), true
+		query = r.Form
+	}
+	if hasCreds {
+		if err := a.login(r.Context(), clientAddr(r.RemoteAddr), u, pass); err != nil {
+			if ae := throttled(err); ae != nil {
+				writeError(w, r, ae)
+				return
+			}
+			a.challenge(w, "")
 			writeError(w, r, errorf(CodeUnauthorized, "invalid username or password"))
 			return
 		}
 		user = u
-	} else if !h.auth.anonymousAllowed() {
+	} else if !a.anonymousAllowed() {
 		w.Header().Set("WWW-Authenticate", `Basic realm="regwarm"`)
 		writeError(w, r, errorf(CodeUnauthorized, ""))
 		return
 	}
-	tok, exp := h.auth.issueToken(user)
+	var scopes []string
+	for _, s := range query["scope"] {
+		scopes = append(scopes, strings.Fields(s)...)
+	}
+	if len(scopes) > maxScopes {
+		writeError(w, r, errorf(CodeDenied, "at most %d scopes per token", maxScopes))
+		return
+	}
+	granted := []access{}
+	for _, s := range scopes {
+		req, ok := parseScope(s)
+		if !ok {
+			writeError(w, r, errorf(CodeDenied, "invalid scope %q", s))
+			return
+		}
+		if g, ok := h.grant(user, req); ok {
+			granted = append(granted, g)
+		}
+	}
+	now := a.now()
+	tok, err := a.signer.issue(user, granted, now)
+	if err != nil {
+		writeError(w, r, h.fail(r, route{kind: routeOther}, err))
+		return
+	}
 	writeJSON(w, r, "application/json", map[string]any{
-		"token": tok, "access_token": tok, "expires_in": int(tokenTTL.Seconds()),
-		"issued_at": exp.Add(-tokenTTL).UTC().Format(time.RFC3339),
+		"token": tok, "access_token": tok, "expires_in": int(a.signer.ttl.Seconds()),
+		"issued_at": now.UTC().Format(time.RFC3339),
 	})
+}
+
+// grant is the part of a requested access the rules allow user.
+func (h *Handler) grant(user string, req access) (access, bool) {
+	switch req.Type {
+	case "registry":
+		// The catalog is filtered per registry by the rules.
+		return access{Type: "registry", Name: "catalog", Actions: []string{"*"}}, req.Name == "catalog"
+	case "repository":
+	default:
+		return access{}, false
+	}
+	regs := h.scopeRegistries(req.Name)
+	want := req.Actions
+	if slices.Contains(want, "*") {
+		want = []string{actionPull, actionPush, actionDelete}
+	}
+	g := access{Type: "repository", Name: req.Name, Actions: []string{}}
+	for _, act := range want {
+		if !slices.Contains([]string{actionPull, actionPush, actionDelete}, act) {
+			continue
+		}
+		if slices.ContainsFunc(regs, func(reg string) bool { return h.auth.allowed(user, reg, act) }) {
+			g.Actions = append(g.Actions, act)
+		}
+	}
+	return g, len(g.Actions) > 0
+}
+
+// scopeRegistries lists the registries a repository name of a token
+// request may mean: the one it names, else the default registry and those
+// a ?ns= mirror request could reach (a token request does not carry ns;
+// each request is checked against the rules of its own registry again).
+func (h *Handler) scopeRegistries(name string) []string {
+	if ref.ValidName(name) != nil {
+		return nil
+	}
+	first, rest, _ := strings.Cut(name, "/")
+	if _, ok := h.cfg.Registry(first); ok {
+		if rest == "" {
+			return nil
+		}
+		return []string{first}
+	}
+	var regs []string
+	if reg, ok := h.cfg.DefaultRegistry(); ok {
+		regs = append(regs, reg.Name)
+	}
+	for _, c := range h.cfg.Connectors {
+		if reg, ok := h.cfg.RegistryForHost(c.Host); c.Host != "" && ok && !slices.Contains(regs, reg.Name) {
+			regs = append(regs, reg.Name)
+		}
+	}
+	return regs
 }
 
 // authorize checks a routed request; it returns nil when it may proceed.
 func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rt route) *apiError {
-	user, err := h.auth.identify(r)
+	a := h.auth
+	id, err := a.identify(r)
 	if err != nil {
-		challenge(w, r, "")
+		if ae := throttled(err); ae != nil {
+			return ae
+		}
+		a.challenge(w, scopeFor(rt, actionFor(r.Method))) // e.g. an expired token: the client gets a new one
 		return errorf(CodeUnauthorized, "invalid credentials")
 	}
 	switch rt.kind {
@@ -297,7 +522,7 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rt route) *a
 		// Authorization header they get the challenge, and anonymous
 		// clients then fetch an anonymous token.
 		if r.Header.Get("Authorization") == "" {
-			challenge(w, r, "")
+			a.challenge(w, "")
 			return errorf(CodeUnauthorized, "")
 		}
 		return nil
@@ -305,9 +530,10 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rt route) *a
 		return nil // filtered per registry by the catalog handler
 	}
 	action := actionFor(r.Method)
-	if h.auth.allowed(user, rt.repo.Registry, action) {
+	if a.permits(id, rt.name, rt.repo.Registry, action) {
 		if rt.kind == routeUploadStart && r.URL.Query().Get("from") != "" {
-			if src, ae := h.resolveName(r.URL.Query().Get("from"), ""); ae == nil && !h.auth.allowed(user, src.Registry, actionPull) {
+			from := r.URL.Query().Get("from")
+			if src, ae := h.resolveName(from, ""); ae == nil && !a.permits(id, from, src.Registry, actionPull) {
 				// Not allowed to read the source: mount quietly falls back to an upload.
 				q := r.URL.Query()
 				q.Del("mount")
@@ -317,12 +543,25 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rt route) *a
 		}
 		return nil
 	}
-	if user == "" {
-		scope := "repository:" + rt.name + ":" + action
-		challenge(w, r, scope)
+	if id.user == "" || (id.token != nil && a.allowed(id.user, rt.repo.Registry, action)) {
+		// No credentials, or a token without this scope: the client gets
+		// (another) token for the scope named in the challenge.
+		a.challenge(w, scopeFor(rt, action))
 		return errorf(CodeUnauthorized, "authentication required")
 	}
-	return errorf(CodeDenied, "user %s may not %s in registry %s", user, action, rt.repo.Registry)
+	return errorf(CodeDenied, "user %s may not %s in registry %s", id.user, action, rt.repo.Registry)
+}
+
+// scopeFor is the scope a request on rt needs ("" for ping and catalog);
+// a push asks for pull too, as clients do.
+func scopeFor(rt route, action string) string {
+	if rt.name == "" {
+		return ""
+	}
+	if action == actionPush {
+		action = actionPull + "," + actionPush
+	}
+	return "repository:" + rt.name + ":" + action
 }
 
 // pullFilter returns a check of whether the request may pull from a
@@ -331,6 +570,6 @@ func (h *Handler) pullFilter(r *http.Request) func(registry string) bool {
 	if h.auth == nil {
 		return func(string) bool { return true }
 	}
-	user, err := h.auth.identify(r)
-	return func(registry string) bool { return err == nil && h.auth.allowed(user, registry, actionPull) }
+	id, err := h.auth.identify(r)
+	return func(registry string) bool { return err == nil && h.auth.allowed(id.user, registry, actionPull) }
 }

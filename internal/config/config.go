@@ -37,6 +37,19 @@ type Log struct {
 type Serve struct {
 	Listen string `yaml:"listen"`
 	TLS    TLS    `yaml:"tls"`
+
+	// ExternalURL is scheme://host[:port] as clients reach the API; the
+	// token realm is built from it (empty: from listen), never from a
+	// request's Host header.
+	ExternalURL string `yaml:"external_url"`
+	// MaxConnections caps open API connections; MaxConnectionsPerClient
+	// caps them per client IP address. Over a cap a connection is refused.
+	MaxConnections          int `yaml:"max_connections"`
+	MaxConnectionsPerClient int `yaml:"max_connections_per_client"`
+	// HeaderTimeout bounds reading a request's headers; BodyIdleTimeout
+	// bounds a read of a request body that makes no progress.
+	HeaderTimeout   Duration `yaml:"header_timeout"`
+	BodyIdleTimeout Duration `yaml:"body_idle_timeout"`
 }
 
 // TLS names a certificate and key; both empty means plain HTTP.
@@ -134,6 +147,40 @@ type Worker struct {
 type Auth struct {
 	HtpasswdFile string `yaml:"htpasswd_file"`
 	Rules        []Rule `yaml:"rules"`
+
+	Throttle AuthThrottle  `yaml:"throttle"`
+	Token    AuthToken     `yaml:"token"`
+	External *AuthExternal `yaml:"external"` // tokens from another issuer
+}
+
+// AuthThrottle limits failed logins: after MaxFailures failures of one user
+// from one client address (or MaxFailuresPerClient failures of any users
+// from one address) within Window, logins from there are answered 429
+// until the window ends. MaxEntries bounds the memory of the counters.
+type AuthThrottle struct {
+	MaxFailures          int      `yaml:"max_failures"`
+	MaxFailuresPerClient int      `yaml:"max_failures_per_client"`
+	Window               Duration `yaml:"window"`
+	MaxEntries           int      `yaml:"max_entries"`
+}
+
+// AuthToken configures the tokens /auth/token issues (JWTs signed with the
+// PEM private key in KeyFile, shared by every serve replica).
+type AuthToken struct {
+	KeyFile string   `yaml:"key_file"` // default <data_dir>/auth-token.key
+	Issuer  string   `yaml:"issuer"`   // default "regwarm"
+	Service string   `yaml:"service"`  // default "regwarm"
+	TTL     Duration `yaml:"ttl"`      // default 5m
+}
+
+// AuthExternal accepts tokens of an external token server: clients are
+// sent to Realm, and tokens must be signed by a key of a certificate in
+// RootCertBundle, issued by Issuer for Service.
+type AuthExternal struct {
+	Realm          string `yaml:"realm"`
+	Service        string `yaml:"service"`
+	Issuer         string `yaml:"issuer"`
+	RootCertBundle string `yaml:"rootcert_bundle"`
 }
 
 // Rule grants actions on a registry to users; the first match wins.

@@ -74,6 +74,10 @@ func (c *Config) ApplyDefaults() {
 	}
 	setInt(&c.Worker.Concurrency, defaultWorkers)
 	setInt(&c.Worker.MaxDeliveries, defaultMaxDeliveries)
+	c.Serve.applyDefaults()
+	if c.Auth != nil {
+		c.Auth.applyDefaults(c.DataDir)
+	}
 	if c.Worker.AckWait == 0 {
 		c.Worker.AckWait = Duration(30 * time.Second)
 	}
@@ -135,6 +139,9 @@ func (c *Config) Override(o Overrides) error {
 		if c.NATS.Embedded.StoreDir == natsStoreDir(c.DataDir) {
 			c.NATS.Embedded.StoreDir = ""
 		}
+		if c.Auth != nil && c.Auth.Token.KeyFile == tokenKeyFile(c.DataDir) {
+			c.Auth.Token.KeyFile = ""
+		}
 		c.DataDir = o.DataDir
 	}
 	if o.Listen != "" {
@@ -151,4 +158,46 @@ func (c *Config) Override(o Overrides) error {
 	}
 	c.ApplyDefaults()
 	return c.Validate()
+}
+
+// Defaults of the API listener's limits and of auth.
+const (
+	defaultMaxConnections          = 4096
+	defaultMaxConnectionsPerClient = 256
+	defaultHeaderTimeout           = 10 * time.Second
+	defaultBodyIdleTimeout         = 30 * time.Second
+	defaultThrottleFailures        = 5
+	defaultThrottleClientFailures  = 20
+	defaultThrottleWindow          = time.Minute
+	defaultThrottleEntries         = 10000
+	defaultTokenIssuer             = "regwarm"
+	defaultTokenService            = "regwarm"
+	defaultTokenTTL                = 5 * time.Minute
+)
+
+func (s *Serve) applyDefaults() {
+	setInt(&s.MaxConnections, defaultMaxConnections)
+	setInt(&s.MaxConnectionsPerClient, defaultMaxConnectionsPerClient)
+	setDuration(&s.HeaderTimeout, defaultHeaderTimeout)
+	setDuration(&s.BodyIdleTimeout, defaultBodyIdleTimeout)
+}
+
+func (a *Auth) applyDefaults(dataDir string) {
+	setInt(&a.Throttle.MaxFailures, defaultThrottleFailures)
+	setInt(&a.Throttle.MaxFailuresPerClient, defaultThrottleClientFailures)
+	setDuration(&a.Throttle.Window, defaultThrottleWindow)
+	setInt(&a.Throttle.MaxEntries, defaultThrottleEntries)
+	setString(&a.Token.KeyFile, tokenKeyFile(dataDir))
+	setString(&a.Token.Issuer, defaultTokenIssuer)
+	setString(&a.Token.Service, defaultTokenService)
+	setDuration(&a.Token.TTL, defaultTokenTTL)
+}
+
+// tokenKeyFile is the default token signing key below dataDir.
+func tokenKeyFile(dataDir string) string { return filepath.Join(dataDir, "auth-token.key") }
+
+func setDuration(p *Duration, v time.Duration) {
+	if *p == 0 {
+		*p = Duration(v)
+	}
 }

@@ -38,6 +38,8 @@ func (c *Config) Validate() error {
 	v.cycles()
 	v.worker()
 	v.auth()
+	v.serveLimits()
+	v.authExtra()
 	v.jobs()
 	v.webhooks()
 	return errors.Join(v.errs...)
