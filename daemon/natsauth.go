@@ -80,10 +80,11 @@ func readPassword(path string) (string, error) {
 
 // embeddedAuth returns the connection option that authenticates a CLI
 // verb to the embedded server: only when cfg uses the embedded server
-// (no nats.url), url is its address, no other credentials are configured
-// and the password file exists. Otherwise it returns nil.
+// (no nats.url), url is its address and the password file exists; it
+// takes the place of nats.username (meant for external servers).
+// Otherwise it returns nil, and no password leaves for another server.
 func embeddedAuth(cfg *config.Config, url string) nats.Option {
-	if cfg.NATS.URL != "" || cfg.NATS.Username != "" || cfg.NATS.CredentialsFile != "" || url != NATSURL(cfg, "") {
+	if cfg.NATS.URL != "" || url != NATSURL(cfg, "") {
 		return nil
 	}
 	pw, err := readPassword(natsPasswordPath(cfg))
