@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +49,9 @@ func StartEmbeddedNATS(cfg *config.Config, log *slog.Logger) (*server.Server, st
 	if err != nil {
 		return nil, "", nil, err
 	}
+	if err := migrateGlobalAccount(cfg.NATSStoreDir()); err != nil {
+		return nil, "", nil, err
+	}
 	opts := &server.Options{}
 	if err := opts.ProcessConfigString(authConf); err != nil {
 		return nil, "", nil, fmt.Errorf("embedded NATS: auth config: %w", err)
@@ -80,6 +86,24 @@ func StartEmbeddedNATS(cfg *config.Config, log *slog.Logger) (*server.Server, st
 	}
 	nl.started()
 	return s, s.ClientURL(), nats.UserInfo(EmbeddedUser, password), nil
+}
+
+// migrateGlobalAccount moves the JetStream data an older regwarm kept in
+// the embedded server's global account ($G) into natsAccount, so queued
+// jobs survive the upgrade.
+func migrateGlobalAccount(storeDir string) error {
+	dir := filepath.Join(storeDir, "jetstream")
+	from, to := filepath.Join(dir, "$G"), filepath.Join(dir, natsAccount)
+	if _, err := os.Stat(to); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if _, err := os.Stat(from); err != nil {
+		return nil
+	}
+	if err := os.Rename(from, to); err != nil {
+		return fmt.Errorf("embedded NATS: moving %s to %s: %w", from, to, err)
+	}
+	return nil
 }
 
 // natsLogger sends the embedded server's warnings and errors to slog, and

@@ -178,3 +178,51 @@ func TestEmbeddedNATSEventsNeedNoAuth(t *testing.T) {
 		t.Error("anonymous subscription to events was not refused with auth configured")
 	}
 }
+
+// TestEmbeddedNATSKeepsOlderStore: the work stream of a regwarm from
+// before the embedded server had accounts (JetStream in the global
+// account) is still there, with its queued jobs, after the upgrade.
+func TestEmbeddedNATSKeepsOlderStore(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg, err := config.Parse([]byte("version: 1\ndata_dir: " + dir + "\nnats: {embedded: {listen: 127.0.0.1:0}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	old := runNATS(t, cfg.NATSStoreDir(), -1)
+	nc, err := nats.Connect(old.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	if _, _, err := events.SetupFor(cfg).Apply(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "regwarm.sync", []byte("local/queued:v1")); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	old.Shutdown()
+	old.WaitForShutdown()
+
+	ns, url, auth, err := StartEmbeddedNATS(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	own, err := nats.Connect(url, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	js, _ = jetstream.New(own)
+	s, err := js.Stream(ctx, "REGWARM_WORK")
+	if err != nil {
+		t.Fatalf("the work stream after the upgrade: %v", err)
+	}
+	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("the work stream after the upgrade: %+v, %v; want the queued job", info, err)
+	}
+}
