@@ -4,10 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -19,67 +24,139 @@ import (
 )
 
 // StartEmbeddedNATS starts the in-process NATS server of `regwarm run`,
-// with JetStream stored under the config's store_dir, and returns its
-// client URL.
-func StartEmbeddedNATS(cfg *config.Config, log *slog.Logger) (*server.Server, string, error) {
+// with JetStream stored under the config's store_dir, and returns it with
+// its client URL and the option regwarm's own connections authenticate
+// with (user regwarm, the password in <data_dir>/nats-password). A server
+// that cannot start (busy port, unwritable store) fails at once with the
+// server's own error.
+func StartEmbeddedNATS(cfg *config.Config, log *slog.Logger) (*server.Server, string, nats.Option, error) {
 	host, portStr, err := net.SplitHostPort(cfg.NATS.Embedded.Listen)
 	if err != nil {
-		return nil, "", fmt.Errorf("nats.embedded.listen: %w", err)
+		return nil, "", nil, fmt.Errorf("nats.embedded.listen: %w", err)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil {
-		return nil, "", fmt.Errorf("nats.embedded.listen: %w", err)
+		return nil, "", nil, fmt.Errorf("nats.embedded.listen: %w", err)
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	opts := &server.Options{
-		ServerName: "regwarm-embedded",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   cfg.NATSStoreDir(),
-		NoSigs:     true,
-		MaxPayload: 2 << 20, // room for a 1 MiB bad message to be refused by a worker
+	password, err := embeddedPassword(cfg)
+	if err != nil {
+		return nil, "", nil, err
 	}
+	authConf, err := embeddedAuthConfig(cfg, password)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if err := migrateGlobalAccount(cfg.NATSStoreDir()); err != nil {
+		return nil, "", nil, err
+	}
+	opts := &server.Options{}
+	if err := opts.ProcessConfigString(authConf); err != nil {
+		return nil, "", nil, fmt.Errorf("embedded NATS: auth config: %w", err)
+	}
+	opts.ServerName = "regwarm-embedded"
+	opts.Host = host
+	opts.Port = port
+	opts.JetStream = true
+	opts.StoreDir = cfg.NATSStoreDir()
+	opts.NoSigs = true
+	opts.MaxPayload = 2 << 20 // room for a 1 MiB bad message to be refused by a worker
 	s, err := server.NewServer(opts)
 	if err != nil {
-		return nil, "", fmt.Errorf("embedded NATS: %w", err)
+		return nil, "", nil, fmt.Errorf("embedded NATS: %w", err)
 	}
-	s.SetLoggerV2(&natsLogger{log.With("component", "nats")}, false, false, false)
+	fatal := make(chan string, 1)
+	nl := &natsLogger{log: log.With("component", "nats"), fatal: fatal}
+	s.SetLoggerV2(nl, false, false, false)
 	go s.Start()
-	if !s.ReadyForConnections(15 * time.Second) {
-		s.Shutdown()
-		return nil, "", errors.New("embedded NATS did not start within 15s (is nats.embedded.listen free?)")
+	deadline := time.Now().Add(15 * time.Second)
+	for !s.ReadyForConnections(50 * time.Millisecond) {
+		select {
+		case msg := <-fatal:
+			s.Shutdown()
+			return nil, "", nil, fmt.Errorf("embedded NATS on %s (store %s): %s", cfg.NATS.Embedded.Listen, cfg.NATSStoreDir(), msg)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Shutdown()
+			return nil, "", nil, fmt.Errorf("embedded NATS on %s did not start within 15s", cfg.NATS.Embedded.Listen)
+		}
 	}
-	return s, s.ClientURL(), nil
+	nl.started()
+	return s, s.ClientURL(), nats.UserInfo(EmbeddedUser, password), nil
 }
 
-// natsLogger sends the embedded server's warnings and errors to slog.
-type natsLogger struct{ log *slog.Logger }
+// migrateGlobalAccount moves the JetStream data an older regwarm kept in
+// the embedded server's global account ($G) into natsAccount, so queued
+// jobs survive the upgrade.
+func migrateGlobalAccount(storeDir string) error {
+	dir := filepath.Join(storeDir, "jetstream")
+	from, to := filepath.Join(dir, "$G"), filepath.Join(dir, natsAccount)
+	if _, err := os.Stat(to); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if _, err := os.Stat(from); err != nil {
+		return nil
+	}
+	if err := os.Rename(from, to); err != nil {
+		return fmt.Errorf("embedded NATS: moving %s to %s: %w", from, to, err)
+	}
+	return nil
+}
+
+// natsLogger sends the embedded server's warnings and errors to slog, and
+// hands the first fatal error to whoever waits for the server to start.
+type natsLogger struct {
+	log *slog.Logger
+
+	mu    sync.Mutex
+	fatal chan<- string // nil once the server started
+}
 
 func (l *natsLogger) Noticef(string, ...any) {}
 func (l *natsLogger) Debugf(string, ...any)  {}
 func (l *natsLogger) Tracef(string, ...any)  {}
 func (l *natsLogger) Warnf(f string, v ...any) {
-	l.log.Warn("nats server", "message", fmt.Sprintf(f, v...))
+	msg := fmt.Sprintf(f, v...)
+	if strings.HasPrefix(msg, "Plaintext passwords detected") {
+		return // the generated password, kept in a 0600 file and in memory
+	}
+	l.log.Warn("nats server", "message", msg)
 }
 func (l *natsLogger) Errorf(f string, v ...any) {
 	l.log.Error("nats server", "message", fmt.Sprintf(f, v...))
 }
 func (l *natsLogger) Fatalf(f string, v ...any) {
-	l.log.Error("nats server fatal", "message", fmt.Sprintf(f, v...))
+	msg := fmt.Sprintf(f, v...)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case l.fatal <- msg: // a nil channel never takes it
+	default:
+		l.log.Error("nats server fatal", "message", msg)
+	}
+}
+
+// started makes later fatal errors go to the log only.
+func (l *natsLogger) started() {
+	l.mu.Lock()
+	l.fatal = nil
+	l.mu.Unlock()
 }
 
 // bus is a process's NATS connection with the JetStream objects regwarm
 // uses. Setup runs in the background until it succeeds, so a process
 // starts (and serve keeps serving) while NATS is unreachable.
 type bus struct {
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	subj  events.Subjects
-	setup events.Setup
-	log   *slog.Logger
+	url     string
+	dialErr atomic.Pointer[error] // the last failed connection attempt
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	subj    events.Subjects
+	setup   events.Setup
+	log     *slog.Logger
 
 	mu     sync.Mutex
 	cons   jetstream.Consumer
@@ -87,8 +164,10 @@ type bus struct {
 	ready  chan struct{}
 }
 
-func newBus(url string, cfg *config.Config, name string, log *slog.Logger) (*bus, error) {
-	nc, err := events.Connect(url, cfg.NATS, name, log, true)
+func newBus(url string, cfg *config.Config, name string, log *slog.Logger, auth ...nats.Option) (*bus, error) {
+	b := &bus{url: url, log: log, ready: make(chan struct{})}
+	opts := append(auth, nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { b.dialErr.Store(&err) }))
+	nc, err := events.Connect(url, cfg.NATS, name, log, true, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -97,11 +176,14 @@ func newBus(url string, cfg *config.Config, name string, log *slog.Logger) (*bus
 		nc.Close()
 		return nil, err
 	}
-	setup := events.SetupFor(cfg)
-	return &bus{nc: nc, js: js, subj: setup.Subjects, log: log, ready: make(chan struct{}), setup: setup}, nil
+	b.nc, b.js = nc, js
+	b.setup = events.SetupFor(cfg)
+	b.subj = b.setup.Subjects
+	return b, nil
 }
 
 // run applies the JetStream setup, retrying until it works or ctx ends.
+// Nothing is logged once ctx ended (a shutdown, not a NATS problem).
 func (b *bus) run(ctx context.Context, owner string) {
 	wait := 250 * time.Millisecond
 	for {
@@ -118,7 +200,14 @@ func (b *bus) run(ctx context.Context, owner string) {
 			b.log.Info("nats ready", "stream", b.subj.Stream(), "consumer", b.subj.Consumer())
 			return
 		}
-		b.log.Warn("nats setup failed; retrying", "error", err)
+		if ctx.Err() != nil {
+			return
+		}
+		if de := b.dialErr.Load(); !b.nc.IsConnected() && de != nil {
+			b.log.Warn("nats not reachable; retrying", "url", events.RedactURL(b.url), "error", *de)
+		} else {
+			b.log.Warn("nats setup failed; retrying", "url", events.RedactURL(b.url), "error", err)
+		}
 		select {
 		case <-ctx.Done():
 			return

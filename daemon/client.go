@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/regwarm/regwarm/internal/config"
@@ -44,7 +45,11 @@ func Sync(ctx context.Context, cfg *config.Config, url string, images []string, 
 		}
 		reqs = append(reqs, req)
 	}
-	nc, err := events.Connect(url, cfg.NATS, "regwarm sync", slog.New(slog.DiscardHandler), false)
+	var auth []nats.Option
+	if a := embeddedAuth(cfg, url); a != nil {
+		auth = append(auth, a)
+	}
+	nc, err := events.Connect(url, cfg.NATS, "regwarm sync", slog.New(slog.DiscardHandler), false, auth...)
 	if err != nil {
 		fmt.Fprintf(w, "regwarm sync: %v\n", err)
 		return ExitError

@@ -12,11 +12,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -82,6 +84,18 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg, labels(cfg))
 
+	if mode == ModeRun {
+		// One `regwarm run` per data_dir (and embedded NATS store).
+		locks, err := lockRun(cfg)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			for _, l := range locks {
+				l.unlock()
+			}
+		}()
+	}
 	st, err := store.NewFS(cfg.StoreRoot())
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
@@ -90,13 +104,15 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 
 	// NATS: embedded for run, external when nats.url is set.
 	natsURL := cfg.NATS.URL
+	var natsAuth []nats.Option
 	if mode == ModeRun && natsURL == "" {
-		ns, url, err := StartEmbeddedNATS(cfg, log)
+		ns, url, auth, err := StartEmbeddedNATS(cfg, log)
 		if err != nil {
 			return err
 		}
 		defer ns.Shutdown()
 		natsURL = url
+		natsAuth = append(natsAuth, auth)
 		log.Info("embedded nats started", "url", url, "store_dir", cfg.NATSStoreDir())
 	}
 	if mode == ModeWorker && natsURL == "" {
@@ -108,7 +124,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	if natsURL != "" {
 		host, _ := os.Hostname()
 		owner := fmt.Sprintf("%s/%s/%d", mode, host, os.Getpid())
-		if b, err = newBus(natsURL, cfg, "regwarm "+owner, log); err != nil {
+		if b, err = newBus(natsURL, cfg, "regwarm "+owner, log, natsAuth...); err != nil {
 			return err
 		}
 		defer b.close()
@@ -273,6 +289,26 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	stopBus()
 	pubWG.Wait()
 	return runErr
+}
+
+// lockRun locks data_dir and, when it lies outside, the embedded NATS
+// store (only used without nats.url).
+func lockRun(cfg *config.Config) ([]*dirLock, error) {
+	l, err := lockDir(cfg.DataDir, "data_dir")
+	if err != nil {
+		return nil, err
+	}
+	locks := []*dirLock{l}
+	storeDir := cfg.NATSStoreDir()
+	if rel, rerr := filepath.Rel(cfg.DataDir, storeDir); cfg.NATS.URL == "" && (rerr != nil || strings.HasPrefix(rel, "..")) {
+		l, err := lockDir(storeDir, "nats.embedded.store_dir")
+		if err != nil {
+			locks[0].unlock()
+			return nil, err
+		}
+		locks = append(locks, l)
+	}
+	return locks, nil
 }
 
 // missHook publishes the cache's misses, with the request id of the pull

@@ -295,11 +295,24 @@ func (w *Worker) publish(msg jetstream.Msg, subject string, res events.SyncResul
 	if err := w.bus.nc.Publish(subject, data); err != nil {
 		w.log.Warn("publishing result failed", "subject", subject, "error", err)
 	}
-	if reply := msg.Headers().Get(events.ReplyHeader); reply != "" && validSubject(reply) {
+	reply := msg.Headers().Get(events.ReplyHeader)
+	switch {
+	case reply == "":
+	case !ReplyAllowed(reply):
+		w.log.Warn("reply subject ignored: only _INBOX.> is allowed", "header", events.ReplyHeader,
+			"subject", describe([]byte(reply)), "seq", res.Seq)
+	default:
 		if err := w.bus.nc.Publish(reply, data); err != nil {
 			w.log.Warn("publishing result failed", "subject", reply, "error", err)
 		}
 	}
+}
+
+// ReplyAllowed reports whether the worker sends a result to the subject
+// a Regwarm-Reply-To header names: only literal _INBOX.> subjects, never
+// JetStream, KV or regwarm's own subjects.
+func ReplyAllowed(subject string) bool {
+	return strings.HasPrefix(subject, "_INBOX.") && validSubject(subject)
 }
 
 // validSubject accepts a literal subject a client may ask results on.

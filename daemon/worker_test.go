@@ -505,3 +505,62 @@ func TestWorkerLogsBlobSync(t *testing.T) {
 		t.Errorf("blob sync logged a manifest count: %s", line)
 	}
 }
+
+// TestWorkerReplyToOnlyInbox: a Regwarm-Reply-To header naming anything
+// but an _INBOX.> subject (a KV key, the JetStream API, a job) gets
+// nothing from the worker, which still publishes the normal event.
+func TestWorkerReplyToOnlyInbox(t *testing.T) {
+	t.Parallel()
+	e := newWorkerEnv(t, "")
+	e.startWorker()
+	r := e.watch()
+	e.up.AddImage("reply", "v1", 100)
+	got := make(chan string, 16)
+	for _, subj := range []string{"$KV.regwarm_leases.>", "$JS.API.>", "regwarm.jobs.run.>", "_INBOX.>"} {
+		sub, err := e.nc.Subscribe(subj, func(m *nats.Msg) {
+			if strings.Contains(string(m.Data), `"image"`) { // a sync result, not JetStream traffic
+				got <- m.Subject
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
+	}
+	if err := e.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for _, reply := range []string{"$KV.regwarm_leases.job.gc", "$JS.API.STREAM.DELETE.REGWARM_WORK", "regwarm.jobs.run.gc", "_INBOX.ok.1"} {
+		msg := nats.NewMsg(e.bus.subj.Sync())
+		msg.Data = []byte("hub/reply:v1")
+		msg.Header.Set(events.ReplyHeader, reply)
+		ack, err := e.bus.js.PublishMsg(context.Background(), msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, ack.Sequence)
+	}
+	for _, seq := range seqs {
+		r.wait(t, 20*time.Second, func(res events.SyncResult) bool { return res.Seq == seq })
+	}
+	if err := e.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-got:
+		if s != "_INBOX.ok.1" {
+			t.Fatalf("the worker published a result to %s", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no result on the _INBOX reply subject")
+	}
+	select {
+	case s := <-got:
+		t.Fatalf("the worker published a result to %s", s)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if !ReplyAllowed("_INBOX.abc.def") || ReplyAllowed("_INBOX.>") || ReplyAllowed("_INBOX") || ReplyAllowed("$KV.x.y") {
+		t.Error("ReplyAllowed accepts the wrong subjects")
+	}
+}

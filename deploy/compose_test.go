@@ -28,7 +28,7 @@ type composeFile struct {
 func TestComposeConfig(t *testing.T) {
 	t.Parallel()
 	dc := requireTool(t, "docker-compose")
-	run(t, path(composeDir), nil, dc, "-f", "compose.yaml", "config", "-q")
+	run(t, path(composeDir), []string{"REGWARM_NATS_PASSWORD=x"}, dc, "-f", "compose.yaml", "config", "-q")
 }
 
 // TestComposeIsConsistent checks that the services, regwarm.yaml,
@@ -128,7 +128,7 @@ func TestComposeIsConsistent(t *testing.T) {
 		}
 	}
 	if ns, err := exec.LookPath("nats-server"); err == nil {
-		run(t, path(composeDir), []string{"NATS_SERVER_NAME=nats-1"}, ns, "-c", "nats.conf", "-t")
+		run(t, path(composeDir), []string{"NATS_SERVER_NAME=nats-1", "REGWARM_NATS_PASSWORD=x"}, ns, "-c", "nats.conf", "-t")
 	} else {
 		t.Log("nats-server not on PATH: nats.conf not checked by the server")
 	}

@@ -2,10 +2,12 @@ package deploy_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -431,9 +433,33 @@ func TestNATSHelmValues(t *testing.T) {
 					} `yaml:"pvc"`
 				} `yaml:"fileStore"`
 			} `yaml:"jetstream"`
+			Merge map[string]any `yaml:"merge"`
 		} `yaml:"config"`
+		Container struct {
+			Env map[string]struct {
+				ValueFrom struct {
+					SecretKeyRef struct {
+						Name string `yaml:"name"`
+						Key  string `yaml:"key"`
+					} `yaml:"secretKeyRef"`
+				} `yaml:"valueFrom"`
+			} `yaml:"env"`
+		} `yaml:"container"`
 	}
 	decodeStrict(t, []byte(data), &v, "nats/values.yaml")
+	// The users and permissions: the chart writes merge into nats.conf as
+	// JSON, with << x >> unquoted.
+	var merged bytes.Buffer
+	enc := json.NewEncoder(&merged)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v.Config.Merge); err != nil {
+		t.Fatal(err)
+	}
+	conf := regexp.MustCompile(`"<< (.*?) >>"`).ReplaceAllString(strings.TrimSpace(merged.String()), "$1")
+	checkNATSPermissions(t, "jetstream {}\n"+strings.TrimSuffix(strings.TrimPrefix(conf, "{"), "}"))
+	if ref := v.Container.Env["REGWARM_NATS_PASSWORD"].ValueFrom.SecretKeyRef; ref.Name != "regwarm-connectors" || ref.Key != "REGWARM_NATS_PASSWORD" {
+		t.Errorf("nats/values.yaml: REGWARM_NATS_PASSWORD comes from %+v, want the Secret regwarm-connectors", ref)
+	}
 	c := v.Config
 	if !c.Cluster.Enabled || c.Cluster.Replicas != 3 || !c.JetStream.Enabled || !c.JetStream.FileStore.Enabled ||
 		!c.JetStream.FileStore.PVC.Enabled || c.JetStream.FileStore.PVC.Size == "" {

@@ -128,5 +128,5 @@ func TestSystemdNATSConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal("nats-server not on PATH (.ci/run installs it)")
 	}
-	run(t, path("deploy", "systemd"), nil, ns, "-c", "nats-server.conf", "-t")
+	run(t, path("deploy", "systemd"), []string{"REGWARM_NATS_PASSWORD=x"}, ns, "-c", "nats-server.conf", "-t")
 }

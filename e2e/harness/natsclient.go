@@ -3,6 +3,9 @@ package harness
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,11 +14,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// NATSConn connects to url for the test's own use. It reconnects forever,
-// so it survives a server restart, and is closed by t.Cleanup.
-func NATSConn(t testing.TB, url string) *nats.Conn {
+// NATSConn connects to url for the test's own use, with opts (such as
+// nats.UserInfo). It reconnects forever, so it survives a server restart,
+// and is closed by t.Cleanup.
+func NATSConn(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	opts = append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatalf("connect to %s: %v", url, err)
 	}
@@ -31,6 +36,31 @@ func JetStream(t testing.TB, url string) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
+}
+
+// EmbeddedNATSUser is the user regwarm's processes authenticate as on the
+// embedded NATS server of `regwarm run`.
+const EmbeddedNATSUser = "regwarm"
+
+// NATSURL is the client URL of the embedded NATS server of a `regwarm run`.
+func (r *Regwarm) NATSURL() string { return "nats://" + r.NATSAddr }
+
+// NATSPassword returns the password regwarm generated for EmbeddedNATSUser
+// into <data_dir>/nats-password.
+func (r *Regwarm) NATSPassword() string {
+	r.t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.DataDir, "nats-password"))
+	if err != nil {
+		r.t.Fatalf("embedded NATS password: %v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// NATSConn connects the test to the embedded NATS server of a `regwarm
+// run` as EmbeddedNATSUser, with the password from its data directory.
+func (r *Regwarm) NATSConn() *nats.Conn {
+	r.t.Helper()
+	return NATSConn(r.t, r.NATSURL(), nats.UserInfo(EmbeddedNATSUser, r.NATSPassword()))
 }
 
 // MsgLog collects the messages a test receives on NATS, each decoded from

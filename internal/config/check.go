@@ -30,6 +30,21 @@ func checkListen(addr string) string {
 	return ""
 }
 
+// loopbackListen reports whether a listen address (already checked) only
+// accepts local clients: localhost or a loopback IP; an empty host means
+// every interface.
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return true // reported by checkListen
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // checkHost returns what is wrong with a connector host, which is how
 // clients name the upstream: hostname[:port], without scheme or path.
 func checkHost(h string) string {

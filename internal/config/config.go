@@ -96,6 +96,9 @@ type NATSTLS struct {
 type NATSEmbedded struct {
 	Listen   string `yaml:"listen"`
 	StoreDir string `yaml:"store_dir"` // default <data_dir>/nats
+	// AllowRemote lets listen be a non-loopback address (anonymous clients
+	// elsewhere may then publish sync requests; see README "NATS permissions").
+	AllowRemote bool `yaml:"allow_remote"`
 }
 
 // Registry is one local registry.

@@ -120,6 +120,10 @@ func (v *validator) nats() {
 		}
 	}
 	v.listen("nats.embedded.listen", n.Embedded.Listen)
+	if n.URL == "" && !n.Embedded.AllowRemote && !loopbackListen(n.Embedded.Listen) {
+		v.add("nats.embedded.listen", n.Embedded.Listen,
+			"is not a loopback address: set nats.embedded.allow_remote: true to let other hosts connect")
+	}
 	if n.Embedded.StoreDir == "" {
 		v.add("nats.embedded.store_dir", nil, "required")
 	}

@@ -33,6 +33,8 @@ func TestValidateRules(t *testing.T) {
 		{"nats url redacted", func(c *Config) { c.NATS.URL = "http://u:s3cret@b:4222" }, []string{`nats.url[0]: "http://xxxxx@b:4222"`}},
 		{"nats embedded listen", func(c *Config) { c.NATS.Embedded.Listen = "4222" }, []string{`nats.embedded.listen: "4222"`}},
 		{"nats store dir", func(c *Config) { c.NATS.Embedded.StoreDir = "" }, []string{"nats.embedded.store_dir: required"}},
+		{"nats embedded remote", func(c *Config) { c.NATS.URL, c.NATS.Embedded.Listen = "", "0.0.0.0:4222" }, []string{`nats.embedded.listen: "0.0.0.0:4222": is not a loopback address: set nats.embedded.allow_remote: true`}},
+		{"nats embedded all interfaces", func(c *Config) { c.NATS.URL, c.NATS.Embedded.Listen = "", ":4222" }, []string{`nats.embedded.listen: ":4222": is not a loopback address`}},
 		{"subject wildcard", func(c *Config) { c.NATS.SubjectPrefix = "regwarm.*" }, []string{`nats.subject_prefix: "regwarm.*"`}},
 		{"subject empty token", func(c *Config) { c.NATS.SubjectPrefix = "a..b" }, []string{`nats.subject_prefix: "a..b"`}},
 
@@ -146,6 +148,12 @@ func TestValidateAccepts(t *testing.T) {
 		{"url with path", func(c *Config) { c.Connectors[1].URL = "https://mirror.example.com/dockerhub/" }},
 		{"nats websockets", func(c *Config) { c.NATS.URL = "ws://a:80,wss://b:443,nats://u:p@c:4222" }},
 		{"no nats url", func(c *Config) { c.NATS.URL = "" }},
+		{"nats embedded remote allowed", func(c *Config) {
+			c.NATS.URL, c.NATS.Embedded.Listen, c.NATS.Embedded.AllowRemote = "", "0.0.0.0:4222", true
+		}},
+		{"nats embedded unused", func(c *Config) { c.NATS.Embedded.Listen = "0.0.0.0:4222" }},
+		{"nats embedded loopback", func(c *Config) { c.NATS.URL, c.NATS.Embedded.Listen = "", "[::1]:4222" }},
+		{"nats embedded localhost", func(c *Config) { c.NATS.URL, c.NATS.Embedded.Listen = "", "localhost:4222" }},
 		{"no auth", func(c *Config) { c.Auth = nil }},
 		{"auth without rules", func(c *Config) { c.Auth.Rules = nil }},
 		{"zero ttl", func(c *Config) { c.Registries[0].TagTTL = 0 }},

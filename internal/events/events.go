@@ -167,3 +167,6 @@ func validPlatform(p string) bool {
 	}
 	return true
 }
+
+// Events matches every event subject (sync results and reports).
+func (s Subjects) Events() string { return s.Prefix + ".events.>" }

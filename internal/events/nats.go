@@ -2,9 +2,13 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,10 +18,13 @@ import (
 )
 
 // Connect opens a NATS connection to url with the config's credentials
-// and TLS settings. It keeps reconnecting forever once connected; with
-// retryOnFailedConnect it also starts without a reachable server.
-func Connect(url string, c config.NATS, name string, log *slog.Logger, retryOnFailedConnect bool) (*nats.Conn, error) {
+// and TLS settings, then extra options. It keeps reconnecting forever once
+// connected; with retryOnFailedConnect it also starts without a reachable
+// server. A failure names the URL (without credentials) and the cause.
+func Connect(url string, c config.NATS, name string, log *slog.Logger, retryOnFailedConnect bool, extra ...nats.Option) (*nats.Conn, error) {
+	dialer := &dialRecorder{d: net.Dialer{Timeout: 5 * time.Second}}
 	opts := []nats.Option{
+		nats.SetCustomDialer(dialer),
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
@@ -48,11 +55,57 @@ func Connect(url string, c config.NATS, name string, log *slog.Logger, retryOnFa
 	if c.TLS.CertFile != "" {
 		opts = append(opts, nats.ClientCert(c.TLS.CertFile, c.TLS.KeyFile))
 	}
-	nc, err := nats.Connect(url, opts...)
+	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS: %w", err)
+		if de := dialer.lastErr(); de != nil && errors.Is(err, nats.ErrNoServers) {
+			err = de
+		}
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", RedactURL(url), err)
 	}
 	return nc, nil
+}
+
+// dialRecorder dials NATS servers and remembers the last failure, which
+// nats.go reports only as "no servers available".
+type dialRecorder struct {
+	d    net.Dialer
+	mu   sync.Mutex
+	last error
+}
+
+// Dial implements nats.CustomDialer.
+func (r *dialRecorder) Dial(network, address string) (net.Conn, error) {
+	c, err := r.d.Dial(network, address)
+	if err != nil {
+		r.mu.Lock()
+		r.last = err
+		r.mu.Unlock()
+	}
+	return c, err
+}
+
+func (r *dialRecorder) lastErr() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last
+}
+
+// RedactURL returns a NATS URL (or a comma-separated list) with any user
+// information (user, password, token) replaced by "***".
+func RedactURL(raw string) string {
+	parts := strings.Split(raw, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if at := strings.LastIndex(p, "@"); at >= 0 {
+			scheme := ""
+			if j := strings.Index(p, "://"); j >= 0 && j < at {
+				scheme = p[:j+3]
+			}
+			p = scheme + "***" + p[at:]
+		}
+		parts[i] = p
+	}
+	return strings.Join(parts, ",")
 }
 
 // Setup creates or updates, idempotently, the work stream, the workers'

@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -71,7 +72,14 @@ func (p *Publisher) Run(ctx context.Context) {
 				backoff = 100 * time.Millisecond
 				break
 			}
+			if ctx.Err() != nil {
+				return // shutting down: not a NATS problem
+			}
 			p.metrics.EventsPublished.WithLabelValues(metrics.ResultError).Inc()
+			if nc := p.js.Conn(); nc != nil && !nc.IsConnected() {
+				// nats.go says "headers not supported" before a first connection.
+				err = errNotConnected
+			}
 			if backoff == 100*time.Millisecond {
 				p.log.Warn("publishing miss event failed; retrying", "subject", msg.Subject, "error", err)
 			}
@@ -84,6 +92,9 @@ func (p *Publisher) Run(ctx context.Context) {
 		}
 	}
 }
+
+// errNotConnected replaces the error of a publish while NATS is unreachable.
+var errNotConnected = errors.New("not connected to NATS")
 
 // message encodes a miss event for the work stream.
 func (p *Publisher) message(ev MissEvent) (*nats.Msg, error) {
