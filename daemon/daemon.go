@@ -78,7 +78,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg, labels(cfg))
 
-	st, err := store.NewFS(cfg.StoreRoot())
+	st, err := openStore(cfg)
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
 	}
@@ -378,4 +378,13 @@ func adminHandler(reg *prometheus.Registry, health *Health) http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	return mux
+}
+
+// openStore creates data_dir readable by regwarm's user only (when it does
+// not exist yet) and opens the store with the configured modes.
+func openStore(cfg *config.Config) (*store.FS, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable))
 }

@@ -50,11 +50,29 @@ import (
 //
 // Directories are never removed once created (except upload sessions), so
 // concurrent writers never race with a cleanup.
+//
+// Files are created 0600 and directories 0700 whatever the umask: private
+// registries' layers are readable by regwarm's user only. WithGroupReadable
+// makes them 0640 and 0750 instead, for a group that must read the store
+// (a backup agent); give the root that group and the setgid bit (chgrp
+// backup root && chmod g+s root) so new entries inherit it. Entries created
+// by older versions keep their modes and work as before.
 type FS struct {
-	root    string
-	now     func() time.Time
-	uploads keyedLock
+	root     string
+	now      func() time.Time
+	uploads  keyedLock
+	fileMode fs.FileMode
+	dirMode  fs.FileMode
 }
+
+// Modes of what the store creates: private by default, group-readable
+// with WithGroupReadable.
+const (
+	privateFileMode fs.FileMode = 0o600
+	privateDirMode  fs.FileMode = 0o700
+	groupFileMode   fs.FileMode = 0o640
+	groupDirMode    fs.FileMode = 0o750
+)
 
 var _ Store = (*FS)(nil)
 
@@ -62,8 +80,18 @@ var _ Store = (*FS)(nil)
 type Option func(*options) error
 
 type options struct {
-	now       func() time.Time
-	tmpMaxAge time.Duration
+	now           func() time.Time
+	tmpMaxAge     time.Duration
+	groupReadable bool
+}
+
+// WithGroupReadable makes new files 0640 and directories 0750 instead of
+// 0600 and 0700.
+func WithGroupReadable(on bool) Option {
+	return func(o *options) error {
+		o.groupReadable = on
+		return nil
+	}
 }
 
 // WithClock sets the clock that stamps manifest links, tags and uploads.
@@ -102,12 +130,15 @@ func NewFS(root string, opts ...Option) (*FS, error) {
 		}
 	}
 	root = filepath.Clean(root)
+	f := &FS{root: root, now: o.now, fileMode: privateFileMode, dirMode: privateDirMode}
+	if o.groupReadable {
+		f.fileMode, f.dirMode = groupFileMode, groupDirMode
+	}
 	for _, dir := range []string{"blobs", "tmp", "uploads", "registries"} {
-		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+		if err := f.mkdirs(filepath.Join(root, dir)); err != nil {
 			return nil, fmt.Errorf("create store directory: %w", err)
 		}
 	}
-	f := &FS{root: root, now: o.now}
 	if err := f.cleanTmp(o.now().Add(-o.tmpMaxAge)); err != nil {
 		return nil, err
 	}

@@ -43,11 +43,15 @@ func (f *FS) StartUpload(ctx context.Context, repo Repo) (UploadStatus, error) {
 }
 
 func (f *FS) startUpload(repo Repo, dir string) error {
-	if err := mkdirs(dir); err != nil {
+	if err := f.mkdirs(dir); err != nil {
 		return err
 	}
-	data, err := os.OpenFile(filepath.Join(dir, "data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	data, err := os.OpenFile(filepath.Join(dir, "data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, f.fileMode)
 	if err != nil {
+		return err
+	}
+	if err := data.Chmod(f.fileMode); err != nil { // past the umask
+		_ = data.Close()
 		return err
 	}
 	if err := data.Close(); err != nil {
