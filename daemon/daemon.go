@@ -224,6 +224,10 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		workerWG.Add(1)
 		go func() { defer workerWG.Done(); storeStats(workerCtx, st, m, log) }()
 	}
+	if mode == ModeRun || mode == ModeServe {
+		j := &uploadJanitor{store: st, expiry: cfg.Serve.UploadExpiry.D(), now: time.Now, log: log, metrics: m}
+		workerWG.Go(func() { j.run(workerCtx) })
+	}
 	health.SetReady(true)
 	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot(), "version", Version)
 
@@ -386,5 +390,6 @@ func openStore(cfg *config.Config) (*store.FS, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
-	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable))
+	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable),
+		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()))
 }

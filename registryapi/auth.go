@@ -304,7 +304,7 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rt route) *a
 	case routeCatalog:
 		return nil // filtered per registry by the catalog handler
 	}
-	action := actionFor(r.Method)
+	action := routeAction(rt, r.Method)
 	if h.auth.allowed(user, rt.repo.Registry, action) {
 		if rt.kind == routeUploadStart && r.URL.Query().Get("from") != "" {
 			if src, ae := h.resolveName(r.URL.Query().Get("from"), ""); ae == nil && !h.auth.allowed(user, src.Registry, actionPull) {

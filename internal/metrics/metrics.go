@@ -61,6 +61,8 @@ type Set struct {
 	StoreBlobs         prometheus.Gauge
 	StoreBytes         prometheus.Gauge
 	StoreWrites        *prometheus.CounterVec
+	// UploadsExpired counts upload sessions discarded after serve.upload_expiry idle.
+	UploadsExpired prometheus.Counter
 }
 
 // New creates the collectors, registers them on reg and initialises the
@@ -152,6 +154,10 @@ func New(reg prometheus.Registerer, l Labels) *Set {
 		s.Coalesced, s.PendingWrites, s.EventsPublished, s.EventBufferDepth, s.SyncJobs, s.SyncDuration, s.SyncBytes,
 		s.SyncBlobs, s.WorkPending, s.JobRuns, s.JobLastSuccess, s.JobDuration, s.DanglingReferences,
 		s.StoreBlobs, s.StoreBytes, s.StoreWrites)
+	s.UploadsExpired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "regwarm_upload_sessions_expired_total", Help: "Upload sessions discarded after serve.upload_expiry without a chunk.",
+	})
+	reg.MustRegister(s.UploadsExpired)
 	s.init(l)
 	return s
 }

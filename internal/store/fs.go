@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -63,6 +64,11 @@ type FS struct {
 	uploads  keyedLock
 	fileMode fs.FileMode
 	dirMode  fs.FileMode
+	// uploadExpiry is how long a session may stay idle (0: forever).
+	uploadExpiry time.Duration
+	// startMu makes counting sessions and starting one atomic within the
+	// process.
+	startMu sync.Mutex
 }
 
 // Modes of what the store creates: private by default, group-readable
@@ -83,6 +89,19 @@ type options struct {
 	now           func() time.Time
 	tmpMaxAge     time.Duration
 	groupReadable bool
+	uploadExpiry  time.Duration
+}
+
+// WithUploadExpiry makes upload sessions idle (no chunk received) for d
+// unknown; ExpireUploads removes them. The default, 0, keeps them forever.
+func WithUploadExpiry(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("%w: upload expiry %v must not be negative", ErrInvalid, d)
+		}
+		o.uploadExpiry = d
+		return nil
+	}
 }
 
 // WithGroupReadable makes new files 0640 and directories 0750 instead of
@@ -130,7 +149,7 @@ func NewFS(root string, opts ...Option) (*FS, error) {
 		}
 	}
 	root = filepath.Clean(root)
-	f := &FS{root: root, now: o.now, fileMode: privateFileMode, dirMode: privateDirMode}
+	f := &FS{root: root, now: o.now, fileMode: privateFileMode, dirMode: privateDirMode, uploadExpiry: o.uploadExpiry}
 	if o.groupReadable {
 		f.fileMode, f.dirMode = groupFileMode, groupDirMode
 	}

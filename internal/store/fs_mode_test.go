@@ -80,7 +80,7 @@ func fill(t *testing.T, s *store.FS) {
 	if err := s.PutManifest(ctx, repo, m, store.PutManifestOptions{Tag: "v1"}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := s.StartUpload(ctx, repo)
+	st, err := s.StartUpload(ctx, repo, store.StartUploadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,26 +23,135 @@ import (
 type uploadInfo struct {
 	Registry string    `json:"registry"`
 	Repo     string    `json:"repo"`
+	Owner    string    `json:"owner,omitempty"`
 	Started  time.Time `json:"started"`
+	Updated  time.Time `json:"updated"` // last chunk received (or Started)
 	Offset   int64     `json:"offset"`
 	SHA256   []byte    `json:"sha256State"` // marshalled hash of data[:Offset]
 }
 
-// StartUpload opens a new upload session in repo.
-func (f *FS) StartUpload(ctx context.Context, repo Repo) (UploadStatus, error) {
+// active is when the session last saw a chunk. Sessions written before
+// Updated existed count from their start.
+func (i uploadInfo) active() time.Time {
+	if i.Updated.After(i.Started) {
+		return i.Updated
+	}
+	return i.Started
+}
+
+// StartUpload opens a new upload session in repo, within opts' caps.
+func (f *FS) StartUpload(ctx context.Context, repo Repo, opts StartUploadOptions) (UploadStatus, error) {
 	if err := check(ctx, repo); err != nil {
 		return UploadStatus{}, err
 	}
+	f.startMu.Lock()
+	defer f.startMu.Unlock()
+	if opts.MaxPerRepo > 0 || opts.MaxPerOwner > 0 {
+		if err := f.checkUploadCaps(ctx, repo, opts); err != nil {
+			return UploadStatus{}, err
+		}
+	}
 	id := uuid.NewString()
 	dir := f.uploadDir(id)
-	if err := f.startUpload(repo, dir); err != nil {
+	if err := f.startUpload(repo, opts.Owner, dir); err != nil {
 		_ = os.RemoveAll(dir)
 		return UploadStatus{}, fmt.Errorf("start upload: %w", err)
 	}
-	return UploadStatus{ID: id, Repo: repo}, nil
+	return UploadStatus{ID: id, Repo: repo, Owner: opts.Owner}, nil
 }
 
-func (f *FS) startUpload(repo Repo, dir string) error {
+// checkUploadCaps counts the open sessions of repo and of opts.Owner.
+func (f *FS) checkUploadCaps(ctx context.Context, repo Repo, opts StartUploadOptions) error {
+	inRepo, ofOwner := 0, 0
+	err := f.eachUpload(ctx, func(_ string, info uploadInfo, _ time.Time) error {
+		if f.expired(info.active()) {
+			return nil
+		}
+		if info.Registry == repo.Registry && info.Repo == repo.Name {
+			inRepo++
+		}
+		if info.Owner == opts.Owner {
+			ofOwner++
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("start upload: %w", err)
+	}
+	if opts.MaxPerRepo > 0 && inRepo >= opts.MaxPerRepo {
+		return fmt.Errorf("%w: %d open in %s (at most %d)", ErrTooManyUploads, inRepo, repo, opts.MaxPerRepo)
+	}
+	if opts.MaxPerOwner > 0 && ofOwner >= opts.MaxPerOwner {
+		return fmt.Errorf("%w: %d open by this user (at most %d)", ErrTooManyUploads, ofOwner, opts.MaxPerOwner)
+	}
+	return nil
+}
+
+// eachUpload calls fn with every session's id, info and the time of its
+// last change; a session whose info cannot be read (a start cut short by a
+// crash) comes with a zero info and its directory's modification time.
+func (f *FS) eachUpload(ctx context.Context, fn func(id string, info uploadInfo, active time.Time) error) error {
+	entries, err := os.ReadDir(filepath.Join(f.root, "uploads"))
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		id := e.Name()
+		if checkUploadID(id) != nil {
+			continue
+		}
+		var info uploadInfo
+		var active time.Time
+		if err := readJSON(filepath.Join(f.uploadDir(id), "info.json"), &info); err == nil {
+			active = info.active()
+		} else if st, err := e.Info(); err == nil {
+			info, active = uploadInfo{}, st.ModTime()
+		} else {
+			continue // removed meanwhile
+		}
+		if err := fn(id, info, active); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// expired reports whether a session last active at t is past the expiry.
+func (f *FS) expired(t time.Time) bool {
+	return f.uploadExpiry > 0 && t.Before(f.now().Add(-f.uploadExpiry))
+}
+
+// ExpireUploads removes the sessions idle since before cutoff. A session
+// busy with a chunk right now is left for the next run.
+func (f *FS) ExpireUploads(ctx context.Context, cutoff time.Time) (int, error) {
+	n := 0
+	err := f.eachUpload(ctx, func(id string, _ uploadInfo, active time.Time) error {
+		if !active.Before(cutoff) {
+			return nil
+		}
+		unlock, ok := f.uploads.tryLock(id)
+		if !ok {
+			return nil
+		}
+		defer unlock()
+		// Look again under the lock: a chunk may have just arrived.
+		var info uploadInfo
+		if err := readJSON(filepath.Join(f.uploadDir(id), "info.json"), &info); err == nil && !info.active().Before(cutoff) {
+			return nil
+		}
+		if err := os.RemoveAll(f.uploadDir(id)); err != nil {
+			return fmt.Errorf("expire upload %s: %w", id, err)
+		}
+		n++
+		return nil
+	})
+	return n, err
+}
+
+func (f *FS) startUpload(repo Repo, owner, dir string) error {
 	if err := f.mkdirs(dir); err != nil {
 		return err
 	}
@@ -61,7 +170,8 @@ func (f *FS) startUpload(repo Repo, dir string) error {
 	if err != nil {
 		return err
 	}
-	info := uploadInfo{Registry: repo.Registry, Repo: repo.Name, Started: f.now(), SHA256: state}
+	now := f.now()
+	info := uploadInfo{Registry: repo.Registry, Repo: repo.Name, Owner: owner, Started: now, Updated: now, SHA256: state}
 	return f.writeJSON(filepath.Join(dir, "info.json"), info)
 }
 
@@ -74,7 +184,7 @@ func (f *FS) UploadStatus(ctx context.Context, repo Repo, id string) (UploadStat
 	if err != nil {
 		return UploadStatus{}, err
 	}
-	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset}, nil
+	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset, Owner: info.Owner}, nil
 }
 
 // AppendUpload appends r to the session after checking offset (-1 skips
@@ -105,13 +215,14 @@ func (f *FS) AppendUpload(ctx context.Context, repo Repo, id string, offset int6
 		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
 	}
 	info.Offset += n
+	info.Updated = f.now()
 	if info.SHA256, err = marshalHash(h); err != nil {
 		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
 	}
 	if err := f.writeJSON(filepath.Join(f.uploadDir(id), "info.json"), info); err != nil {
 		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
 	}
-	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset}, nil
+	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset, Owner: info.Owner}, nil
 }
 
 // appendData writes r to the file at path from offset on, feeding h too,
@@ -235,7 +346,8 @@ func (f *FS) lockUpload(ctx context.Context, id string) (func(), error) {
 }
 
 // session loads upload id and checks that it belongs to repo. A session of
-// another repository is reported as unknown.
+// another repository, or idle past the upload expiry, is reported as
+// unknown.
 func (f *FS) session(repo Repo, id string) (uploadInfo, error) {
 	var info uploadInfo
 	if err := checkUploadID(id); err != nil {
@@ -250,6 +362,9 @@ func (f *FS) session(repo Repo, id string) (uploadInfo, error) {
 	}
 	if info.Registry != repo.Registry || info.Repo != repo.Name {
 		return info, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, repo)
+	}
+	if f.expired(info.active()) {
+		return info, fmt.Errorf("%w: %s expired", ErrUploadUnknown, id)
 	}
 	return info, nil
 }

@@ -292,6 +292,25 @@ func (k *keyedLock) lock(ctx context.Context, key string) (unlock func(), err er
 	}
 }
 
+// tryLock acquires key if nobody holds it.
+func (k *keyedLock) tryLock(key string) (unlock func(), ok bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.keys[key] != nil {
+		return nil, false
+	}
+	if k.keys == nil {
+		k.keys = make(map[string]*keyEntry)
+	}
+	e := &keyEntry{held: make(chan struct{}, 1), refs: 1}
+	e.held <- struct{}{}
+	k.keys[key] = e
+	return func() {
+		<-e.held
+		k.release(key, e)
+	}, true
+}
+
 func (k *keyedLock) release(key string, e *keyEntry) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
