@@ -3,6 +3,7 @@ package store_test
 import (
 	"bytes"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -18,20 +19,29 @@ import (
 // changes the process umask.
 func TestFSModes(t *testing.T) {
 	tests := []struct {
-		name           string
-		umask          int
-		opts           []store.Option
-		file, dir, not fs.FileMode
+		name      string
+		umask     int
+		opts      []store.Option
+		file, dir fs.FileMode
+		setgid    bool // data_dir has the setgid bit: every new directory keeps it
 	}{
-		{"private under umask 0", 0, nil, 0o600, 0o700, 0},
-		{"private under umask 022", 0o022, nil, 0o600, 0o700, 0},
-		{"group readable under umask 077", 0o077, []store.Option{store.WithGroupReadable(true)}, 0o640, 0o750, 0},
+		{"private under umask 0", 0, nil, 0o600, 0o700, false},
+		{"private under umask 022", 0o022, nil, 0o600, 0o700, false},
+		{"group readable under umask 077", 0o077, []store.Option{store.WithGroupReadable(true)}, 0o640, 0o750, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			old := syscall.Umask(tc.umask)
 			defer syscall.Umask(old)
 			root := filepath.Join(t.TempDir(), "data", "store")
+			if tc.setgid {
+				if err := os.Mkdir(filepath.Dir(root), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(filepath.Dir(root), 0o750|fs.ModeSetgid); err != nil {
+					t.Fatal(err)
+				}
+			}
 			s := newFS(t, root, tc.opts...)
 			fill(t, s)
 			seen := 0
@@ -53,6 +63,9 @@ func TestFSModes(t *testing.T) {
 				seen++
 				if got := info.Mode().Perm(); got != want {
 					t.Errorf("%s: mode %v, want %v", path, got, want)
+				}
+				if d.IsDir() && tc.setgid && info.Mode()&fs.ModeSetgid == 0 {
+					t.Errorf("%s: lost the setgid bit (%v)", path, info.Mode())
 				}
 				return nil
 			})

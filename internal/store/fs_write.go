@@ -214,14 +214,23 @@ func (f *FS) mkdirs(dir string) error {
 		return nil // another writer created it
 	}
 	if err == nil {
-		// Mkdir's mode passes through the umask; the store wants exactly
-		// its own mode (which matters for a group-readable store).
-		err = os.Chmod(dir, f.dirMode)
+		err = f.fixMode(dir)
 	}
 	if err != nil {
 		return fmt.Errorf("create directory: %w", err)
 	}
 	return syncDir(parent)
+}
+
+// fixMode gives a new directory exactly the store's mode, which Mkdir's
+// umask may have narrowed (this matters for a group-readable store), and
+// keeps the setgid bit it inherited so the group propagates.
+func (f *FS) fixMode(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil || st.Mode().Perm() == f.dirMode {
+		return err
+	}
+	return os.Chmod(dir, f.dirMode|st.Mode()&fs.ModeSetgid)
 }
 
 // syncDir flushes a directory's entries (a rename or a new file) to disk.
