@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/regwarm/regwarm/e2e/harness"
+)
+
+// uploadsConfig is ConfigHeader with the upload settings in serve.
+const uploadsConfig = `version: 1
+data_dir: "{{.DataDir}}"
+log: {level: debug, format: text}
+serve: {listen: "{{.Addr}}", upload_expiry: 1h, max_uploads: 8}
+metrics: {listen: "{{.MetricsAddr}}"}
+nats: {embedded: {listen: "{{.NATSAddr}}"}}
+registries:
+  - {name: local, default: true, push: true}
+` + jobsOff
+
+// startSession opens an upload session in repo, sends it a chunk and
+// returns its Location.
+func startSession(t *testing.T, base, repo string, chunk []byte) string {
+	t.Helper()
+	resp, err := httpClient.Post(base+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST upload to %s: status %d", repo, resp.StatusCode)
+	}
+	loc := resp.Header.Get("Location")
+	req, _ := http.NewRequest(http.MethodPatch, base+loc, bytes.NewReader(chunk))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err = httpClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("PATCH %s: status %d", loc, resp.StatusCode)
+	}
+	return loc
+}
+
+// uploadDirs lists the session directories in the store.
+func uploadDirs(t *testing.T, dataDir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(dataDir, "store", "uploads"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Name())
+	}
+	return ids
+}
+
+// TestUploadSessionsExpire: skopeo and crane push through upload sessions;
+// abandoned sessions fill serve.max_uploads (429), and once left by a
+// process that stopped they are discarded after a restart with a short
+// serve.upload_expiry, freeing the cap; everything in data_dir is private
+// to regwarm's user.
+func TestUploadSessionsExpire(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	rw := harness.StartRegwarm(t, "serve", uploadsConfig)
+
+	// Real clients push through chunked upload sessions.
+	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 41})
+	pushImage(t, im, rw.Addr+"/local/skopeo:v1")
+	harness.Crane(t, "push", "--insecure", "--index", im.Dir, rw.Addr+"/local/crane:v1")
+	harness.Crane(t, "digest", "--insecure", rw.Addr+"/local/crane:v1")
+
+	// Eight abandoned sessions fill the cap (anonymous clients share one).
+	var locs []string
+	for i := range 8 {
+		locs = append(locs, startSession(t, rw.URL(), "abandoned", harness.RandomBytes(uint64(i), 1000)))
+	}
+	resp, err := httpClient.Post(rw.URL()+"/v2/abandoned/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("ninth session: status %d, want 429", resp.StatusCode)
+	}
+
+	if err := rw.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(uploadDirs(t, rw.DataDir)); n != 8 {
+		t.Fatalf("%d sessions on disk after stop, want the 8 abandoned ones", n)
+	}
+	cfg, err := os.ReadFile(rw.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = bytes.Replace(cfg, []byte("upload_expiry: 1h"), []byte("upload_expiry: 2s"), 1)
+	if err := os.WriteFile(rw.ConfigPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rw.Start()
+	harness.Eventually(t, 30*time.Second, "abandoned sessions discarded", func() error {
+		if ids := uploadDirs(t, rw.DataDir); len(ids) > 0 {
+			return fmt.Errorf("%d sessions left", len(ids))
+		}
+		return nil
+	})
+	if got := harness.ScrapeMetrics(t, rw.MetricsAddr).Value("regwarm_upload_sessions_expired_total"); got != 8 {
+		t.Errorf("regwarm_upload_sessions_expired_total = %v, want 8", got)
+	}
+	req, _ := http.NewRequest(http.MethodPatch, rw.URL()+locs[0], strings.NewReader("late"))
+	resp, err = httpClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("PATCH of an expired session: status %d, want 404", resp.StatusCode)
+	}
+	pushImage(t, harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 42}), rw.Addr+"/local/abandoned:v2")
+
+	// Layers and everything else are readable by regwarm's user only.
+	err = filepath.WalkDir(rw.DataDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if info.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: mode %v, want no group or other access", path, info.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
