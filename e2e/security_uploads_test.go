@@ -29,18 +29,10 @@ registries:
 // returns its Location.
 func startSession(t *testing.T, base, repo string, chunk []byte) string {
 	t.Helper()
-	resp, err := httpClient.Post(base+"/v2/"+repo+"/blobs/uploads/", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST upload to %s: status %d", repo, resp.StatusCode)
-	}
-	loc := resp.Header.Get("Location")
+	loc := openUpload(t, base, repo)
 	req, _ := http.NewRequest(http.MethodPatch, base+loc, bytes.NewReader(chunk))
 	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err = httpClient.Do(req)
+	resp, err := httpClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +41,21 @@ func startSession(t *testing.T, base, repo string, chunk []byte) string {
 		t.Fatalf("PATCH %s: status %d", loc, resp.StatusCode)
 	}
 	return loc
+}
+
+// openUpload starts an upload session in repo on the registry at base
+// ("http://ADDR") and returns its Location.
+func openUpload(t *testing.T, base, repo string) string {
+	t.Helper()
+	resp, err := httpClient.Post(base+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST upload to %s: status %d", repo, resp.StatusCode)
+	}
+	return resp.Header.Get("Location")
 }
 
 // uploadDirs lists the session directories in the store.
