@@ -2,12 +2,18 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -153,5 +159,85 @@ func TestUploadSessionsExpire(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUpstreamCredentialsStayHome: a malicious upstream names a token
+// realm on another host (here another port); regwarm still pulls through
+// it (anonymous token) but the realm never sees the connector's password,
+// until the config lists it in auth_hosts.
+func TestUpstreamCredentialsStayHome(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	const secret = "connector-password-e2e"
+	layer := harness.RandomBytes(77, 4096)
+	d := harness.Digest(layer)
+
+	var mu sync.Mutex
+	var realmAuth []string
+	realm := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		realmAuth = append(realmAuth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"token":"tok","access_token":"tok"}`)
+	}))
+	t.Cleanup(realm.Close)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer tok" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm.URL+`/token",service="evil"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if strings.HasSuffix(r.URL.Path, "/blobs/"+d) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(layer)))
+			_, _ = w.Write(layer)
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	t.Cleanup(up.Close)
+
+	pf := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pf, []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		authHosts string
+		wantCreds bool
+	}{
+		{"foreign realm", "[]", false},
+		{"realm in auth_hosts", fmt.Sprintf("[%q]", realm.Listener.Addr().String()), true},
+	} {
+		mu.Lock()
+		realmAuth = nil
+		mu.Unlock()
+		rw := harness.StartRegwarm(t, "serve", harness.ConfigHeader+fmt.Sprintf(`registries:
+  - {name: hub, default: true, connectors: [up]}
+connectors:
+  - {name: up, url: %q, username: regwarm, password_file: %q, auth_hosts: %s}
+`, up.URL, pf, tc.authHosts)+jobsOff)
+		got, n, err := getBlobHTTP(httpClient, rw.URL(), "hub/app", d)
+		if err != nil || got != d || n != int64(len(layer)) {
+			t.Fatalf("%s: GET blob through regwarm = %s (%d bytes), %v", tc.name, got, n, err)
+		}
+		mu.Lock()
+		seen := append([]string(nil), realmAuth...)
+		mu.Unlock()
+		if len(seen) == 0 {
+			t.Fatalf("%s: the realm was never asked", tc.name)
+		}
+		creds := "Basic " + base64.StdEncoding.EncodeToString([]byte("regwarm:"+secret))
+		sent := slices.Contains(seen, creds)
+		if sent != tc.wantCreds {
+			t.Errorf("%s: realm received %q; credentials sent = %v, want %v", tc.name, seen, sent, tc.wantCreds)
+		}
+		if !tc.wantCreds && slices.ContainsFunc(seen, func(a string) bool { return a != "" }) {
+			t.Errorf("%s: realm received Authorization %q", tc.name, seen)
+		}
+		if err := rw.Stop(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
