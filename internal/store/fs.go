@@ -69,6 +69,11 @@ type FS struct {
 	// startMu makes counting sessions and starting one atomic within the
 	// process.
 	startMu sync.Mutex
+	// sessions caches the info of open upload sessions (without hash
+	// state) for the caps; sessMu guards it. Lock order: startMu, then an
+	// upload id's lock, then sessMu.
+	sessMu   sync.Mutex
+	sessions map[string]uploadInfo
 }
 
 // Modes of what the store creates: private by default, group-readable

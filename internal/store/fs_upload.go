@@ -53,19 +53,25 @@ func (f *FS) StartUpload(ctx context.Context, repo Repo, opts StartUploadOptions
 	}
 	id := uuid.NewString()
 	dir := f.uploadDir(id)
-	if err := f.startUpload(repo, opts.Owner, dir); err != nil {
+	info, err := f.startUpload(repo, opts.Owner, dir)
+	if err != nil {
 		_ = os.RemoveAll(dir)
 		return UploadStatus{}, fmt.Errorf("start upload: %w", err)
 	}
+	f.noteSession(id, &info)
 	return UploadStatus{ID: id, Repo: repo, Owner: opts.Owner}, nil
 }
 
 // checkUploadCaps counts the open sessions of repo and of opts.Owner.
 func (f *FS) checkUploadCaps(ctx context.Context, repo Repo, opts StartUploadOptions) error {
+	sessions, err := f.openSessions(ctx)
+	if err != nil {
+		return fmt.Errorf("start upload: %w", err)
+	}
 	inRepo, ofOwner := 0, 0
-	err := f.eachUpload(ctx, func(_ string, info uploadInfo, _ time.Time) error {
+	for _, info := range sessions {
 		if f.expired(info.active()) {
-			return nil
+			continue
 		}
 		if info.Registry == repo.Registry && info.Repo == repo.Name {
 			inRepo++
@@ -73,10 +79,6 @@ func (f *FS) checkUploadCaps(ctx context.Context, repo Repo, opts StartUploadOpt
 		if info.Owner == opts.Owner {
 			ofOwner++
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("start upload: %w", err)
 	}
 	if opts.MaxPerRepo > 0 && inRepo >= opts.MaxPerRepo {
 		return fmt.Errorf("%w: %d open in %s (at most %d)", ErrTooManyUploads, inRepo, repo, opts.MaxPerRepo)
@@ -85,6 +87,68 @@ func (f *FS) checkUploadCaps(ctx context.Context, repo Repo, opts StartUploadOpt
 		return fmt.Errorf("%w: %d open by this user (at most %d)", ErrTooManyUploads, ofOwner, opts.MaxPerOwner)
 	}
 	return nil
+}
+
+// openSessions lists the sessions in uploads/ with their repository, owner
+// and activity. Their info is read from disk only for sessions this
+// process has not seen yet (a session's repository and owner never
+// change; appends here keep its activity current), so a start costs one
+// directory listing rather than a read per open session.
+func (f *FS) openSessions(ctx context.Context) (map[string]uploadInfo, error) {
+	entries, err := os.ReadDir(filepath.Join(f.root, "uploads"))
+	if err != nil {
+		return nil, err
+	}
+	f.sessMu.Lock()
+	known := f.sessions
+	f.sessMu.Unlock()
+	seen := make(map[string]uploadInfo, len(entries))
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		id := e.Name()
+		if info, ok := known[id]; ok {
+			seen[id] = info
+			continue
+		}
+		if checkUploadID(id) != nil {
+			continue
+		}
+		var info uploadInfo
+		if readJSON(filepath.Join(f.uploadDir(id), "info.json"), &info) != nil {
+			continue // being started, or broken: ExpireUploads deals with it
+		}
+		info.SHA256 = nil
+		seen[id] = info
+	}
+	f.sessMu.Lock()
+	// Keep what appends recorded meanwhile.
+	for id, info := range f.sessions {
+		if _, ok := seen[id]; ok {
+			seen[id] = info
+		}
+	}
+	f.sessions = seen
+	f.sessMu.Unlock()
+	return seen, nil
+}
+
+// noteSession records a session's info (nil: the session ended) in the
+// cache openSessions reads.
+func (f *FS) noteSession(id string, info *uploadInfo) {
+	f.sessMu.Lock()
+	defer f.sessMu.Unlock()
+	if info == nil {
+		delete(f.sessions, id)
+		return
+	}
+	if f.sessions == nil {
+		f.sessions = map[string]uploadInfo{}
+	}
+	i := *info
+	i.SHA256 = nil
+	f.sessions[id] = i
 }
 
 // eachUpload calls fn with every session's id, info and the time of its
@@ -145,34 +209,35 @@ func (f *FS) ExpireUploads(ctx context.Context, cutoff time.Time) (int, error) {
 		if err := os.RemoveAll(f.uploadDir(id)); err != nil {
 			return fmt.Errorf("expire upload %s: %w", id, err)
 		}
+		f.noteSession(id, nil)
 		n++
 		return nil
 	})
 	return n, err
 }
 
-func (f *FS) startUpload(repo Repo, owner, dir string) error {
+func (f *FS) startUpload(repo Repo, owner, dir string) (uploadInfo, error) {
 	if err := f.mkdirs(dir); err != nil {
-		return err
+		return uploadInfo{}, err
 	}
 	data, err := os.OpenFile(filepath.Join(dir, "data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, f.fileMode)
 	if err != nil {
-		return err
+		return uploadInfo{}, err
 	}
 	if err := data.Chmod(f.fileMode); err != nil { // past the umask
 		_ = data.Close()
-		return err
+		return uploadInfo{}, err
 	}
 	if err := data.Close(); err != nil {
-		return err
+		return uploadInfo{}, err
 	}
 	state, err := marshalHash(sha256.New())
 	if err != nil {
-		return err
+		return uploadInfo{}, err
 	}
 	now := f.now()
 	info := uploadInfo{Registry: repo.Registry, Repo: repo.Name, Owner: owner, Started: now, Updated: now, SHA256: state}
-	return f.writeJSON(filepath.Join(dir, "info.json"), info)
+	return info, f.writeJSON(filepath.Join(dir, "info.json"), info)
 }
 
 // UploadStatus reports a session's progress.
@@ -222,6 +287,7 @@ func (f *FS) AppendUpload(ctx context.Context, repo Repo, id string, offset int6
 	if err := f.writeJSON(filepath.Join(f.uploadDir(id), "info.json"), info); err != nil {
 		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
 	}
+	f.noteSession(id, &info)
 	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset, Owner: info.Owner}, nil
 }
 
@@ -286,6 +352,7 @@ func (f *FS) CommitUpload(ctx context.Context, repo Repo, id string, d digest.Di
 	if err := os.RemoveAll(f.uploadDir(id)); err != nil {
 		return 0, fmt.Errorf("commit upload %s: %w", id, err)
 	}
+	f.noteSession(id, nil)
 	return info.Offset, nil
 }
 
@@ -334,6 +401,7 @@ func (f *FS) CancelUpload(ctx context.Context, repo Repo, id string) error {
 	if err := os.RemoveAll(f.uploadDir(id)); err != nil {
 		return fmt.Errorf("cancel upload %s: %w", id, err)
 	}
+	f.noteSession(id, nil)
 	return nil
 }
 
