@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -62,10 +63,13 @@ type guard struct {
 	// stay there.
 	ownPrivate atomic.Bool
 	proxies    sync.Map // host names of proxies the transport used
+	log        *slog.Logger
+	warned     sync.Map // hosts whose withheld credentials were logged
 }
 
 func newGuard(u *url.URL, hub bool, authHosts []string, private func(netip.Addr) bool) *guard {
 	g := &guard{
+		log:      slog.New(slog.DiscardHandler),
 		host:     hostPort(u),
 		hostname: strings.ToLower(u.Hostname()),
 		https:    u.Scheme == "https",
@@ -116,7 +120,13 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	if ip, err := netip.ParseAddr(strings.Trim(req.URL.Hostname(), "[]")); err == nil && !own && g.private(ip) && !g.ownPrivate.Load() {
 		return nil, fmt.Errorf("%w: %s is a private address", ErrRefused, req.URL.Host)
 	}
-	if req.Header.Get("Authorization") != "" && !g.credentialsAllowed(req.URL) {
+	if a := req.Header.Get("Authorization"); a != "" && !g.credentialsAllowed(req.URL) {
+		if _, _, basic := req.BasicAuth(); basic {
+			if _, seen := g.warned.LoadOrStore(req.URL.Host, true); !seen {
+				g.log.Warn("connector credentials withheld from a host outside the connector; list it in auth_hosts if it is the upstream's token service",
+					"host", req.URL.Host)
+			}
+		}
 		req = req.Clone(req.Context())
 		req.Header.Del("Authorization")
 	}

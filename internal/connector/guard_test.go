@@ -1,9 +1,11 @@
 package connector_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -141,7 +143,9 @@ func TestRealmOnOtherHostGetsNoPassword(t *testing.T) {
 	realm := newCatcher(t, "127.0.0.1", false)
 	srv := httptest.NewServer(&upstream{realm: realm.URL + "/token"})
 	t.Cleanup(srv.Close)
-	got, err := getBlob(t, connectorTo(t, srv, nil))
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	got, err := getBlob(t, connectorTo(t, srv, nil, connector.WithLogger(log)))
 	if err != nil || string(got) != string(blob) {
 		t.Fatalf("GetBlob = %q, %v; want the blob with an anonymous token", got, err)
 	}
@@ -150,6 +154,31 @@ func TestRealmOnOtherHostGetsNoPassword(t *testing.T) {
 		t.Fatal("the realm was never asked for a token")
 	}
 	wantNoSecret(t, "a foreign realm", reqs)
+	out := logs.String()
+	if !strings.Contains(out, "auth_hosts") || !strings.Contains(out, realm.Listener.Addr().String()) {
+		t.Errorf("no warning naming the realm and auth_hosts in the log:\n%s", out)
+	}
+	if strings.Contains(out, password) {
+		t.Error("the log contains the password")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // TestAuthHostsAllowsRealm: a realm listed in auth_hosts gets the

@@ -149,6 +149,7 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 	}
 	hub := dockerHubHosts[strings.ToLower(u.Hostname())] || dockerHubHosts[strings.ToLower(c.Host)]
 	g := newGuard(u, hub, c.AuthHosts, o.private)
+	g.log = o.log.With("connector", c.Name)
 	if o.transport == nil {
 		t := DefaultTransport()
 		t.DialContext, t.Proxy = g.dialContext, g.proxy
