@@ -121,3 +121,52 @@ func fill(t *testing.T, s *store.FS) {
 		t.Fatal(err)
 	}
 }
+
+// TestFSOldModesKeepWorking: a store written by an earlier version (0644
+// files, 0755 directories) opens, serves and takes new content; what exists
+// keeps its mode.
+func TestFSOldModesKeepWorking(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	s := newFS(t, root)
+	old := []byte("old layer")
+	od := digest.FromBytes(old)
+	if err := s.PutBlob(t.Context(), repo, od, int64(len(old)), bytes.NewReader(old)); err != nil {
+		t.Fatal(err)
+	}
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		mode := fs.FileMode(0o644)
+		if d.IsDir() {
+			mode = 0o755
+		}
+		return os.Chmod(path, mode)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = newFS(t, root)
+	b, err := s.OpenBlob(t.Context(), repo, od)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	fresh := []byte("new layer")
+	if err := s.PutBlob(t.Context(), store.Repo{Registry: "hub", Name: "new/repo"}, digest.FromBytes(fresh), int64(len(fresh)), bytes.NewReader(fresh)); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]fs.FileMode{
+		filepath.Join(root, "blobs"):                             0o755, // existing: left alone
+		filepath.Join(root, "registries", "hub", "repos", "new"): 0o700, // new
+	} {
+		info, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.Mode().Perm(); got != want {
+			t.Errorf("%s: mode %v, want %v", path, got, want)
+		}
+	}
+}
