@@ -1,6 +1,6 @@
 # regwarm container image.
 #   docker build --build-arg VERSION=$(git describe --tags --always --dirty) -t regwarm .
-#   docker run -p 5000:5000 -p 9090:9090 -v regwarm-data:/var/lib/regwarm regwarm
+#   docker run -p 5000:5000 -p 9466:9466 -v regwarm-data:/var/lib/regwarm regwarm
 # The default command is `regwarm run` with deploy/container/regwarm.yaml
 # (a Docker Hub cache plus a push registry, listening on 0.0.0.0); mount
 # your own config at /etc/regwarm/regwarm.yaml, or pass serve/worker
@@ -29,7 +29,7 @@ COPY --from=build /rootfs/etc/regwarm/ /etc/regwarm/
 COPY --from=build --chown=65532:65532 /rootfs/var/lib/regwarm/ /var/lib/regwarm/
 USER 65532:65532
 VOLUME ["/var/lib/regwarm"]
-# 5000: registry API (serve.listen), 9090: /metrics /healthz /readyz (metrics.listen)
-EXPOSE 5000 9090
+# 5000: registry API (serve.listen), 9466: /metrics /healthz /readyz (metrics.listen)
+EXPOSE 5000 9466
 ENTRYPOINT ["/regwarm"]
 CMD ["run", "--config", "/etc/regwarm/regwarm.yaml"]

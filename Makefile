@@ -1,4 +1,4 @@
-# regwarm: make build | test | lint | e2e | conformance | ci | run | bench
+# regwarm: make build | test | lint | fuzz | e2e | conformance | ci | run | bench
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 UNIT    = $(shell $(GO) list ./... | grep -v '/e2e$$')
 CONFIG  ?= config.example.yaml
 
-.PHONY: build test lint e2e conformance ci run bench clean
+.PHONY: build test lint fuzz e2e conformance ci run bench clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/regwarm ./cmd/regwarm
@@ -19,6 +19,21 @@ lint:
 	$(GO) vet ./...
 	staticcheck ./...
 
+# fuzz runs every fuzz target (a `func FuzzXxx` in any *_test.go, found
+# anew each run) for FUZZTIME; go test -fuzz takes one target per run. A
+# failure leaves its input under the package's testdata/fuzz/<target>/:
+# commit it with the fix, it is then a regression test of `make test`.
+FUZZTIME ?= 5s
+fuzz:
+	@rc=0; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
+		dir=./$$(dirname $${f#./}); \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "fuzz $$dir $$t"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$dir >/tmp/regwarm-fuzz.$$$$ 2>&1 \
+				|| { cat /tmp/regwarm-fuzz.$$$$; rc=1; }; \
+		done; \
+	done; rm -f /tmp/regwarm-fuzz.$$$$; exit $$rc
+
 e2e:
 	$(GO) test -count=1 -timeout 20m ./e2e/...
 
@@ -26,7 +41,7 @@ conformance: build
 	REGWARM_BIN=$(CURDIR)/bin/regwarm e2e/conformance.sh
 
 # ci runs every step even after a failure, with timings, and fails if any failed.
-CI_STEPS ?= lint test e2e conformance
+CI_STEPS ?= lint test fuzz e2e conformance
 ci:
 	@rc=0; for step in $(CI_STEPS); do \
 		start=$$(date +%s); echo "--- make $$step"; \

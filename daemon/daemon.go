@@ -28,6 +28,7 @@ import (
 	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
+	"github.com/regwarm/regwarm/internal/webhook"
 	"github.com/regwarm/regwarm/jobs"
 	"github.com/regwarm/regwarm/registryapi"
 )
@@ -67,6 +68,9 @@ func labels(cfg *config.Config) metrics.Labels {
 	}
 	for _, c := range cfg.Connectors {
 		l.Connectors = append(l.Connectors, c.Name)
+	}
+	for _, w := range cfg.Webhooks {
+		l.Webhooks = append(l.Webhooks, w.Name)
 	}
 	return l
 }
@@ -137,7 +141,15 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		if err != nil {
 			return err
 		}
-		srv := &http.Server{Handler: api, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		var handler http.Handler = api
+		if len(cfg.Webhooks) > 0 {
+			var q webhook.Queue
+			if b != nil {
+				q = webhookQueue{js: b.js, subject: b.subj.Sync()}
+			}
+			handler = withWebhooks(api, webhook.New(cfg, q, webhook.WithLogger(log), webhook.WithMetrics(m), webhook.WithTags(c)))
+		}
+		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		servers = append(servers, &httpServer{name: "api", addr: cfg.Serve.Listen, srv: srv,
 			certFile: cfg.Serve.TLS.CertFile, keyFile: cfg.Serve.TLS.KeyFile})

@@ -41,7 +41,8 @@ func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, syncer *jobs.S
 				_, err := c.Manifest(ctx, repo, d)
 				return err
 			}
-			return jobs.NewVerifier(cfg, st, fetch, log, jobs.WithManifestFetch(fetchManifest)).Run(ctx)
+			return jobs.NewVerifier(cfg, st, fetch, log, jobs.WithManifestFetch(fetchManifest),
+				jobs.WithUpstreamCheck(jobs.ConnectorCheck(cfg, c.Source))).Run(ctx)
 		},
 		jobs.JobRefresh: func(ctx context.Context) (*jobs.Report, error) {
 			return jobs.NewRefresher(syncer, cfg.Jobs.Refresh.Images, log).Run(ctx)

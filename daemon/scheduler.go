@@ -51,11 +51,16 @@ type scheduler struct {
 }
 
 // schedules returns the configured schedule of each job ("" = disabled).
+// refresh without images has nothing to do and is not scheduled.
 func schedules(cfg *config.Config) map[string]string {
+	refresh := cfg.Jobs.Refresh.Schedule
+	if len(cfg.Jobs.Refresh.Images) == 0 {
+		refresh = ""
+	}
 	return map[string]string{
 		jobs.JobDanglingScan: cfg.Jobs.DanglingScan.Schedule,
 		jobs.JobVerify:       cfg.Jobs.Verify.Schedule,
-		jobs.JobRefresh:      cfg.Jobs.Refresh.Schedule,
+		jobs.JobRefresh:      refresh,
 	}
 }
 

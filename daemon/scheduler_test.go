@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/jobs"
 )
@@ -119,5 +121,34 @@ func TestJobSkippedWhileRunningElsewhere(t *testing.T) {
 	close(release)
 	if ev := <-done; ev.Error != "" {
 		t.Fatal(ev.Error)
+	}
+}
+
+// TestRefreshWithoutImagesNotScheduled: refresh with images: [] (the
+// default) is neither scheduled nor logged as scheduled.
+func TestRefreshWithoutImagesNotScheduled(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default()
+	if got := schedules(cfg)[jobs.JobRefresh]; got != "" {
+		t.Errorf("refresh without images scheduled %q", got)
+	}
+	if got := schedules(cfg)[jobs.JobDanglingScan]; got == "" {
+		t.Error("dangling_scan not scheduled by default")
+	}
+	cfg.Jobs.Refresh.Images = []string{"local/app:v*"}
+	if got := schedules(cfg)[jobs.JobRefresh]; got != cfg.Jobs.Refresh.Schedule || got == "" {
+		t.Errorf("refresh with images scheduled %q, want %q", got, cfg.Jobs.Refresh.Schedule)
+	}
+	var logs strings.Builder
+	s := &scheduler{cfg: config.Default(), jobs: map[string]JobFunc{jobs.JobRefresh: func(context.Context) (*jobs.Report, error) { return nil, nil }},
+		log: slog.New(slog.NewTextHandler(&logs, nil)), metrics: metrics.New(prometheus.NewRegistry(), metrics.Labels{}),
+		now: time.Now, running: map[string]bool{}}
+	stop, err := s.start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if strings.Contains(logs.String(), "job scheduled") {
+		t.Errorf("refresh without images logged as scheduled:\n%s", logs.String())
 	}
 }

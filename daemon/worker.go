@@ -146,7 +146,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	res.RequestID = reqID
 	if err != nil {
 		res.Image = describe(msg.Data())
-		w.finish(msg, res, fmt.Errorf("%w: %w", jobs.ErrPermanent, err), start)
+		w.finish(msg, res, fmt.Errorf("%w: %w", jobs.ErrPermanent, err), start, false)
 		return
 	}
 	res.Image = target.Image()
@@ -155,7 +155,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	out, err := w.syncer.Run(jctx, target)
 	stop()
 	out.Seq, out.Deliveries, out.RequestID = res.Seq, res.Deliveries, reqID
-	w.finish(msg, out, err, start)
+	w.finish(msg, out, err, start, target.Blob != "")
 }
 
 // target decodes a message into a sync target. Both sync requests and
@@ -221,10 +221,18 @@ func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
 	return func() { close(done) }
 }
 
-// finish acknowledges msg according to err and publishes the outcome.
-func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, start time.Time) {
+// finish acknowledges msg according to err and publishes the outcome. A
+// blob job (a blob miss) is logged with its repository as image, the blob
+// as digest and kind=blob, without a manifest count.
+func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, start time.Time, blob bool) {
 	res.DurationMS = time.Since(start).Milliseconds()
 	log := w.log.With("image", res.Image, "seq", res.Seq, "request_id", res.RequestID)
+	manifests := []any{"manifests", res.Manifests}
+	if blob {
+		repo, _, _ := strings.Cut(res.Image, "@")
+		log = w.log.With("image", repo, "kind", "blob", "seq", res.Seq, "request_id", res.RequestID)
+		manifests = nil
+	}
 	if err == nil {
 		if aerr := ackWithRetry(msg); aerr != nil {
 			// Not confirmed: the job runs again; it is idempotent.
@@ -235,8 +243,8 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 		w.metrics.SyncBytes.Add(float64(res.Bytes))
 		w.metrics.SyncBlobs.WithLabelValues("fetched").Add(float64(res.BlobsFetched))
 		w.metrics.SyncBlobs.WithLabelValues("present").Add(float64(res.BlobsPresent))
-		log.Info("sync done", "digest", res.Digest, "manifests", res.Manifests, "blobs_fetched", res.BlobsFetched,
-			"blobs_present", res.BlobsPresent, "bytes", res.Bytes, "duration_ms", res.DurationMS)
+		log.Info("sync done", append(append([]any{"digest", res.Digest}, manifests...), "blobs_fetched", res.BlobsFetched,
+			"blobs_present", res.BlobsPresent, "bytes", res.Bytes, "duration_ms", res.DurationMS)...)
 		w.publish(msg, w.bus.subj.SyncDone(), res)
 		return
 	}

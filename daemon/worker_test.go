@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -444,5 +445,63 @@ func TestWorkerSurvivesConsumerDeletion(t *testing.T) {
 	seq = e.publish(e.bus.subj.Sync(), []byte("hub/again:v1"))
 	if res := r.wait(t, 15*time.Second, func(s events.SyncResult) bool { return s.Seq == seq }); res.Digest != img.Digest.String() {
 		t.Fatalf("after consumer deletion: %+v", res)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestWorkerLogsBlobSync: a blob miss's sync is logged and published with
+// the blob as digest, the repository as image and no manifest count.
+func TestWorkerLogsBlobSync(t *testing.T) {
+	t.Parallel()
+	e := newWorkerEnv(t, "")
+	img := e.up.AddImage("team/blob", "v1", 10<<10)
+	layer := img.Layers[0]
+	var logs lockedBuffer
+	w := &Worker{cfg: e.cfg, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache),
+		log: slog.New(slog.NewTextHandler(&logs, nil)), metrics: e.m}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	r := e.watch()
+	ev, err := json.Marshal(events.MissEvent{Registry: "hub", Repository: "team/blob", Digest: layer.String(), Kind: "blob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := e.publish(e.bus.subj.Miss("hub"), ev)
+	res := r.wait(t, 10*time.Second, func(s events.SyncResult) bool { return s.Seq == seq })
+	if res.Error != "" || res.Digest != layer.String() || res.BlobsFetched != 1 {
+		t.Fatalf("blob sync result %+v, want digest %s and 1 blob fetched", res, layer)
+	}
+	var line string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, `msg="sync done"`) {
+			line = l
+		}
+	}
+	for _, want := range []string{"image=hub/team/blob ", "kind=blob", "digest=" + layer.String()} {
+		if !strings.Contains(line, want) {
+			t.Errorf("sync done log lacks %q: %s", want, line)
+		}
+	}
+	if strings.Contains(line, "manifests=") {
+		t.Errorf("blob sync logged a manifest count: %s", line)
 	}
 }

@@ -333,8 +333,8 @@ func TestDockerfileImage(t *testing.T) {
 	if final != "gcr.io/distroless/static-debian12:nonroot" {
 		t.Errorf("final stage %q, want gcr.io/distroless/static-debian12:nonroot", final)
 	}
-	if !slices.Equal(exposes, []string{"5000", "9090"}) {
-		t.Errorf("EXPOSE %q, want 5000 9090", exposes)
+	if !slices.Equal(exposes, []string{"5000", "9466"}) {
+		t.Errorf("EXPOSE %q, want 5000 9466", exposes)
 	}
 	if got := jsonWords(t, entrypoint); !slices.Equal(got, []string{"/regwarm"}) {
 		t.Errorf("ENTRYPOINT %s, want [\"/regwarm\"]", entrypoint)
@@ -346,8 +346,8 @@ func TestDockerfileImage(t *testing.T) {
 		t.Error("the image does not get deploy/container/regwarm.yaml as its default config")
 	}
 	cfg := parseConfig(t, readFile(t, "deploy", "container", "regwarm.yaml"), "deploy/container/regwarm.yaml")
-	if cfg.Serve.Listen != "0.0.0.0:5000" || cfg.Metrics.Listen != "0.0.0.0:9090" {
-		t.Errorf("the image's config listens on %s and %s; the EXPOSEd ports need 0.0.0.0:5000 and 0.0.0.0:9090", cfg.Serve.Listen, cfg.Metrics.Listen)
+	if cfg.Serve.Listen != "0.0.0.0:5000" || cfg.Metrics.Listen != "0.0.0.0:9466" {
+		t.Errorf("the image's config listens on %s and %s; the EXPOSEd ports need 0.0.0.0:5000 and 0.0.0.0:9466", cfg.Serve.Listen, cfg.Metrics.Listen)
 	}
 	if cfg.DataDir != "/var/lib/regwarm" {
 		t.Errorf("the image's data_dir is %s, want the volume /var/lib/regwarm", cfg.DataDir)

@@ -271,8 +271,8 @@ func TestKubernetesBaseIsConsistent(t *testing.T) {
 	for _, p := range svc.Spec.Ports {
 		svcPorts[p.Port] = p.TargetPort.String()
 	}
-	if svcPorts[5000] != "registry" || svcPorts[9090] != "metrics" {
-		t.Errorf("Service regwarm-serve ports %v, want 5000→registry and 9090→metrics", svcPorts)
+	if svcPorts[5000] != "registry" || svcPorts[9466] != "metrics" {
+		t.Errorf("Service regwarm-serve ports %v, want 5000→registry and 9466→metrics", svcPorts)
 	}
 
 	for name, pdb := range b.budgets {

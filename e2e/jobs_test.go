@@ -447,9 +447,9 @@ func TestVerifyQuarantinesCorruptBlob(t *testing.T) {
 }
 
 // TestScanVerifyExitCodes checks the exit codes of the one-shot commands
-// without a store to scan: 2 without --config, with a config file that
-// does not exist, with an invalid config and with a bad --format; 0 for a
-// clean (empty) store.
+// without a store to scan: 2 with a config file that does not exist, with
+// an invalid config and with a bad --format; 0 for a clean (empty) store,
+// also without --config (the defaults of run).
 func TestScanVerifyExitCodes(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
@@ -466,7 +466,7 @@ func TestScanVerifyExitCodes(t *testing.T) {
 			code int
 			want string // in stderr
 		}{
-			{"no --config", nil, 2, "--config"},
+			{"no --config: run's defaults", []string{"--data-dir", filepath.Join(dir, "defaults"), "--format", "json"}, 0, ""},
 			{"missing file", []string{"--config", filepath.Join(dir, "absent.yaml")}, 2, "absent.yaml"},
 			{"invalid config", []string{"--config", invalid}, 2, "bogus_key"},
 			{"bad format", []string{"--config", valid, "--format", "xml"}, 2, "format"},

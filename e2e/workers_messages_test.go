@@ -131,8 +131,8 @@ func TestWorkerBadMessages(t *testing.T) {
 }
 
 // TestSyncCLI runs `regwarm sync` against serve plus a worker: exit 0 when
-// every image synced, 1 when one failed (an unknown tag), 2 for usage and
-// connection errors; every image gets a line that names it.
+// every image synced, 1 when one failed (an unknown tag) or is not an
+// image name, 2 for usage and connection errors; every image gets a line that names it.
 func TestSyncCLI(t *testing.T) {
 	t.Parallel()
 	requireRegwarm(t)
@@ -181,7 +181,7 @@ func TestSyncCLI(t *testing.T) {
 			1, []line{{"synced", "hub/e2e/cli:v1"}, {"failed", "hub/e2e/cli:nope"}}},
 		{"no image", []string{"--config", rw.ConfigPath}, 2, nil},
 		{"unknown flag", []string{"--config", rw.ConfigPath, "--bogus", "hub/e2e/cli:v1"}, 2, nil},
-		{"URL for an image", []string{"--config", rw.ConfigPath, "http://127.0.0.1:1/x"}, 2, nil},
+		{"URL for an image", []string{"--config", rw.ConfigPath, "http://127.0.0.1:1/x"}, 1, []line{{"error", "http://127.0.0.1:1/x"}}},
 		{"no NATS", []string{"--config", rw.ConfigPath, "--nats-url", "nats://" + harness.FreeAddr(t), "hub/e2e/cli:v1"}, 2, nil},
 	} {
 		out, code := regwarmSync(tc.args...)

@@ -5,6 +5,7 @@ import (
 
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/events"
+	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/ref"
 	"github.com/regwarm/regwarm/internal/store"
 )
@@ -26,7 +27,8 @@ func Permanent(err error) bool {
 		return false
 	}
 	if errors.Is(err, ErrPermanent) || errors.Is(err, ErrUnknownRegistry) || errors.Is(err, events.ErrBadMessage) ||
-		errors.Is(err, ref.ErrInvalidImage) || errors.Is(err, store.ErrInvalid) {
+		errors.Is(err, ref.ErrInvalidImage) || errors.Is(err, store.ErrInvalid) ||
+		errors.Is(err, manifest.ErrTooManyReferences) {
 		return true
 	}
 	if connector.IsTemporary(err) {

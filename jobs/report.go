@@ -31,6 +31,11 @@ const (
 	ReasonCorrupt          = "corrupt"                    // content does not hash to its digest (quarantined)
 	ReasonAbsent           = "referenced-but-absent"      // a manifest references content the store lacks
 	ReasonUnreferenced     = "unreferenced"               // stored, referenced by no manifest (garbage)
+	// ReasonTooManyReferences: a manifest needs more upstream lookups than
+	// its connector's max_manifest_entries (or lists more references than
+	// manifest.MaxReferences); nothing of it was asked upstream. Listed,
+	// not counted as dangling.
+	ReasonTooManyReferences = "too-many-references"
 )
 
 // Report is the outcome of a scan or verification (CONTRACT.md, Reports).
@@ -80,6 +85,11 @@ type Summary struct {
 	UnreferencedBytes int64 `json:"unreferenced_bytes,omitempty"`
 	UpstreamErrors    int   `json:"upstream_errors,omitempty"`
 	RepairsQueued     int   `json:"repairs_queued,omitempty"`
+	// Unchecked counts references missing locally that were not asked
+	// upstream because their manifest has too many (too-many-references).
+	Unchecked int `json:"unchecked,omitempty"`
+	// Repaired counts remote_only content verify fetched (verify --repair).
+	Repaired int `json:"repaired,omitempty"`
 }
 
 // Problem is one finding.
@@ -124,9 +134,17 @@ func (r *Report) WriteText(w io.Writer) error {
 	case JobVerify:
 		fmt.Fprintf(&b, "checked %d blobs (%d bytes) and %d manifests: %d corrupt (%d quarantined, %d re-fetched), %d referenced but absent, %d unreferenced (%d bytes)\n",
 			s.Blobs, s.Bytes, s.Manifests, s.Corrupt, s.Quarantined, s.Refetched, s.Absent, s.Unreferenced, s.UnreferencedBytes)
+		if s.RemoteOnly > 0 || s.UpstreamErrors > 0 {
+			fmt.Fprintf(&b, "%d references absent here but available upstream (remote-only, %d fetched by --repair), %d upstream errors\n",
+				s.RemoteOnly, s.Repaired, s.UpstreamErrors)
+		}
 	default:
-		fmt.Fprintf(&b, "%d registries, %d manifests, %d references: %d local, %d remote-only, %d dangling, %d upstream errors\n",
+		fmt.Fprintf(&b, "%d registries, %d manifests, %d references: %d local, %d remote-only, %d dangling, %d upstream errors",
 			s.Registries, s.Manifests, s.References, s.Local, s.RemoteOnly, s.Problems, s.UpstreamErrors)
+		if s.Unchecked > 0 {
+			fmt.Fprintf(&b, ", %d unchecked (too many references)", s.Unchecked)
+		}
+		b.WriteString("\n")
 		regs := make([]string, 0, len(s.ByRegistry))
 		for k := range s.ByRegistry {
 			regs = append(regs, k)

@@ -212,6 +212,7 @@ type scanLookup struct {
 
 // scanMissing is a reference of a manifest that the store lacks.
 type scanMissing struct {
+	kind scanKind
 	desc ocispec.Descriptor
 	look *scanLookup // nil when the outcome is known without asking
 	// reason and connector of a problem known without asking.
@@ -223,6 +224,14 @@ type scanMissing struct {
 type scanPending struct {
 	digest  digest.Digest
 	missing []scanMissing
+	tooMany *scanTooMany // set instead of missing when it has too many
+}
+
+// scanTooMany is a manifest whose references were not asked upstream
+// because there are too many of them (ReasonTooManyReferences).
+type scanTooMany struct {
+	connector string
+	detail    string
 }
 
 // scanRepoState is the state of one repository. The walking goroutine fills it;
@@ -238,6 +247,7 @@ type scanRepoState struct {
 	heads   scanHeadMemo
 
 	manifests, references, local int
+	unchecked                    int // missing references not asked: too many
 	remaining                    atomic.Int64
 }
 
@@ -289,13 +299,19 @@ func (rs *scanRepoState) scanManifest(ctx context.Context, d digest.Digest) erro
 		return err
 	}
 	p, err := manifest.Parse(m.MediaType, m.Data)
+	if errors.Is(err, manifest.ErrTooManyReferences) {
+		// Not one reference of it is checked: reported, not skipped.
+		rs.manifests++
+		rs.pending = append(rs.pending, &scanPending{digest: d, tooMany: &scanTooMany{connector: m.Source, detail: err.Error()}})
+		return nil
+	}
 	if err != nil {
 		log.Warn("scan skips a manifest it cannot parse", "job", JobDanglingScan, "registry", rs.repo.Registry, "repo", rs.repo.Name,
 			"digest", d, "error", err)
 		return nil
 	}
 	rs.manifests++
-	var pm *scanPending
+	var missing []scanMissing
 	seen := make(map[digest.Digest]bool, len(p.Layers)+2)
 	for kind, desc := range scanReferences(p) {
 		if seen[desc.Digest] {
@@ -311,13 +327,30 @@ func (rs *scanRepoState) scanManifest(ctx context.Context, d digest.Digest) erro
 			rs.local++
 			continue
 		}
-		if pm == nil {
-			pm = &scanPending{digest: d}
-			rs.pending = append(rs.pending, pm)
-		}
-		pm.missing = append(pm.missing, rs.plan(kind, desc, m.Source))
+		missing = append(missing, scanMissing{kind: kind, desc: desc})
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	pm := &scanPending{digest: d}
+	rs.pending = append(rs.pending, pm)
+	if names, limit := rs.limit(m.Source); len(missing) > limit {
+		// Bounded upstream work: none of them is asked.
+		rs.unchecked += len(missing)
+		pm.tooMany = &scanTooMany{connector: strings.Join(names, ","), detail: fmt.Sprintf(
+			"%d references missing locally, more than max_manifest_entries (%d) of connector %s; none asked upstream",
+			len(missing), limit, strings.Join(names, ","))}
+		return nil
+	}
+	for _, mr := range missing {
+		pm.missing = append(pm.missing, rs.plan(mr.kind, mr.desc, m.Source))
 	}
 	return nil
+}
+
+// limit is manifestLimit for a manifest of the repository from source.
+func (rs *scanRepoState) limit(source string) ([]string, int) {
+	return manifestLimit(rs.run.s.cfg, rs.reg, source)
 }
 
 // references yields what a manifest depends on and how each is checked:
@@ -476,7 +509,27 @@ func (rs *scanRepoState) settle(ctx context.Context) error {
 		repairs                     []digest.Digest
 		tags                        map[digest.Digest][]string
 	)
+	// tagsOf sets a problem's tags, reading the repository's once.
+	tagsOf := func(p *Problem, d digest.Digest) error {
+		if tags == nil {
+			var err error
+			if tags, err = rs.tags(ctx); err != nil {
+				return err
+			}
+		}
+		p.Tags = tags[d]
+		return nil
+	}
 	for _, pm := range rs.pending {
+		if pm.tooMany != nil {
+			p := Problem{Registry: rs.repo.Registry, Repository: rs.repo.Name, Manifest: pm.digest.String(),
+				Connector: pm.tooMany.connector, Reason: ReasonTooManyReferences, Detail: pm.tooMany.detail}
+			if err := tagsOf(&p, pm.digest); err != nil {
+				return err
+			}
+			problems = append(problems, p)
+			continue
+		}
 		remote, bad := 0, false
 		for _, mr := range pm.missing {
 			p := Problem{Registry: rs.repo.Registry, Repository: rs.repo.Name, Manifest: pm.digest.String(),
@@ -498,13 +551,9 @@ func (rs *scanRepoState) settle(ctx context.Context) error {
 				dangling++
 				bad = true
 			}
-			if tags == nil {
-				var err error
-				if tags, err = rs.tags(ctx); err != nil {
-					return err
-				}
+			if err := tagsOf(&p, pm.digest); err != nil {
+				return err
 			}
-			p.Tags = tags[pm.digest]
 			problems = append(problems, p)
 		}
 		remoteOnly += remote
@@ -538,6 +587,7 @@ func (rs *scanRepoState) settle(ctx context.Context) error {
 	sm.Problems += dangling
 	sm.ByRegistry[rs.repo.Registry] += dangling
 	sm.UpstreamErrors += upErr
+	sm.Unchecked += rs.unchecked
 	sm.RepairsQueued += queued
 	r.rep.Problems = append(r.rep.Problems, problems...)
 	return nil

@@ -93,9 +93,9 @@ connectors: [{name: up, url: "URL(up)"}]`
 func checkScanSums(t *testing.T, rep *Report) {
 	t.Helper()
 	s := rep.Summary
-	if got := s.Local + s.RemoteOnly + s.Problems + s.UpstreamErrors; got != s.References {
-		t.Errorf("local %d + remote_only %d + problems %d + upstream_errors %d = %d, want references %d",
-			s.Local, s.RemoteOnly, s.Problems, s.UpstreamErrors, got, s.References)
+	if got := s.Local + s.RemoteOnly + s.Problems + s.UpstreamErrors + s.Unchecked; got != s.References {
+		t.Errorf("local %d + remote_only %d + problems %d + upstream_errors %d + unchecked %d = %d, want references %d",
+			s.Local, s.RemoteOnly, s.Problems, s.UpstreamErrors, s.Unchecked, got, s.References)
 	}
 	sum := 0
 	for _, n := range s.ByRegistry {

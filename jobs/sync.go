@@ -5,7 +5,10 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +43,9 @@ type Target struct {
 	Blob      digest.Digest // only this blob, when set
 	Platforms []string      // empty: all
 	Referrers bool
+	// Tag, with a digest Reference, is revalidated first so that it moves
+	// at once (a webhook's image <repo>:<tag>@<digest>).
+	Tag string
 }
 
 // NewTarget is reference in repository name of reg, with what reg's
@@ -56,6 +62,9 @@ func (t Target) Image() string {
 		return t.Repo.String() + "@" + t.Blob.String()
 	}
 	if ref.IsDigest(t.Reference) {
+		if t.Tag != "" {
+			return t.Repo.String() + ":" + t.Tag + "@" + t.Reference
+		}
 		return t.Repo.String() + "@" + t.Reference
 	}
 	return t.Repo.String() + ":" + t.Reference
@@ -92,6 +101,9 @@ func (s *Syncer) Resolve(req events.SyncRequest) (Target, error) {
 	if req.Blob != "" {
 		t.Blob = digest.Digest(req.Blob)
 	}
+	if img.Digest != "" && img.Tag != "" {
+		t.Tag = img.Tag
+	}
 	return t, nil
 }
 
@@ -107,10 +119,17 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 	w := &walk{s: s, t: t, seen: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}
 	var err error
 	if t.Blob != "" {
+		res.Digest = t.Blob.String()
 		w.addBlob(t.Blob)
 	} else {
 		var top digest.Digest
-		top, err = s.resolve(ctx, t)
+		if t.Tag != "" {
+			// The tag first: it moves before the blobs are fetched.
+			err = s.moveTag(ctx, t)
+		}
+		if err == nil {
+			top, err = s.resolve(ctx, t)
+		}
 		if err == nil {
 			res.Digest = top.String()
 			err = w.visit(ctx, top, 0)
@@ -123,6 +142,36 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 	res.BlobsFetched, res.BlobsPresent, res.Bytes = w.fetched, w.present, w.bytes
 	res.DurationMS = time.Since(start).Milliseconds()
 	return res, err
+}
+
+// tagSettle bounds how long a job waits for its upstream to show the
+// notified digest under the notified tag: distribution announces a
+// manifest push before it writes the tag.
+const tagSettle = 3 * time.Second
+
+// moveTag revalidates t.Tag until the connector shows it on t.Reference
+// (or tagSettle passes: the tag moved on or went away since, and a later
+// notification covers that; the digest is warmed all the same).
+func (s *Syncer) moveTag(ctx context.Context, t Target) error {
+	deadline := time.Now().Add(tagSettle)
+	wait := 50 * time.Millisecond
+	for {
+		ti, err := s.cache.ResolveTag(ctx, t.Repo, t.Tag, true)
+		switch {
+		case err == nil && ti.Digest.String() == t.Reference:
+			return nil
+		case err != nil && !errors.Is(err, store.ErrTagUnknown):
+			return err
+		case time.Now().Add(wait).After(deadline):
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
 }
 
 // resolve returns the digest of the target's top manifest, revalidating a
@@ -173,17 +222,30 @@ func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
 	if err != nil {
 		return fmt.Errorf("manifest %s: %w: %w", d, ErrPermanent, err)
 	}
+	// What one manifest makes the sync do upstream is bounded by its
+	// connector's max_manifest_entries.
+	names, limit := w.limit(m.Source)
 	if manifest.IsIndex(p.MediaType) {
+		var children []ocispec.Descriptor
 		for _, c := range p.Manifests {
-			if !platformWanted(w.t.Platforms, c.Platform) {
-				continue
+			if platformWanted(w.t.Platforms, c.Platform) {
+				children = append(children, c)
 			}
+		}
+		if err := tooMany(d, "index entries", len(children), names, limit); err != nil {
+			return err
+		}
+		for _, c := range children {
 			if err := w.visit(ctx, c.Digest, depth+1); err != nil {
 				return err
 			}
 		}
 	} else {
-		for _, b := range p.Required() {
+		req := p.Required()
+		if err := tooMany(d, "references (config and layers)", len(req), names, limit); err != nil {
+			return err
+		}
+		for _, b := range req {
 			w.addBlob(b.Digest)
 		}
 	}
@@ -192,6 +254,9 @@ func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
 		if err != nil {
 			return fmt.Errorf("referrers of %s: %w", d, err)
 		}
+		if err := tooMany(d, "referrers", len(refs), names, limit); err != nil {
+			return err
+		}
 		for _, r := range refs {
 			if err := w.visit(ctx, r.Digest, depth+1); err != nil {
 				return err
@@ -199,6 +264,27 @@ func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
 		}
 	}
 	return nil
+}
+
+// limit is manifestLimit for a manifest of the target's registry from
+// source.
+func (w *walk) limit(source string) ([]string, int) {
+	reg, ok := w.s.cfg.Registry(w.t.Repo.Registry)
+	if !ok {
+		return nil, math.MaxInt
+	}
+	return manifestLimit(w.s.cfg, reg, source)
+}
+
+// tooMany is the sync's error for manifest d listing n of what (index
+// entries, layers, referrers) where limit are allowed; nil when n is within
+// it.
+func tooMany(d digest.Digest, what string, n int, names []string, limit int) error {
+	if n <= limit {
+		return nil
+	}
+	return fmt.Errorf("manifest %s: %w: %d %s, more than max_manifest_entries (%d) of connector %s",
+		d, ErrTooManyReferences, n, what, limit, strings.Join(names, ","))
 }
 
 // platformWanted reports whether an index entry matches the filter. Entries

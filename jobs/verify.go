@@ -13,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/store"
 )
@@ -58,6 +59,63 @@ type Verifier struct {
 	log           *slog.Logger
 	now           func() time.Time
 	bytesPerSec   int64
+	upstream      UpstreamCheck // nil: absent content is not looked up
+	repair        bool          // fetch absent content that upstream has
+}
+
+// UpstreamCheck reports whether content d (a manifest when isManifest) of
+// repo is available from the registry's connectors: true, or false with a
+// nil error when none has it, or the error that kept it from telling.
+type UpstreamCheck func(ctx context.Context, repo store.Repo, d digest.Digest, isManifest bool) (bool, error)
+
+// ConnectorCheck is the UpstreamCheck of cfg's connectors (src finds one by
+// name, like cache.Source): content is available when a connector of the
+// repository's registry answers a HEAD for it, in order; a 404 from all is
+// false; another failure is returned when no connector has it.
+func ConnectorCheck(cfg *config.Config, src func(name string) (connector.Source, bool)) UpstreamCheck {
+	return func(ctx context.Context, repo store.Repo, d digest.Digest, isManifest bool) (bool, error) {
+		reg, ok := cfg.Registry(repo.Registry)
+		if !ok {
+			return false, nil
+		}
+		var firstErr error
+		for _, name := range reg.Connectors {
+			s, ok := src(name)
+			if !ok {
+				continue
+			}
+			var err error
+			if isManifest {
+				_, err = s.HeadManifest(ctx, repo.Name, d.String())
+			} else {
+				_, err = s.HeadBlob(ctx, repo.Name, d)
+			}
+			switch {
+			case err == nil:
+				return true, nil
+			case !connector.IsNotFound(err) && firstErr == nil:
+				firstErr = fmt.Errorf("connector %s: %w", name, err)
+			}
+		}
+		return false, firstErr
+	}
+}
+
+// WithUpstreamCheck makes verify ask upstream about referenced content the
+// store lacks: what a connector still has is counted remote_only, as the
+// dangling scan counts it, and is not a problem; what no connector has is
+// reported absent; an upstream that cannot tell is listed as
+// upstream-error and not counted.
+func WithUpstreamCheck(fn UpstreamCheck) VerifyOption {
+	return func(v *Verifier) { v.upstream = fn }
+}
+
+// WithRepairAbsent makes verify fetch the remote_only content (through the
+// blob or manifest fetcher) so that it is local again, like the dangling
+// scan's repair; it overrides jobs.verify.repair of the config. It needs
+// WithUpstreamCheck.
+func WithRepairAbsent(on bool) VerifyOption {
+	return func(v *Verifier) { v.repair = on }
 }
 
 // VerifyOption configures a Verifier.
@@ -99,6 +157,7 @@ func NewVerifier(cfg *config.Config, st store.Store, fetch func(ctx context.Cont
 	}
 	if cfg != nil {
 		v.bytesPerSec = max(cfg.Jobs.Verify.MaxBytesPerSecond, 0)
+		v.repair = cfg.Jobs.Verify.Repair
 	}
 	for _, o := range opts {
 		o(v)
@@ -128,6 +187,7 @@ func (v *Verifier) Run(ctx context.Context) (*Report, error) {
 		v:       v,
 		content: content,
 		refs:    map[digest.Digest]verifyRef{},
+		remote:  map[digest.Digest]verifyRemote{},
 		damaged: map[digest.Digest]bool{},
 		buf:     make([]byte, verifyBurst),
 		report:  newReport(JobVerify, v.now(), v.cfg),
@@ -147,6 +207,7 @@ func (v *Verifier) Run(ctx context.Context) (*Report, error) {
 	r.report.Finished = v.now()
 	v.log.Info("verify finished", "job", JobVerify, "blobs", s.Blobs, "bytes", s.Bytes, "manifests", s.Manifests,
 		"corrupt", s.Corrupt, "quarantined", s.Quarantined, "refetched", s.Refetched, "absent", s.Absent,
+		"remote_only", s.RemoteOnly, "repaired", s.Repaired, "upstream_errors", s.UpstreamErrors,
 		"unreferenced", s.Unreferenced, "unreferenced_bytes", s.UnreferencedBytes)
 	return r.report, nil
 }
@@ -181,6 +242,15 @@ type verifyRun struct {
 	// damaged holds digests already reported as corrupt, so that neither
 	// pass lists them twice.
 	damaged map[digest.Digest]bool
+	// remote holds what upstream said about absent content, asked once
+	// per digest.
+	remote map[digest.Digest]verifyRemote
+}
+
+// verifyRemote is the upstream's answer about one absent digest.
+type verifyRemote struct {
+	found bool
+	err   error
 }
 
 // references is the first pass: every manifest of every repository.
@@ -233,8 +303,7 @@ func (r *verifyRun) manifest(ctx context.Context, idx int32, d digest.Digest) er
 		}
 		e.presence = verifyAbsent
 		r.refs[d] = e
-		r.absent(repo, d, d, "")
-		return nil
+		return r.absent(ctx, repo, d, d, "", true)
 	default:
 		return err
 	}
@@ -264,7 +333,9 @@ func (r *verifyRun) manifest(ctx context.Context, idx int32, d digest.Digest) er
 			r.refs[desc.Digest] = ce
 		}
 		if ce.presence == verifyAbsent && !r.damaged[desc.Digest] {
-			r.absent(repo, d, desc.Digest, desc.MediaType)
+			if err := r.absent(ctx, repo, d, desc.Digest, desc.MediaType, manifest.IsKnown(desc.MediaType)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -285,12 +356,57 @@ func (r *verifyRun) note(d digest.Digest, idx int32, m digest.Digest, isManifest
 	return e
 }
 
-// absent reports that manifest m of repo references missing content.
-func (r *verifyRun) absent(repo store.Repo, m, missing digest.Digest, mediaType string) {
+// absent handles manifest m of repo referencing content missing here: with
+// an upstream check, content a connector has counts remote_only (and is
+// fetched when repairing); the rest is reported absent.
+func (r *verifyRun) absent(ctx context.Context, repo store.Repo, m, missing digest.Digest, mediaType string, isManifest bool) error {
+	p := Problem{Registry: repo.Registry, Repository: repo.Name,
+		Manifest: m.String(), Missing: missing.String(), MediaType: mediaType, Reason: ReasonAbsent}
+	if r.v.upstream != nil {
+		st, asked := r.remote[missing]
+		if !asked {
+			st.found, st.err = r.v.upstream(ctx, repo, missing, isManifest)
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if st.found && r.v.repair {
+				r.fetchAbsent(ctx, repo, missing, isManifest)
+			}
+			r.remote[missing] = st
+		}
+		switch {
+		case st.found:
+			r.report.Summary.RemoteOnly++
+			return nil
+		case st.err != nil:
+			r.report.Summary.UpstreamErrors++
+			p.Reason, p.Detail = ReasonUpstreamError, ErrorText(st.err)
+			r.report.Problems = append(r.report.Problems, p)
+			return nil
+		}
+	}
 	r.report.Summary.Absent++
 	r.report.Summary.ByRegistry[repo.Registry]++
-	r.report.Problems = append(r.report.Problems, Problem{Registry: repo.Registry, Repository: repo.Name,
-		Manifest: m.String(), Missing: missing.String(), MediaType: mediaType, Reason: ReasonAbsent})
+	r.report.Problems = append(r.report.Problems, p)
+	return nil
+}
+
+// fetchAbsent brings absent content d of repo from upstream, for repair.
+// A failure is logged: the content stays remote_only.
+func (r *verifyRun) fetchAbsent(ctx context.Context, repo store.Repo, d digest.Digest, isManifest bool) {
+	fetch := r.v.fetchBlob
+	if isManifest {
+		fetch = r.v.fetchManifest
+	}
+	if fetch == nil {
+		return
+	}
+	if err := fetch(ctx, repo, d); err != nil {
+		r.v.log.Warn("verify could not fetch absent content", "job", JobVerify, "registry", repo.Registry,
+			"repo", repo.Name, "digest", d, "error", err)
+		return
+	}
+	r.report.Summary.Repaired++
 }
 
 // contents is the second pass: every stored blob, manifests included.

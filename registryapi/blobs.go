@@ -1,6 +1,8 @@
 package registryapi
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/regwarm/regwarm/internal/ref"
 	"github.com/regwarm/regwarm/internal/store"
+	"github.com/regwarm/regwarm/internal/trace"
 )
 
 func parseDigestParam(s string) (digest.Digest, *apiError) {
@@ -45,6 +48,11 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) *api
 	}
 	defer b.Close()
 	size := b.Size()
+	if r.Header.Get("Range") != "" {
+		if ae := h.awaitVerified(r, rt, b); ae != nil {
+			return ae
+		}
+	}
 	setBlobHeaders(hd, d, etag)
 	if match := r.Header.Get("If-None-Match"); match != "" && match == etag {
 		w.WriteHeader(http.StatusNotModified)
@@ -68,6 +76,10 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) *api
 			return h.fail(r, rt, err)
 		}
 		src = f
+	} else if sk, ok := b.(io.Seeker); ok && start > 0 {
+		if _, err := sk.Seek(start, io.SeekStart); err != nil {
+			return h.fail(r, rt, err)
+		}
 	} else if start > 0 {
 		if _, err := io.CopyN(io.Discard, b, start); err != nil {
 			return h.fail(r, rt, err)
@@ -93,6 +105,37 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) *api
 		}
 	}
 	return nil
+}
+
+// verifying is a blob still arriving from upstream (the cache's fill
+// reader): WaitVerified returns once all of it hashed to its digest, or
+// with the error that ended the fill.
+type verifying interface {
+	WaitVerified(ctx context.Context) error
+}
+
+// awaitVerified holds a Range answer on a blob still arriving from
+// upstream until the whole blob is verified: a part of a blob cannot be
+// checked against its digest on its own, so no part is sent before.
+// (A whole-blob answer streams instead, holding back only its last byte.)
+func (h *Handler) awaitVerified(r *http.Request, rt route, b store.Blob) *apiError {
+	v, ok := b.(verifying)
+	if !ok {
+		return nil
+	}
+	err := v.WaitVerified(r.Context())
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) {
+		// The upstream's fault, not the client's.
+		h.log.Warn("upstream blob failed verification", "registry", rt.repo.Registry, "repo", rt.repo.Name,
+			"digest", rt.ref, "error", err, "request_id", trace.RequestID(r.Context()))
+		ae := errorf(CodeUnavailable, "upstream sent content that does not match the digest")
+		ae.code.Status = http.StatusBadGateway
+		return ae
+	}
+	return h.fail(r, rt, err)
 }
 
 // copyBufs holds buffers for blobs that are not files.

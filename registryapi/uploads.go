@@ -76,8 +76,9 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 	return nil
 }
 
-// tryMount links d into rt.repo from the repository named by from. Without
-// from, it succeeds only when the blob is already visible in rt.repo.
+// tryMount links d into rt.repo from the repository named by from, when d
+// is stored and linked there. Without from, it succeeds only when the blob
+// is already visible in rt.repo.
 func (h *Handler) tryMount(r *http.Request, rt route, d digest.Digest, from string) bool {
 	ctx := r.Context()
 	if from == "" {
@@ -89,6 +90,11 @@ func (h *Handler) tryMount(r *http.Request, rt route, d digest.Digest, from stri
 		return false
 	}
 	if _, err := h.read.StatBlob(ctx, src, d); err != nil {
+		return false
+	}
+	// Only content really linked in from: a cache registry's StatBlob may
+	// answer from its upstream's word alone (see the cache's sharing rule).
+	if _, err := h.store.StatBlob(ctx, src, d); err != nil {
 		return false
 	}
 	return h.store.LinkBlob(ctx, rt.repo, d) == nil

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -30,8 +29,12 @@ commands:
   sync IMAGE…   force-sync images through a running deployment and wait for each result
   scan          one-shot dangling-reference scan of the store (exit 1 on problems)
   verify        one-shot integrity check of stored content (exit 1 on problems)
-  config check  validate and print the effective config
+  config check  validate and print the effective config, listing every problem
   version       print version and build info
+
+Every command works without --config, with the defaults of "regwarm run":
+registry API 127.0.0.1:5000, metrics 127.0.0.1:9466, embedded NATS
+127.0.0.1:4222, data in ./regwarm-data.
 
 run "regwarm <command> -h" for a command's flags
 `
@@ -48,11 +51,11 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "run":
-		return runDaemon(daemon.ModeRun, args[1:], stderr)
+		return runDaemon(daemon.ModeRun, args[1:], stdout, stderr)
 	case "serve":
-		return runDaemon(daemon.ModeServe, args[1:], stderr)
+		return runDaemon(daemon.ModeServe, args[1:], stdout, stderr)
 	case "worker":
-		return runDaemon(daemon.ModeWorker, args[1:], stderr)
+		return runDaemon(daemon.ModeWorker, args[1:], stdout, stderr)
 	case "sync":
 		return syncCmd(args[1:], stdout, stderr)
 	case "scan":
@@ -60,14 +63,17 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	case "verify":
 		return oneShot("verify", jobs.JobVerify, args[1:], stdout, stderr)
 	case "config":
+		if len(args) >= 2 && isHelp(args[1]) {
+			fmt.Fprint(stdout, "usage: regwarm config check [flags]\n\nrun \"regwarm config check -h\" for its flags\n")
+			return 0
+		}
 		if len(args) < 2 || args[1] != "check" {
-			fmt.Fprint(stderr, "usage: regwarm config check --config FILE\n")
+			fmt.Fprint(stderr, "usage: regwarm config check [--config FILE] [--probe]\n")
 			return 2
 		}
 		return configCheck(args[2:], stdout, stderr)
 	case "version", "--version", "-version":
-		printVersion(stdout)
-		return 0
+		return versionCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -76,45 +82,40 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// registerOverrides adds the flags that override config keys for one process.
-func registerOverrides(fs *flag.FlagSet, o *config.Overrides) {
-	fs.StringVar(&o.Listen, "listen", "", "override serve.listen")
-	fs.StringVar(&o.MetricsListen, "metrics-listen", "", "override metrics.listen")
-	fs.StringVar(&o.DataDir, "data-dir", "", "override data_dir")
-	fs.StringVar(&o.NATSURL, "nats-url", "", "override nats.url")
-	fs.StringVar(&o.LogLevel, "log-level", "", "override log.level")
+func versionCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("version", "regwarm version", "print the version and build information")
+	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
+		return code
+	}
+	printVersion(stdout)
+	return 0
 }
 
-// loadConfig loads path (or the defaults when path is "") with overrides.
-func loadConfig(path string, o config.Overrides) (*config.Config, error) {
-	cfg := config.Default()
-	if path != "" {
-		var err error
-		if cfg, err = config.Load(path); err != nil {
-			return nil, err
-		}
-	}
-	if err := cfg.Override(o); err != nil {
-		return nil, err
-	}
-	return cfg, nil
-}
-
-func runDaemon(mode daemon.Mode, args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet(string(mode), flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "config file (YAML); defaults when absent")
+func runDaemon(mode daemon.Mode, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet(string(mode), "regwarm "+string(mode)+" [flags]", daemonHelp[mode])
+	cfgPath := configFlag(fs)
 	var o config.Overrides
-	registerOverrides(fs, &o)
-	if err := fs.Parse(args); err != nil {
-		return 2
+	registerOverrides(fs, &o, daemonOverrides[mode]...)
+	registerIgnored(fs)
+	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
+		return code
 	}
 	cfg, err := loadConfig(*cfgPath, o)
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
 		return 2
 	}
+	if err := cfg.CheckSecrets(); err != nil {
+		fmt.Fprintf(stderr, "regwarm: the config names credentials this environment does not provide:\n")
+		for _, e := range config.Problems(err) {
+			fmt.Fprintf(stderr, "  - %v\n", e)
+		}
+		return 2
+	}
 	log := daemon.NewLogger(cfg.Log, stderr)
+	for _, w := range cfg.Warnings() {
+		log.Warn("config warning", "warning", w)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := daemon.Run(ctx, cfg, mode, log); err != nil {
@@ -125,15 +126,19 @@ func runDaemon(mode daemon.Mode, args []string, stderr io.Writer) int {
 }
 
 func syncCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sync", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "config file (YAML); defaults when absent")
+	fs := newFlagSet("sync", "regwarm sync [flags] IMAGE…  (flags may also follow the images)",
+		"force-sync images through a running deployment and wait for each result.\n"+
+			"IMAGE is <registry>/<repo>:<tag>, <registry>/<repo>@<digest>, a name of the default\n"+
+			"registry like a pull uses (app:v1, library/alpine:3), or <host>/<repo>:<tag> of a\n"+
+			"connector's host. Exit 0 all synced, 1 any failed or invalid, 2 usage/connection error.")
+	cfgPath := configFlag(fs)
 	natsURL := fs.String("nats-url", "", "NATS server (default: nats.url, else the embedded server's address)")
-	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for the results")
-	if err := fs.Parse(args); err != nil {
-		return daemon.ExitError
+	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for all the results; jobs still running then stay queued (exit 1)")
+	images, code, ok := parseFlags(fs, args, true, stdout, stderr)
+	if !ok {
+		return code
 	}
-	if fs.NArg() == 0 {
+	if len(images) == 0 {
 		fmt.Fprint(stderr, "usage: regwarm sync [--config F] [--nats-url U] [--timeout D] IMAGE…\n")
 		return daemon.ExitError
 	}
@@ -142,31 +147,45 @@ func syncCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
 		return daemon.ExitError
 	}
+	good, bad := syncArgs(cfg, images)
+	for _, b := range bad {
+		fmt.Fprintf(stdout, "error   %s: %v\n", b.image, b.err)
+	}
+	if len(good) == 0 {
+		return daemon.ExitProblems
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return daemon.Sync(ctx, cfg, daemon.NATSURL(cfg, *natsURL), fs.Args(), *timeout, stdout)
+	code = daemon.Sync(ctx, cfg, daemon.NATSURL(cfg, *natsURL), good, *timeout, stdout)
+	if len(bad) > 0 {
+		code = max(code, daemon.ExitProblems)
+	}
+	return code
 }
 
 // oneShot runs job once as the command name.
 func oneShot(name, job string, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "config file (YAML)")
+	fs := newFlagSet(name, "regwarm "+name+" [flags]", oneShotHelp[name])
+	cfgPath := configFlag(fs)
 	format := fs.String("format", "text", "report format: text or json")
 	output := fs.String("output", "", "write the report to this file (default stdout)")
-	var o config.Overrides
-	registerOverrides(fs, &o)
-	if err := fs.Parse(args); err != nil {
-		return daemon.ExitError
+	var repair *bool
+	if job == jobs.JobVerify {
+		repair = fs.Bool("repair", false, "fetch content that is absent here but still available upstream (default: jobs.verify.repair)")
 	}
-	if *cfgPath == "" {
-		fmt.Fprintf(stderr, "regwarm %s: --config is required\n", name)
-		return daemon.ExitError
+	var o config.Overrides
+	registerOverrides(fs, &o, "data-dir", "log-level")
+	registerIgnored(fs)
+	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
+		return code
 	}
 	cfg, err := loadConfig(*cfgPath, o)
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
 		return daemon.ExitError
+	}
+	if repair != nil && flagSet(fs, "repair") {
+		cfg.Jobs.Verify.Repair = *repair
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -174,23 +193,34 @@ func oneShot(name, job string, args []string, stdout, stderr io.Writer) int {
 }
 
 func configCheck(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "config file (YAML)")
+	fs := newFlagSet("config check", "regwarm config check [flags]",
+		"validate the config (the defaults of \"regwarm run\" without --config), list every\n"+
+			"problem and print the effective config. Credentials the config names\n"+
+			"(password_env, password_file) are checked in this environment: run, serve and\n"+
+			"worker refuse to start without them. Exit 0 valid, 2 invalid.")
+	cfgPath := configFlag(fs)
+	probe := fs.Bool("probe", false, "also contact each connector's /v2/ and report whether it answers as a registry")
 	var o config.Overrides
 	registerOverrides(fs, &o)
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
+		return code
 	}
-	if *cfgPath == "" {
-		fmt.Fprint(stderr, "regwarm config check: --config is required\n")
-		return 2
+	name := *cfgPath
+	if name == "" {
+		name = "(defaults, no --config)"
 	}
-	cfg, err := loadConfig(*cfgPath, o)
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: invalid\n", *cfgPath)
-		for _, e := range unjoin(err) {
+	cfg, problems := inspectConfig(*cfgPath, o)
+	var secrets error
+	if cfg != nil {
+		secrets = cfg.CheckSecrets()
+	}
+	if problems != nil || secrets != nil {
+		fmt.Fprintf(stderr, "%s: invalid\n", name)
+		for _, e := range config.Problems(problems) {
 			fmt.Fprintf(stderr, "  - %v\n", e)
+		}
+		for _, e := range config.Problems(secrets) {
+			fmt.Fprintf(stderr, "  - [environment] %v (run, serve and worker refuse to start)\n", e)
 		}
 		return 2
 	}
@@ -199,20 +229,40 @@ func configCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "regwarm config check: %v\n", err)
 		return 2
 	}
-	fmt.Fprintf(stdout, "# %s: valid; effective config:\n%s", *cfgPath, b)
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	if *probe {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if !probeConnectors(ctx, cfg, stdout) {
+			fmt.Fprintf(stderr, "%s: a connector does not answer as a registry (see the probe above)\n", name)
+			return 2
+		}
+	}
+	fmt.Fprintf(stdout, "# %s: valid; effective config:\n%s", name, b)
 	return 0
 }
 
-// unjoin flattens an errors.Join tree into its leaves.
-func unjoin(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, unjoin(e)...)
-		}
-		return out
+// inspectConfig loads path (or the defaults when path is "") with
+// overrides, like loadConfig, but with problems it still returns the config
+// as far as it decoded, so that its credentials can be checked too.
+func inspectConfig(path string, o config.Overrides) (*config.Config, error) {
+	if path == "" {
+		return loadConfig("", o)
 	}
-	return []error{err}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := config.Inspect(data)
+	if err != nil {
+		return cfg, err
+	}
+	if err := cfg.Override(o); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 func printVersion(w io.Writer) {

@@ -272,6 +272,12 @@ type UpstreamOptions struct {
 	// ProxyRemoteURL, when set, runs docker-registry as a pull-through
 	// cache of that URL.
 	ProxyRemoteURL string
+	// Addr is the listen address; default a free loopback port.
+	Addr string
+	// NotifyURL, when set, receives the registry's notifications (a
+	// `notifications: endpoints:` entry) with NotifyHeaders.
+	NotifyURL     string
+	NotifyHeaders map[string]string
 }
 
 // Upstream is a running Debian docker-registry (distribution 2.8) with
@@ -293,7 +299,10 @@ func StartDockerRegistry(t testing.TB, opts UpstreamOptions) *Upstream {
 	if opts.RootDir == "" {
 		opts.RootDir = filepath.Join(dir, "storage")
 	}
-	u := &Upstream{Addr: FreeAddr(t), RootDir: opts.RootDir, t: t}
+	if opts.Addr == "" {
+		opts.Addr = FreeAddr(t)
+	}
+	u := &Upstream{Addr: opts.Addr, RootDir: opts.RootDir, t: t}
 	cfg := fmt.Sprintf(`version: 0.1
 log: {level: info, formatter: text, accesslog: {disabled: false}}
 storage:
@@ -306,6 +315,9 @@ http:
 `, opts.RootDir, u.Addr)
 	if opts.ProxyRemoteURL != "" {
 		cfg += fmt.Sprintf("proxy: {remoteurl: %q}\n", opts.ProxyRemoteURL)
+	}
+	if opts.NotifyURL != "" {
+		cfg += notificationsConfig(opts.NotifyURL, opts.NotifyHeaders)
 	}
 	path := filepath.Join(dir, "docker-registry.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
@@ -393,4 +405,24 @@ func parseAccessLog(f io.Reader) ([]Request, error) {
 		reqs = append(reqs, Request{Method: m[1], Path: path, Query: query, Status: status, Agent: m[4]})
 	}
 	return reqs, sc.Err()
+}
+
+// notificationsConfig is docker-registry's notifications section: one
+// endpoint, quick retries.
+func notificationsConfig(url string, headers map[string]string) string {
+	var h strings.Builder
+	if len(headers) > 0 {
+		h.WriteString("      headers:\n")
+	}
+	for k, v := range headers {
+		fmt.Fprintf(&h, "        %s: [%q]\n", k, v)
+	}
+	return fmt.Sprintf(`notifications:
+  endpoints:
+    - name: regwarm
+      url: %q
+%s      timeout: 2s
+      threshold: 3
+      backoff: 500ms
+`, url, h.String())
 }

@@ -19,9 +19,10 @@ import (
 
 // StatBlob returns a blob's size: from the store, or from the first
 // connector that has it (content already stored for another repository is
-// then linked into this one). In a registry that accepts pushes the blob is
-// fetched first: a pushing client told that a layer exists skips uploading
-// it, so it must really be here.
+// then linked into this one where the sharing rule allows, see share.go).
+// In a registry that accepts pushes the blob is fetched first: a pushing
+// client told that a layer exists skips uploading it, so it must really be
+// here.
 func (c *Cache) StatBlob(ctx context.Context, repo store.Repo, d digest.Digest) (int64, error) {
 	n, err := c.store.StatBlob(ctx, repo, d)
 	if err == nil || !errors.Is(err, store.ErrBlobUnknown) {
@@ -58,22 +59,15 @@ func (c *Cache) StatBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 	return size, err
 }
 
-// linkStored links blob d into repo when its content is already stored
-// (for another repository), no fill of it is running, and a connector
-// confirms that repo has it upstream. It reports whether d is now linked.
+// linkStored links blob d into repo when its content is already stored,
+// no fill of it is running, and the sharing rule (shareStored) allows it
+// without a fetch. It reports whether d is now linked; when it is not, the
+// caller fetches d through repo's own connectors (a fill, verified).
 func (c *Cache) linkStored(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (bool, error) {
 	if _, err := c.store.HasBlob(ctx, d); err != nil || c.fills.get(fillKey{repo.Registry, d}) != nil {
 		return false, nil
 	}
-	_, src, err := c.headBlob(ctx, repo, d, sources)
-	if err != nil {
-		return false, err
-	}
-	if err := c.store.LinkBlob(ctx, repo, d); err != nil {
-		return false, err
-	}
-	c.log.Debug("blob linked", "registry", repo.Registry, "repo", repo.Name, "digest", d, "connector", src)
-	return true, nil
+	return c.shareStored(ctx, repo, d, sources)
 }
 
 func (c *Cache) headBlob(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (int64, string, error) {
@@ -183,8 +177,10 @@ func (c *Cache) joinFill(ctx context.Context, repo store.Repo, d digest.Digest, 
 // shareFill is joinFill for a caller that needs d in repo. A fill another
 // repository of the registry started (a layer two images share) is only
 // shared once a connector confirms that repo has d as well (a HEAD, as
-// for linking a stored blob); d is then linked into repo once the fill
-// stored it (filled, linkWhenStored).
+// for linking a blob stored for a repository of the same registry, see
+// share.go; fills are per registry, so a fill for another registry is
+// never joined); d is then linked into repo once the fill stored it
+// (filled, linkWhenStored).
 func (c *Cache) shareFill(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (f *fill, leader bool, err error) {
 	f, leader = c.joinFill(ctx, repo, d, sources)
 	if leader || f.repo == repo {
@@ -419,11 +415,26 @@ const leasePoll = 100 * time.Millisecond
 
 // awaitLease takes the cross-process fetch lease of d. While another
 // process holds it, it waits for the blob to land in the shared store and
-// then finishes f without fetching (finished is true). Without a working
-// lease service it lets the fill go ahead unleased: pulls never depend on
-// NATS.
+// then, when the sharing rule allows (shareStored), links it and finishes f
+// without fetching (finished is true); content the other process stored
+// for another registry is fetched here once the lease is free. Without a
+// working lease service it lets the fill go ahead unleased: pulls never
+// depend on NATS.
 func (c *Cache) awaitLease(ctx context.Context, f *fill, repo store.Repo, d digest.Digest, sources []connector.Source) (release func(), finished bool) {
 	key := "blob." + string(d.Algorithm()) + "." + d.Encoded()
+	// shared finishes f when d is stored and may be linked into repo.
+	shared := func() bool {
+		if _, err := c.store.HasBlob(ctx, d); err != nil {
+			return false
+		}
+		linked, err := c.shareStored(ctx, repo, d, sources)
+		if err == nil && !linked {
+			return false
+		}
+		f.setNotFetched()
+		c.endFill(fillKey{repo.Registry, d}, f, err)
+		return true
+	}
 	for {
 		rel, ok, err := c.leases.Acquire(ctx, key)
 		if err != nil {
@@ -431,19 +442,14 @@ func (c *Cache) awaitLease(ctx context.Context, f *fill, repo store.Repo, d dige
 			return nil, false
 		}
 		if ok {
-			if _, err := c.store.HasBlob(ctx, d); err != nil {
-				return rel, false
+			if shared() { // stored meanwhile by the previous holder
+				rel()
+				return nil, true
 			}
-			rel() // stored meanwhile by the previous holder
+			return rel, false
 		}
 		for {
-			if _, err := c.store.HasBlob(ctx, d); err == nil {
-				f.setNotFetched()
-				_, _, err := c.headBlob(ctx, repo, d, sources)
-				if err == nil {
-					err = c.store.LinkBlob(ctx, repo, d)
-				}
-				c.endFill(fillKey{repo.Registry, d}, f, err)
+			if shared() {
 				return nil, true
 			}
 			held, err := c.leases.Held(ctx, key)

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"io"
 	"sync"
 
@@ -192,6 +193,53 @@ func (r *fillReader) wait() (int64, error) {
 			return 0, context.Canceled
 		}
 	}
+}
+
+// WaitVerified blocks until every byte of the blob has arrived and hashed
+// to its digest, and returns the fill's error if it failed instead (or
+// ctx's). A reader of part of the blob (a Range request) calls it first:
+// no byte is handed out unverified, while a whole-blob reader streams and
+// only the last byte waits.
+func (r *fillReader) WaitVerified(ctx context.Context) error {
+	f := r.f
+	for {
+		f.mu.Lock()
+		verified, finished, err, progress := f.verified, f.finished, f.err, f.progress
+		f.mu.Unlock()
+		switch {
+		case verified:
+			return nil
+		case finished:
+			if err == nil {
+				err = errors.New("cache: blob fill ended unverified")
+			}
+			return err
+		}
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.cancel:
+			return context.Canceled
+		}
+	}
+}
+
+// Seek moves the read offset (io.SeekStart and io.SeekCurrent), so a
+// reader of part of the blob skips to it without reading what comes before.
+func (r *fillReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.off
+	default:
+		return r.off, errors.New("cache: unsupported seek")
+	}
+	if offset < 0 || offset > r.f.size {
+		return r.off, errors.New("cache: seek out of range")
+	}
+	r.off = offset
+	return offset, nil
 }
 
 func (r *fillReader) Read(p []byte) (int, error) {

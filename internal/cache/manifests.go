@@ -68,6 +68,9 @@ func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, for
 	})
 	if err == nil {
 		r := v.(tagResult)
+		if force {
+			c.pending.supersede(repo, tag, r.info)
+		}
 		if r.fetched {
 			c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
 		}

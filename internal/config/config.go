@@ -3,6 +3,8 @@ package config
 
 import (
 	"fmt"
+	"os"
+	"slices"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -22,6 +24,7 @@ type Config struct {
 	Worker     Worker      `yaml:"worker"`
 	Auth       *Auth       `yaml:"auth"`
 	Jobs       Jobs        `yaml:"jobs"`
+	Webhooks   []Webhook   `yaml:"webhooks"`
 }
 
 // Log configures logging.
@@ -125,6 +128,10 @@ type Connector struct {
 	// AuthHosts are other hosts (host or host:port) that may receive the
 	// connector's credentials, such as a token realm on another host.
 	AuthHosts []string `yaml:"auth_hosts"`
+	// MaxManifestEntries bounds the upstream work one manifest can cause
+	// through this connector: index entries followed, layers fetched,
+	// referrers listed, references asked about by the dangling scan.
+	MaxManifestEntries int `yaml:"max_manifest_entries"`
 }
 
 // Worker configures the worker daemon.
@@ -166,6 +173,9 @@ type DanglingScan struct {
 type Verify struct {
 	Schedule          string `yaml:"schedule"` // cron spec; "" disables the job
 	MaxBytesPerSecond int64  `yaml:"max_bytes_per_second"`
+	// Repair fetches content that manifests reference, absent here but
+	// still available upstream (counted remote_only either way).
+	Repair bool `yaml:"repair"`
 
 	scheduleSet bool // the file gave schedule; "" then means disabled
 }
@@ -212,3 +222,37 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 
 // MarshalYAML writes d as a duration string such as "5m0s".
 func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// Webhook is an endpoint, POST <serve.listen>/webhooks/<name>, that turns an
+// upstream's push notifications into sync jobs.
+type Webhook struct {
+	Name      string   `yaml:"name"`
+	Format    string   `yaml:"format"`     // distribution | harbor | dockerhub | cloudevents
+	Connector string   `yaml:"connector"`  // the connector whose repositories the notifications name
+	SecretEnv string   `yaml:"secret_env"` // environment variable holding the shared secret
+	Actions   []string `yaml:"actions"`    // push | delete; default [push]
+}
+
+// Webhook formats and actions.
+const (
+	WebhookDistribution = "distribution"
+	WebhookHarbor       = "harbor"
+	WebhookDockerHub    = "dockerhub"
+	WebhookCloudEvents  = "cloudevents"
+	WebhookPush         = "push"
+	WebhookDelete       = "delete"
+)
+
+// WebhookFormats lists the accepted webhook formats.
+var WebhookFormats = []string{WebhookDistribution, WebhookHarbor, WebhookDockerHub, WebhookCloudEvents}
+
+// Secret returns the webhook's shared secret from its environment variable.
+func (w *Webhook) Secret() string {
+	if w.SecretEnv == "" {
+		return ""
+	}
+	return os.Getenv(w.SecretEnv)
+}
+
+// Wants reports whether the webhook acts on action (push or delete).
+func (w *Webhook) Wants(action string) bool { return slices.Contains(w.Actions, action) }

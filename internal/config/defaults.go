@@ -12,7 +12,7 @@ const (
 	defaultLogLevel         = "info"
 	defaultLogFormat        = "text"
 	defaultServeListen      = "127.0.0.1:5000"
-	defaultMetricsListen    = "127.0.0.1:9090"
+	defaultMetricsListen    = "127.0.0.1:9466"
 	defaultNATSListen       = "127.0.0.1:4222"
 	defaultSubjectPrefix    = "regwarm"
 	defaultTagTTL           = 5 * time.Minute
@@ -25,6 +25,8 @@ const (
 	defaultRegistry         = "local"
 	defaultUploadExpiry     = 24 * time.Hour
 	defaultMaxUploads       = 100
+	// DefaultMaxManifestEntries is connectors[].max_manifest_entries when unset.
+	DefaultMaxManifestEntries = 1000
 )
 
 // Default returns the configuration of a file that sets nothing: one
@@ -74,11 +76,18 @@ func (c *Config) ApplyDefaults() {
 	}
 	for i := range c.Connectors {
 		setInt(&c.Connectors[i].Concurrency, defaultConcurrency)
+		setInt(&c.Connectors[i].MaxManifestEntries, DefaultMaxManifestEntries)
 	}
 	setInt(&c.Worker.Concurrency, defaultWorkers)
 	setInt(&c.Worker.MaxDeliveries, defaultMaxDeliveries)
 	if c.Worker.AckWait == 0 {
 		c.Worker.AckWait = Duration(30 * time.Second)
+	}
+
+	for i := range c.Webhooks {
+		if c.Webhooks[i].Actions == nil {
+			c.Webhooks[i].Actions = []string{WebhookPush}
+		}
 	}
 
 	if !c.Jobs.DanglingScan.scheduleSet {

@@ -25,7 +25,7 @@ func TestDefault(t *testing.T) {
 		{"log.level", c.Log.Level, "info"},
 		{"log.format", c.Log.Format, "text"},
 		{"serve.listen", c.Serve.Listen, "127.0.0.1:5000"},
-		{"metrics.listen", c.Metrics.Listen, "127.0.0.1:9090"},
+		{"metrics.listen", c.Metrics.Listen, "127.0.0.1:9466"},
 		{"storage root", c.Storage.Filesystem.Root, filepath.Join("regwarm-data", "store")},
 		{"nats.url", c.NATS.URL, ""},
 		{"nats listen", c.NATS.Embedded.Listen, "127.0.0.1:4222"},
@@ -53,7 +53,7 @@ func TestDefault(t *testing.T) {
 
 func TestParseMinimal(t *testing.T) {
 	t.Parallel()
-	for _, in := range []string{"version: 1\n", "{}\n", "registries:\n", "data_dir: /d\n"} {
+	for _, in := range []string{"version: 1\n", "{version: 1}\n", "registries:\n", "data_dir: /d\n"} {
 		t.Run(in, func(t *testing.T) {
 			t.Parallel()
 			c := mustParse(t, in)

@@ -19,6 +19,8 @@ func FuzzParse(f *testing.F) {
 		"registries: [{name: a, connectors: [x]}]\nconnectors: [{name: x, registry: a}]\n",
 		"jobs: {verify: {schedule: 'CRON_TZ=UTC @every 1s'}}\n",
 		"nats: {url: 'nats://u:p@h:1,ws://h'}\n",
+		"registries: [{name: a, push: true}, {name: b, connectors: [x]}]\nconnectors: [{name: x, registry: a, max_manifest_entries: 5}]\n" +
+			"auth: {htpasswd_file: f, rules: [{registry: b, users: [anonymous], allow: [pull]}]}\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -44,6 +46,11 @@ func FuzzParse(f *testing.F) {
 		}
 		if !bytes.Equal(out, out2) {
 			t.Fatalf("round trip is not stable:\n%s\n---\n%s", out, out2)
+		}
+		for _, w := range c.Warnings() {
+			if w == "" {
+				t.Fatal("empty warning")
+			}
 		}
 		if _, err := c.Redacted().YAML(); err != nil {
 			t.Fatalf("Redacted().YAML(): %v", err)

@@ -30,22 +30,106 @@ func Load(path string) (*Config, error) {
 // defaults and validates the result. It returns every problem found, joined
 // with errors.Join; see FieldError.
 func Parse(data []byte) (*Config, error) {
+	c, err := Inspect(data)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Inspect is Parse for tools that report on a config (`regwarm config
+// check`): with problems it still returns the config as far as it decoded,
+// with defaults applied (nil only when data is not one YAML mapping), so
+// that more can be checked, such as CheckSecrets. Decode errors (every
+// unknown key and wrong type) and validation problems come in one pass; a
+// field that failed to decode is not reported again by validation. A file
+// without "version" is an error.
+func Inspect(data []byte) (*Config, error) {
 	root, err := document(data)
 	if err != nil {
 		return nil, err
 	}
 	var c Config
+	var errs []error
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
-		return nil, decodeError(err, root, data)
+		derr := decodeError(err, root, data)
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, derr // a syntax error: nothing was decoded
+		}
+		errs = append(errs, derr)
+	}
+	if !hasKey(root, "version") {
+		errs = append(errs, &FieldError{Path: "version", Msg: `required: start the file with "version: 1"`, Kind: ErrInvalid})
 	}
 	markExplicit(&c, data)
 	c.ApplyDefaults()
-	if err := c.Validate(); err != nil {
-		return nil, err
+	bad := decodedPaths(errs)
+	for _, e := range unjoin(c.Validate()) {
+		if fe, ok := e.(*FieldError); ok && covered(bad, fe.Path) {
+			continue
+		}
+		errs = append(errs, e)
 	}
-	return &c, nil
+	return &c, errors.Join(errs...)
+}
+
+// hasKey reports whether the mapping root has key with a non-null value.
+func hasKey(root *yaml.Node, key string) bool {
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == key {
+			return root.Content[i+1].ShortTag() != "!!null"
+		}
+	}
+	return false
+}
+
+// decodedPaths lists the field paths of the decode errors in errs.
+func decodedPaths(errs []error) []string {
+	var out []string
+	for _, err := range errs {
+		for _, e := range unjoin(err) {
+			if fe, ok := e.(*FieldError); ok && errors.Is(fe, ErrDecode) && fe.Path != "" {
+				out = append(out, fe.Path)
+			}
+		}
+	}
+	return out
+}
+
+// covered reports whether path is one of paths, or below or above one:
+// validation of a field whose value failed to decode only repeats the
+// problem (a "required" for what was written wrong).
+func covered(paths []string, path string) bool {
+	for _, p := range paths {
+		if p == path || strings.HasPrefix(path, p+".") || strings.HasPrefix(path, p+"[") ||
+			strings.HasPrefix(p, path+".") || strings.HasPrefix(p, path+"[") {
+			return true
+		}
+	}
+	return false
+}
+
+// Problems lists the single problems of an error from Parse, Inspect,
+// Validate or CheckSecrets (the leaves of its errors.Join tree); nil gives
+// none.
+func Problems(err error) []error { return unjoin(err) }
+
+// unjoin flattens an errors.Join tree into its leaves; nil gives none.
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, unjoin(e)...)
+		}
+		return out
+	}
+	return []error{err}
 }
 
 // document returns the root node of the single YAML document in data.

@@ -194,6 +194,10 @@ func (c *Config) clone() *Config {
 		r.Auth = &a
 	}
 	r.Jobs.Refresh.Images = slices.Clone(c.Jobs.Refresh.Images)
+	r.Webhooks = slices.Clone(c.Webhooks)
+	for i := range r.Webhooks {
+		r.Webhooks[i].Actions = slices.Clone(r.Webhooks[i].Actions)
+	}
 	return &r
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/ref"
 )
 
@@ -38,6 +39,7 @@ func (c *Config) Validate() error {
 	v.worker()
 	v.auth()
 	v.jobs()
+	v.webhooks()
 	return errors.Join(v.errs...)
 }
 
@@ -217,14 +219,7 @@ func (v *validator) connectors() {
 	hosts := map[string]int{}
 	for i, cn := range c.Connectors {
 		p := fmt.Sprintf("connectors[%d]", i)
-		if len(cn.Name) > 64 || ref.ValidRegistry(cn.Name) != nil {
-			v.add(p+".name", cn.Name, "must match [a-z0-9][a-z0-9_-]* (at most 64 characters)")
-		}
-		if j, dup := names[cn.Name]; dup {
-			v.add(p+".name", cn.Name, "duplicate: connectors[%d] has the same name", j)
-		} else {
-			names[cn.Name] = i
-		}
+		v.listName("connectors", i, cn.Name, names)
 		switch {
 		case cn.URL != "" && cn.Registry != "":
 			v.add(p, nil, "set url or registry, not both")
@@ -272,6 +267,9 @@ func (v *validator) connectors() {
 		}
 		if cn.Concurrency < 1 {
 			v.add(p+".concurrency", cn.Concurrency, "must be at least 1")
+		}
+		if cn.MaxManifestEntries < 1 || cn.MaxManifestEntries > manifest.MaxReferences {
+			v.add(p+".max_manifest_entries", cn.MaxManifestEntries, "must be from 1 to %d", manifest.MaxReferences)
 		}
 	}
 }
@@ -417,4 +415,47 @@ func (v *validator) schedule(p, spec string) {
 func parseSchedule(spec string) error {
 	_, _, err := ParseSchedule(spec)
 	return err
+}
+
+// webhooks checks the webhook endpoints: a known format, an existing
+// connector, and a secret that is set (a webhook is never open).
+func (v *validator) webhooks() {
+	names := map[string]int{}
+	for i, w := range v.c.Webhooks {
+		p := fmt.Sprintf("webhooks[%d]", i)
+		v.listName("webhooks", i, w.Name, names)
+		if !slices.Contains(WebhookFormats, w.Format) {
+			v.add(p+".format", w.Format, "must be one of %s", strings.Join(WebhookFormats, ", "))
+		}
+		if _, ok := v.c.Connector(w.Connector); !ok {
+			v.add(p+".connector", w.Connector, "no connector has this name")
+		}
+		switch {
+		case w.SecretEnv == "":
+			v.add(p+".secret_env", nil, "required: the environment variable holding the shared secret")
+		case w.Secret() == "":
+			v.add(p+".secret_env", w.SecretEnv, "the environment variable is not set or empty")
+		}
+		if len(w.Actions) == 0 {
+			v.add(p+".actions", nil, "at least one of %s, %s", WebhookPush, WebhookDelete)
+		}
+		for j, a := range w.Actions {
+			if a != WebhookPush && a != WebhookDelete {
+				v.add(fmt.Sprintf("%s.actions[%d]", p, j), a, "must be one of %s, %s", WebhookPush, WebhookDelete)
+			}
+		}
+	}
+}
+
+// listName checks the name of entry i of list: a valid, unique name.
+func (v *validator) listName(list string, i int, name string, seen map[string]int) {
+	p := fmt.Sprintf("%s[%d].name", list, i)
+	if len(name) > 64 || ref.ValidRegistry(name) != nil {
+		v.add(p, name, "must match [a-z0-9][a-z0-9_-]* (at most 64 characters)")
+	}
+	if j, dup := seen[name]; dup {
+		v.add(p, name, "duplicate: %s[%d] has the same name", list, j)
+	} else {
+		seen[name] = i
+	}
 }

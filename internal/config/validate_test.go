@@ -82,6 +82,8 @@ func TestValidateRules(t *testing.T) {
 		{"bad include", func(c *Config) { c.Connectors[0].Include = []string{"library/*", "lib[rary"} }, []string{`connectors[0].include[1]: "lib[rary": not a valid glob`}},
 		{"empty exclude", func(c *Config) { c.Connectors[0].Exclude = []string{""} }, []string{`connectors[0].exclude[0]: "": empty pattern`}},
 		{"concurrency", func(c *Config) { c.Connectors[0].Concurrency = -1 }, []string{"connectors[0].concurrency: -1: must be at least 1"}},
+		{"max manifest entries negative", func(c *Config) { c.Connectors[0].MaxManifestEntries = -1 }, []string{"connectors[0].max_manifest_entries: -1: must be from 1 to 10000"}},
+		{"max manifest entries over the cap", func(c *Config) { c.Connectors[1].MaxManifestEntries = 10001 }, []string{"connectors[1].max_manifest_entries: 10001: must be from 1 to 10000"}},
 
 		// worker
 		{"worker concurrency", func(c *Config) { c.Worker.Concurrency = 0 }, []string{"worker.concurrency: 0: must be at least 1"}},
@@ -261,7 +263,7 @@ connectors:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := Parse([]byte(tt.in))
+			_, err := Parse([]byte("version: 1\n" + tt.in))
 			if len(tt.want) == 0 {
 				if err != nil {
 					t.Fatalf("Parse: %v", err)

@@ -33,6 +33,9 @@ func NewLocal(name, registry string, f Filter, r store.Reader) *Local {
 // Name returns the connector name.
 func (l *Local) Name() string { return l.name }
 
+// Registry returns the local registry this connector reads.
+func (l *Local) Registry() string { return l.registry }
+
 // Allowed reports whether repo passes the filters.
 func (l *Local) Allowed(repo string) bool { return l.filter.Allowed(repo) }
 

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/regwarm/regwarm/internal/metrics"
@@ -49,6 +51,28 @@ type observer struct {
 	metrics *metrics.Set
 	// backoff is told about Retry-After on 429 and 503 answers.
 	backoff func(time.Duration)
+	// log, when set, hears about answers that do not look like a
+	// registry's; lastOdd (unix nanoseconds) rate-limits that warning.
+	log     *slog.Logger
+	lastOdd atomic.Int64
+}
+
+// oddEvery is how often at most a connector warns that its URL answers
+// like something other than a registry.
+const oddEvery = 10 * time.Minute
+
+// notRegistry warns, at most every oddEvery, that a GET answered 404
+// without an OCI error body: what a web server or a URL with a wrong path
+// does, and what a registry never does. Clients see only "manifest
+// unknown" or "blob unknown" for it.
+func (t *observer) notRegistry(req *http.Request, resp *http.Response) {
+	now := time.Now().UnixNano()
+	last := t.lastOdd.Load()
+	if t.log == nil || (last != 0 && now-last < int64(oddEvery)) || !t.lastOdd.CompareAndSwap(last, now) {
+		return
+	}
+	t.log.Warn("upstream answered 404 without an OCI error body: is the connector url a registry? (try regwarm config check --probe)",
+		"connector", t.name, "path", req.URL.Path, "content_type", resp.Header.Get("Content-Type"))
 }
 
 func (t *observer) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -88,6 +112,9 @@ func (t *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		_ = resp.Body.Close()
 		codes = errorCodes(b)
 		resp.Body = io.NopCloser(bytes.NewReader(b))
+		if resp.StatusCode == http.StatusNotFound && req.Method == http.MethodGet && len(codes) == 0 {
+			t.notRegistry(req, resp)
+		}
 	}
 	resp.Body = &countingBody{ReadCloser: resp.Body, add: t.metrics.UpstreamBytes.WithLabelValues(t.name).Add}
 	if o != nil {

@@ -180,7 +180,7 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 		ReqConcurrent: int64(conc),
 		APIOpts:       map[string]string{},
 	}
-	obs := &observer{name: c.Name, next: g, metrics: o.metrics, backoff: up.setBackoff}
+	obs := &observer{name: c.Name, next: g, metrics: o.metrics, backoff: up.setBackoff, log: o.log}
 	up.rc = regclient.New(
 		regclient.WithConfigHost(host),
 		regclient.WithUserAgent(o.userAgent),

@@ -29,12 +29,22 @@ const (
 // MaxSize is the largest manifest accepted, as in the distribution spec.
 const MaxSize = 4 << 20
 
+// MaxReferences is the most references (index entries, or config and
+// layers) a manifest may list; a bigger one is refused whatever the
+// connector (connectors[].max_manifest_entries bounds the upstream work
+// below it).
+const MaxReferences = 10000
+
 // Known lists the manifest media types that can be stored, most preferred
 // first; it is also the Accept header sent upstream.
 var Known = []string{OCIIndex, OCIManifest, DockerList, DockerManifest}
 
 // ErrInvalid is returned for a manifest that cannot be accepted.
 var ErrInvalid = errors.New("invalid manifest")
+
+// ErrTooManyReferences is returned (wrapping ErrInvalid) for a manifest that
+// lists more than MaxReferences references.
+var ErrTooManyReferences = fmt.Errorf("%w: too many references", ErrInvalid)
 
 // Manifest is a parsed manifest or index.
 type Manifest struct {
@@ -115,6 +125,9 @@ func Parse(contentType string, data []byte) (*Manifest, error) {
 	}
 	if r.SchemaVersion == nil || *r.SchemaVersion != 2 {
 		return nil, fmt.Errorf("%w: schemaVersion must be 2", ErrInvalid)
+	}
+	if n := len(r.Manifests) + len(r.Layers); n > MaxReferences {
+		return nil, fmt.Errorf("%w: %d, at most %d", ErrTooManyReferences, n, MaxReferences)
 	}
 	m := &Manifest{MediaType: mt, ArtifactType: r.ArtifactType, Subject: r.Subject, Annotations: r.Annotations}
 	if IsIndex(mt) {

@@ -32,6 +32,7 @@ var Jobs = []string{"dangling_scan", "verify", "refresh"}
 type Labels struct {
 	Registries []string
 	Connectors []string
+	Webhooks   []string
 }
 
 // Set holds every regwarm collector.
@@ -62,7 +63,9 @@ type Set struct {
 	StoreBytes         prometheus.Gauge
 	StoreWrites        *prometheus.CounterVec
 	// UploadsExpired counts upload sessions discarded after serve.upload_expiry idle.
-	UploadsExpired prometheus.Counter
+	UploadsExpired  prometheus.Counter
+	WebhookRequests *prometheus.CounterVec
+	WebhookImages   *prometheus.CounterVec
 }
 
 // New creates the collectors, registers them on reg and initialises the
@@ -158,6 +161,7 @@ func New(reg prometheus.Registerer, l Labels) *Set {
 		Name: "regwarm_upload_sessions_expired_total", Help: "Upload sessions discarded after serve.upload_expiry without a chunk.",
 	})
 	reg.MustRegister(s.UploadsExpired)
+	s.newWebhooks(reg)
 	s.init(l)
 	return s
 }
@@ -195,4 +199,34 @@ func (s *Set) init(l Labels) {
 	for _, r := range []string{ResultOK, ResultError} {
 		s.StoreWrites.WithLabelValues(r)
 	}
+	for _, w := range l.Webhooks {
+		for _, r := range WebhookRequestResults {
+			s.WebhookRequests.WithLabelValues(w, r)
+		}
+		for _, r := range WebhookImageResults {
+			s.WebhookImages.WithLabelValues(w, r)
+		}
+	}
+}
+
+// WebhookRequestResults are the results of a webhook request: accepted
+// (202), unauthorized (401), bad_request (400), too_large (413) and
+// unavailable (503: no NATS, or queueing failed).
+var WebhookRequestResults = []string{"accepted", "unauthorized", "bad_request", "too_large", "unavailable"}
+
+// WebhookImageResults are the outcomes of one image a notification names:
+// queued (a sync job per registry), duplicate (JetStream already had the
+// job), excluded (no registry admits the repository), ignored (an event or
+// action regwarm does not act on), invalid (a name it cannot use),
+// revalidated (a delete marked cached tags stale) and failed.
+var WebhookImageResults = []string{"queued", "duplicate", "excluded", "ignored", "invalid", "revalidated", "failed"}
+
+func (s *Set) newWebhooks(reg prometheus.Registerer) {
+	s.WebhookRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "regwarm_webhook_requests_total", Help: "Webhook requests by webhook and result (accepted/unauthorized/bad_request/too_large/unavailable).",
+	}, []string{"webhook", "result"})
+	s.WebhookImages = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "regwarm_webhook_images_total", Help: "Images named by webhook notifications by webhook and result (queued/duplicate/excluded/ignored/invalid/revalidated/failed).",
+	}, []string{"webhook", "result"})
+	reg.MustRegister(s.WebhookRequests, s.WebhookImages)
 }

@@ -17,11 +17,12 @@ type Image struct {
 	Host     string // upstream host (first segment with '.', ':' or "localhost"); "" for a local registry
 	Registry string // local registry name; "" when Host is set
 	Repo     string
-	Tag      string // "latest" when neither tag nor digest is given
+	Tag      string // "latest" when neither tag nor digest is given; kept beside a digest
 	Digest   digest.Digest
 }
 
-// Reference returns the tag or digest.
+// Reference returns the digest when there is one, else the tag: a
+// reference with both (repo:tag@digest) is pinned by its digest.
 func (i Image) Reference() string {
 	if i.Digest != "" {
 		return i.Digest.String()
@@ -29,16 +30,22 @@ func (i Image) Reference() string {
 	return i.Tag
 }
 
-// String formats the image back into a reference.
+// String formats the image back into a reference: <first>/<repo>:<tag>,
+// <first>/<repo>@<digest>, or both (<first>/<repo>:<tag>@<digest>) when
+// the image was given with both. ParseImage(i.String()) returns i.
 func (i Image) String() string {
 	first := i.Registry
 	if i.Host != "" {
 		first = i.Host
 	}
-	if i.Digest != "" {
-		return first + "/" + i.Repo + "@" + i.Digest.String()
+	s := first + "/" + i.Repo
+	if i.Tag != "" {
+		s += ":" + i.Tag
 	}
-	return first + "/" + i.Repo + ":" + i.Tag
+	if i.Digest != "" {
+		s += "@" + i.Digest.String()
+	}
+	return s
 }
 
 // ParseImage parses an image reference. URLs, whitespace and control

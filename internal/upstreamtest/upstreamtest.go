@@ -1,6 +1,8 @@
 // Package upstreamtest is an in-process upstream registry for tests, with
 // failure injection no real server offers: corrupt or truncated bodies,
-// rate limiting, errors and stalls. It counts every request it gets.
+// rate limiting, errors and stalls, and a malicious upstream that claims
+// every digest or redirects blob requests elsewhere. It counts every
+// request it gets.
 package upstreamtest
 
 import (
@@ -48,6 +50,8 @@ type Upstream struct {
 	pass      string
 	headers   http.Header
 	referrers map[digest.Digest][]string // subject → descriptor JSON
+	lieSize   int64                      // > 0: claim every unknown digest (see Lie)
+	redirect  string                     // blob requests go there (see RedirectBlobs)
 }
 
 type manifestEntry struct {
@@ -188,6 +192,24 @@ func (u *Upstream) SetFault(key string, f Fault) {
 		return
 	}
 	u.faults[key] = f
+}
+
+// Lie makes the upstream malicious: a HEAD of any blob or manifest it does
+// not hold answers 200 with size bytes, and a GET answers size bytes that
+// do not hash to the digest asked for (slowly, with SetRate). Zero makes it
+// honest again.
+func (u *Upstream) Lie(size int64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.lieSize = size
+}
+
+// RedirectBlobs answers every blob request with a 307 to the same path on
+// target (another server's URL, say a lying one); "" stops it.
+func (u *Upstream) RedirectBlobs(target string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.redirect = target
 }
 
 // SetRate limits each blob response to bytes per second (0: unlimited),
@@ -339,9 +361,13 @@ func (u *Upstream) serveManifest(w http.ResponseWriter, r *http.Request, repo, r
 	}
 	m, ok := u.manifests[d]
 	ok = ok && u.repos[repo][d]
+	lie := u.lieSize
 	u.mu.Unlock()
 	if u.fault(w, f) {
 		return
+	}
+	if !ok && lie > 0 && d.Validate() == nil {
+		m, ok = manifestEntry{"application/vnd.oci.image.manifest.v1+json", lieBytes(lie)}, true
 	}
 	if !ok {
 		notFound(w, "MANIFEST_UNKNOWN")
@@ -368,9 +394,17 @@ func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, repo string
 	ok = ok && u.repos[repo][d]
 	stall := u.stall
 	rate := u.rate
+	lie, redirect := u.lieSize, u.redirect
 	u.mu.Unlock()
+	if redirect != "" {
+		http.Redirect(w, r, redirect+r.URL.Path, http.StatusTemporaryRedirect)
+		return
+	}
 	if u.fault(w, f) {
 		return
+	}
+	if !ok && lie > 0 && d.Validate() == nil {
+		data, ok = lieBytes(lie), true
 	}
 	if !ok {
 		notFound(w, "BLOB_UNKNOWN")
@@ -386,7 +420,7 @@ func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, repo string
 	case f.Corrupt:
 		data = append([]byte(nil), data...)
 		data[len(data)/2] ^= 0xff
-		_, _ = w.Write(data)
+		writeThrottled(w, data, rate)
 	case f.Truncate:
 		// Returning short of Content-Length makes the server drop the connection.
 		_, _ = w.Write(data[:len(data)/2])
@@ -405,8 +439,16 @@ func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, repo string
 	}
 }
 
-// writeThrottled sends data in 64 KiB chunks paced to rate bytes/s.
+// lieBytes is what a lying upstream sends for a digest it does not hold.
+func lieBytes(n int64) []byte { return bytes.Repeat([]byte{'x'}, int(n)) }
+
+// writeThrottled sends data in 64 KiB chunks paced to rate bytes/s (at
+// once when rate is 0).
 func writeThrottled(w http.ResponseWriter, data []byte, rate int64) {
+	if rate <= 0 {
+		_, _ = w.Write(data)
+		return
+	}
 	const chunk = 64 << 10
 	start := time.Now()
 	for off := 0; off < len(data); off += chunk {
