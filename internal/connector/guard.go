@@ -2,7 +2,6 @@ package connector
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -16,12 +15,6 @@ import (
 	"syscall"
 	"time"
 )
-
-// ErrRefused is returned for an upstream request regwarm will not make: a
-// plain-HTTP request from an https connector, or a request (a redirect, a
-// token realm) into a private address range from a connector that does
-// not live there.
-var ErrRefused = errors.New("upstream request refused")
 
 // knownAuthHosts are the token realms of well-known registries, allowed
 // to receive the credentials of a connector to that registry.
