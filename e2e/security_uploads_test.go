@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/regwarm/regwarm/e2e/harness"
 )
 
@@ -238,6 +240,66 @@ connectors:
 		}
 		if err := rw.Stop(); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestUploadCancelByPusher: with auth, a user allowed to push but not to
+// delete cancels their own upload session (after pushing an image with
+// skopeo); another pusher cannot cancel it.
+func TestUploadCancelByPusher(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	var lines []string
+	for _, u := range []string{"ci", "dev"} {
+		hash, err := bcrypt.GenerateFromPassword([]byte(u+"-secret"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, u+":"+string(hash))
+	}
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	writeFile(t, htpasswd, strings.Join(lines, "\n")+"\n")
+	rw := harness.StartRegwarm(t, "serve", harness.ConfigHeader+fmt.Sprintf(`registries:
+  - {name: local, default: true, push: true}
+auth:
+  htpasswd_file: %q
+  rules:
+    - {registry: local, users: ["*"], allow: [pull, push]}
+`, htpasswd)+jobsOff)
+	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 43, Platforms: []string{hostPlatform()}})
+	harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--dest-tls-verify=false", "--dest-creds", "ci:ci-secret",
+		im.OCI(), "docker://"+rw.Addr+"/local/app:v1")
+
+	do := func(user, method, path string) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(method, rw.URL()+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.SetBasicAuth(user, user+"-secret")
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	resp := do("ci", http.MethodPost, "/v2/app/blobs/uploads/")
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST upload: status %d", resp.StatusCode)
+	}
+	loc := resp.Header.Get("Location")
+	for _, tc := range []struct {
+		user   string
+		status int
+	}{
+		{"dev", http.StatusNotFound}, // not dev's session
+		{"ci", http.StatusNoContent},
+		{"ci", http.StatusNotFound}, // gone
+	} {
+		if got := do(tc.user, http.MethodDelete, loc).StatusCode; got != tc.status {
+			t.Errorf("DELETE %s as %s: status %d, want %d", loc, tc.user, got, tc.status)
 		}
 	}
 }
