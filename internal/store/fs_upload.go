@@ -201,9 +201,14 @@ func (f *FS) ExpireUploads(ctx context.Context, cutoff time.Time) (int, error) {
 			return nil
 		}
 		defer unlock()
-		// Look again under the lock: a chunk may have just arrived.
+		// Look again under the lock: a chunk may have just arrived. A chunk
+		// still arriving (in another process, whose lock this one cannot
+		// see) keeps moving the data file's modification time.
 		var info uploadInfo
 		if err := readJSON(filepath.Join(f.uploadDir(id), "info.json"), &info); err == nil && !info.active().Before(cutoff) {
+			return nil
+		}
+		if st, err := os.Stat(filepath.Join(f.uploadDir(id), "data")); err == nil && !st.ModTime().Before(cutoff) {
 			return nil
 		}
 		if err := os.RemoveAll(f.uploadDir(id)); err != nil {
@@ -236,6 +241,9 @@ func (f *FS) startUpload(repo Repo, owner, dir string) (uploadInfo, error) {
 		return uploadInfo{}, err
 	}
 	now := f.now()
+	if err := os.Chtimes(filepath.Join(dir, "data"), now, now); err != nil { // on the store's clock
+		return uploadInfo{}, err
+	}
 	info := uploadInfo{Registry: repo.Registry, Repo: repo.Name, Owner: owner, Started: now, Updated: now, SHA256: state}
 	return info, f.writeJSON(filepath.Join(dir, "info.json"), info)
 }
@@ -281,6 +289,11 @@ func (f *FS) AppendUpload(ctx context.Context, repo Repo, id string, offset int6
 	}
 	info.Offset += n
 	info.Updated = f.now()
+	// The data file's modification time tells ExpireUploads of other
+	// processes that a chunk is arriving; keep it on the store's clock.
+	if err := os.Chtimes(filepath.Join(f.uploadDir(id), "data"), info.Updated, info.Updated); err != nil {
+		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
+	}
 	if info.SHA256, err = marshalHash(h); err != nil {
 		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
 	}

@@ -43,3 +43,29 @@ func TestFSExpireOldSessions(t *testing.T) {
 		}
 	}
 }
+
+// TestFSExpireSparesChunkInFlight: a chunk still arriving in another
+// process (whose lock this one cannot see) moves the data file's time, and
+// the session is not expired under it.
+func TestFSExpireSparesChunkInFlight(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	s := newFS(t, root, store.WithClock(func() time.Time { return now }))
+	st, err := s.StartUpload(t.Context(), repo, store.StartUploadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Hour)
+	data := filepath.Join(root, "uploads", st.ID, "data")
+	if err := os.Chtimes(data, now, now); err != nil { // another process writing
+		t.Fatal(err)
+	}
+	if n, err := s.ExpireUploads(t.Context(), now.Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("ExpireUploads during a chunk = %d, %v; want 0", n, err)
+	}
+	now = now.Add(2 * time.Hour)
+	if n, err := s.ExpireUploads(t.Context(), now.Add(-time.Hour)); err != nil || n != 1 {
+		t.Fatalf("ExpireUploads after it = %d, %v; want 1", n, err)
+	}
+}
