@@ -23,8 +23,9 @@ import (
 //	tmp/                              temporary files of atomic writes
 //	quarantine/<alg>-<hex>-<unix>     content that failed verification
 //	uploads/<id>/data                 bytes received by an upload session
-//	uploads/<id>/info.json            its repository, start time, offset and
-//	                                  marshalled sha256 state
+//	uploads/<id>/info.json            its repository, owner, start and last
+//	                                  chunk times, offset and marshalled
+//	                                  sha256 state
 //	registries/<registry>/repos/<name>/
 //	    _blobs/<alg>/<hex>            blob link (the digest)
 //	    _manifests/<alg>/<hex>        manifest link (JSON: mediaType, size,
@@ -44,6 +45,10 @@ import (
 // CommitUpload, LinkBlob, or PutManifest of that digest); HasBlob ignores
 // links. Every entry point validates registry, repository, tag and digest
 // and rejects bad input with an error wrapping ErrInvalid.
+//
+// An upload session idle (no chunk) longer than WithUploadExpiry is
+// unknown to every method and removed by ExpireUploads; StartUpload
+// enforces the caps of StartUploadOptions.
 //
 // Upload sessions are serialised per id within a process. Across processes
 // the last writer of info.json wins; a chunk whose info.json update was lost
