@@ -96,7 +96,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 			}
 		}()
 	}
-	st, err := store.NewFS(cfg.StoreRoot())
+	st, err := openStore(cfg)
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
 	}
@@ -255,6 +255,10 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	if mode != ModeServe {
 		workerWG.Add(1)
 		go func() { defer workerWG.Done(); storeStats(workerCtx, st, m, log) }()
+	}
+	if mode == ModeRun || mode == ModeServe {
+		j := &uploadJanitor{store: st, expiry: cfg.Serve.UploadExpiry.D(), now: time.Now, log: log, metrics: m}
+		workerWG.Go(func() { j.run(workerCtx) })
 	}
 	health.SetReady(true)
 	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot(), "version", Version)
@@ -434,4 +438,14 @@ func adminHandler(reg *prometheus.Registry, health *Health) http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	return mux
+}
+
+// openStore creates data_dir readable by regwarm's user only (when it does
+// not exist yet) and opens the store with the configured modes.
+func openStore(cfg *config.Config) (*store.FS, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable),
+		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()))
 }

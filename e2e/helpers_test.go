@@ -290,27 +290,20 @@ func manifestDigest(t *testing.T, rw *harness.Regwarm, path string) (int, string
 func pushBlobHTTP(t *testing.T, base, repo string, b []byte) string {
 	t.Helper()
 	d := harness.Digest(b)
-	resp, err := httpClient.Post(base+"/v2/"+repo+"/blobs/uploads/", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST upload to %s: status %d", repo, resp.StatusCode)
-	}
+	location := openUpload(t, base, repo)
 	loc, err := url.Parse(base + "/")
 	if err == nil {
-		loc, err = loc.Parse(resp.Header.Get("Location"))
+		loc, err = loc.Parse(location)
 	}
 	if err != nil {
-		t.Fatalf("upload Location %q: %v", resp.Header.Get("Location"), err)
+		t.Fatalf("upload Location %q: %v", location, err)
 	}
 	q := loc.Query()
 	q.Set("digest", d)
 	loc.RawQuery = q.Encode()
 	req, _ := http.NewRequest(http.MethodPut, loc.String(), bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err = httpClient.Do(req)
+	resp, err := httpClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -202,7 +202,7 @@ func short(d string) string {
 // Save writes the report as <dir>/<job>-<UTC timestamp>.json and
 // <dir>/<job>-latest.json (both atomically) and sets r.Path.
 func (r *Report) Save(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("report directory: %w", err)
 	}
 	name := fmt.Sprintf("%s-%s.json", r.Job, r.Finished.UTC().Format("20060102T150405.000Z"))

@@ -529,7 +529,7 @@ func (h *Handler) authorize(w http.ResponseWriter, r *http.Request, rt route) *a
 	case routeCatalog:
 		return nil // filtered per registry by the catalog handler
 	}
-	action := actionFor(r.Method)
+	action := routeAction(rt, r.Method)
 	if a.permits(id, rt.name, rt.repo.Registry, action) {
 		if rt.kind == routeUploadStart && r.URL.Query().Get("from") != "" {
 			from := r.URL.Query().Get("from")

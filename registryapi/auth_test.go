@@ -4,12 +4,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/store"
@@ -18,18 +15,7 @@ import (
 func newAuthEnv(t *testing.T) *env {
 	t.Helper()
 	dir := t.TempDir()
-	var lines []string
-	for _, u := range []string{"ci", "dev"} {
-		h, err := bcrypt.GenerateFromPassword([]byte(u+"-secret"), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, u+":"+string(h))
-	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	htpasswd := writeHtpasswd(t, dir, "ci", "dev")
 	cfg, err := config.Parse([]byte(`version: 1
 data_dir: ` + dir + `
 registries:

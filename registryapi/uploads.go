@@ -1,6 +1,7 @@
 package registryapi
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 
@@ -61,7 +62,12 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 		blobCreated(w, rt, d)
 		return nil
 	}
-	st, err := h.store.StartUpload(ctx, rt.repo)
+	limit := h.cfg.Serve.MaxUploads
+	st, err := h.store.StartUpload(ctx, rt.repo, store.StartUploadOptions{Owner: h.uploadUser(r), MaxPerRepo: limit, MaxPerOwner: limit})
+	if errors.Is(err, store.ErrTooManyUploads) {
+		return errorf(CodeTooManyRequests, "too many open upload sessions (serve.max_uploads: %d per repository and per user); "+
+			"finish or cancel (DELETE) one, or wait for idle ones to expire after %s", limit, h.cfg.Serve.UploadExpiry)
+	}
 	if err != nil {
 		return h.fail(r, rt, err)
 	}
@@ -94,13 +100,60 @@ func (h *Handler) tryMount(r *http.Request, rt route, d digest.Digest, from stri
 	return h.store.LinkBlob(ctx, rt.repo, d) == nil
 }
 
+// uploadUser is the user a request acts as for upload sessions: "" when
+// anonymous or without authentication. The request passed authorize.
+func (h *Handler) uploadUser(r *http.Request) string {
+	return h.uploadIdentity(r).user
+}
+
+// uploadIdentity is the identity behind uploadUser (no token and no user
+// without authentication).
+func (h *Handler) uploadIdentity(r *http.Request) identity {
+	if h.auth == nil {
+		return identity{}
+	}
+	id, err := h.auth.identify(r)
+	if err != nil {
+		return identity{}
+	}
+	return id
+}
+
+// ownUpload returns the status of the request's upload session. A session
+// started by another user is unknown to it, except that a user who may
+// delete in the registry may cancel anyone's session.
+func (h *Handler) ownUpload(r *http.Request, rt route) (store.UploadStatus, *apiError) {
+	st, err := h.store.UploadStatus(r.Context(), rt.repo, rt.ref)
+	if err != nil {
+		return st, h.fail(r, rt, err)
+	}
+	id := h.uploadIdentity(r)
+	if st.Owner == id.user {
+		return st, nil
+	}
+	if r.Method == http.MethodDelete && h.auth != nil && h.auth.permits(id, rt.name, rt.repo.Registry, actionDelete) {
+		return st, nil
+	}
+	return st, errorf(CodeBlobUploadUnknown, "")
+}
+
+// routeAction is the action a request needs. Everything on an upload
+// session is push: a user who may push may cancel (DELETE) their own
+// upload without the delete right.
+func routeAction(rt route, method string) string {
+	if rt.kind == routeUpload && rt.ref != "" {
+		return actionPush
+	}
+	return actionFor(method)
+}
+
 func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rt route) *apiError {
 	if ae := h.checkWrite(rt); ae != nil {
 		return ae
 	}
-	st, err := h.store.UploadStatus(r.Context(), rt.repo, rt.ref)
-	if err != nil {
-		return h.fail(r, rt, err)
+	st, ae := h.ownUpload(r, rt)
+	if ae != nil {
+		return ae
 	}
 	setUploadHeaders(w, rt, st)
 	w.WriteHeader(http.StatusNoContent)
@@ -131,6 +184,9 @@ func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, rt route) 
 	if ae := h.checkWrite(rt); ae != nil {
 		return ae
 	}
+	if _, ae := h.ownUpload(r, rt); ae != nil {
+		return ae
+	}
 	st, ae := h.appendBody(r, rt)
 	if ae != nil {
 		if ae.code == CodeRangeInvalid {
@@ -157,6 +213,9 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, rt route) *a
 	if ae != nil {
 		return ae
 	}
+	if _, ae := h.ownUpload(r, rt); ae != nil {
+		return ae
+	}
 	if r.ContentLength != 0 {
 		if _, ae := h.appendBody(r, rt); ae != nil {
 			return ae
@@ -171,6 +230,9 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, rt route) *a
 
 func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) *apiError {
 	if ae := h.checkWrite(rt); ae != nil {
+		return ae
+	}
+	if _, ae := h.ownUpload(r, rt); ae != nil {
 		return ae
 	}
 	if err := h.store.CancelUpload(r.Context(), rt.repo, rt.ref); err != nil {

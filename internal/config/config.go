@@ -50,6 +50,11 @@ type Serve struct {
 	// bounds a read of a request body that makes no progress.
 	HeaderTimeout   Duration `yaml:"header_timeout"`
 	BodyIdleTimeout Duration `yaml:"body_idle_timeout"`
+	// UploadExpiry is how long an upload session may stay idle (no chunk
+	// received) before it is discarded.
+	UploadExpiry Duration `yaml:"upload_expiry"`
+	// MaxUploads caps the open upload sessions per repository and per user.
+	MaxUploads int `yaml:"max_uploads"`
 }
 
 // TLS names a certificate and key; both empty means plain HTTP.
@@ -71,6 +76,9 @@ type Storage struct {
 // Filesystem is the filesystem store backend.
 type Filesystem struct {
 	Root string `yaml:"root"` // default <data_dir>/store
+	// GroupReadable creates files 0640 and directories 0750 instead of
+	// 0600 and 0700.
+	GroupReadable bool `yaml:"group_readable"`
 }
 
 // NATS configures the message bus.
@@ -133,6 +141,9 @@ type Connector struct {
 	Include      []string `yaml:"include"`
 	Exclude      []string `yaml:"exclude"`
 	Concurrency  int      `yaml:"concurrency"`
+	// AuthHosts are other hosts (host or host:port) that may receive the
+	// connector's credentials, such as a token realm on another host.
+	AuthHosts []string `yaml:"auth_hosts"`
 	// MaxManifestEntries bounds the upstream work one manifest can cause
 	// through this connector: index entries followed, layers fetched,
 	// referrers listed, references asked about by the dangling scan.

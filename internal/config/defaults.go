@@ -23,6 +23,8 @@ const (
 	defaultVerifySchedule   = "@weekly"
 	defaultRefreshSchedule  = "*/30 * * * *"
 	defaultRegistry         = "local"
+	defaultUploadExpiry     = 24 * time.Hour
+	defaultMaxUploads       = 100
 	// DefaultMaxManifestEntries is connectors[].max_manifest_entries when unset.
 	DefaultMaxManifestEntries = 1000
 )
@@ -49,6 +51,10 @@ func (c *Config) ApplyDefaults() {
 	setString(&c.Log.Format, defaultLogFormat)
 	setString(&c.Serve.Listen, defaultServeListen)
 	setString(&c.Metrics.Listen, defaultMetricsListen)
+	if c.Serve.UploadExpiry == 0 {
+		c.Serve.UploadExpiry = Duration(defaultUploadExpiry)
+	}
+	setInt(&c.Serve.MaxUploads, defaultMaxUploads)
 	setString(&c.Storage.Filesystem.Root, storeRoot(c.DataDir))
 	setString(&c.NATS.Embedded.Listen, defaultNATSListen)
 	setString(&c.NATS.Embedded.StoreDir, natsStoreDir(c.DataDir))

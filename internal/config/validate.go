@@ -101,6 +101,12 @@ func (v *validator) general() {
 	if c.Storage.Filesystem.Root == "" {
 		v.add("storage.filesystem.root", nil, "required")
 	}
+	if c.Serve.UploadExpiry < 0 {
+		v.add("serve.upload_expiry", c.Serve.UploadExpiry, "must be positive")
+	}
+	if c.Serve.MaxUploads < 0 {
+		v.add("serve.max_uploads", c.Serve.MaxUploads, "must be positive")
+	}
 }
 
 // listen checks a host:port listen address; the host may be empty.
@@ -258,6 +264,13 @@ func (v *validator) connectors() {
 		}
 		v.globs(p+".include", cn.Include)
 		v.globs(p+".exclude", cn.Exclude)
+		for j, h := range cn.AuthHosts {
+			if msg := checkHost(h); msg != "" {
+				v.add(fmt.Sprintf("%s.auth_hosts[%d]", p, j), h, "%s", msg)
+			} else if cn.URL == "" {
+				v.add(fmt.Sprintf("%s.auth_hosts[%d]", p, j), h, "only applies to url connectors")
+			}
+		}
 		if cn.Concurrency < 1 {
 			v.add(p+".concurrency", cn.Concurrency, "must be at least 1")
 		}

@@ -24,6 +24,10 @@ var (
 	ErrExcluded  = errors.New("repository excluded by connector filters")
 	ErrMismatch  = errors.New("upstream content does not match its digest")
 	ErrRateLimit = errors.New("upstream rate limit")
+	// ErrRefused is an upstream request regwarm will not make: plain HTTP
+	// from an https connector, or a redirect or token realm into a private
+	// address range from a connector that does not live there.
+	ErrRefused = errors.New("upstream request refused")
 )
 
 // Error is the one error type returned at the connector boundary. It never

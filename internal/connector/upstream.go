@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -57,6 +58,20 @@ type upstreamOptions struct {
 	log       *slog.Logger
 	transport http.RoundTripper
 	userAgent string
+	private   func(netip.Addr) bool
+}
+
+// WithAddressClassifier replaces PrivateAddr, the test of whether an
+// address is in a private range (tests place a connector and a catcher on
+// loopback addresses and call only the catcher's private).
+func WithAddressClassifier(private func(netip.Addr) bool) UpstreamOption {
+	return func(o *upstreamOptions) error {
+		if private == nil {
+			return errors.New("connector: nil address classifier")
+		}
+		o.private = private
+		return nil
+	}
 }
 
 // WithMetrics records upstream metrics in m.
@@ -81,7 +96,9 @@ func WithLogger(l *slog.Logger) UpstreamOption {
 	}
 }
 
-// WithTransport replaces the HTTP transport (tests, proxies).
+// WithTransport replaces the HTTP transport (tests, proxies). Credentials
+// and schemes are still guarded; addresses are checked only by IP literal,
+// since the dialer is the transport's.
 func WithTransport(t http.RoundTripper) UpstreamOption {
 	return func(o *upstreamOptions) error {
 		if t == nil {
@@ -117,7 +134,7 @@ var dockerHubHosts = map[string]bool{"docker.io": true, "index.docker.io": true,
 
 // NewUpstream builds the connector c (which must have a url).
 func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) {
-	o := upstreamOptions{log: slog.New(slog.DiscardHandler), userAgent: "regwarm"}
+	o := upstreamOptions{log: slog.New(slog.DiscardHandler), userAgent: "regwarm", private: PrivateAddr}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -126,13 +143,19 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 	if o.metrics == nil {
 		o.metrics = metrics.New(prometheus.NewRegistry(), metrics.Labels{})
 	}
-	if o.transport == nil {
-		o.transport = DefaultTransport()
-	}
 	u, err := url.Parse(c.URL)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		return nil, fmt.Errorf("connector %s: invalid url", c.Name)
 	}
+	hub := dockerHubHosts[strings.ToLower(u.Hostname())] || dockerHubHosts[strings.ToLower(c.Host)]
+	g := newGuard(u, hub, c.AuthHosts, o.private)
+	g.log = o.log.With("connector", c.Name)
+	if o.transport == nil {
+		t := DefaultTransport()
+		t.DialContext, t.Proxy = g.dialContext, g.proxy
+		o.transport = t
+	}
+	g.next = o.transport
 	pass, err := c.Password()
 	if err != nil {
 		return nil, err
@@ -140,7 +163,7 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 	up := &Upstream{
 		name:   c.Name,
 		host:   u.Host,
-		hub:    dockerHubHosts[strings.ToLower(u.Hostname())] || dockerHubHosts[strings.ToLower(c.Host)],
+		hub:    hub,
 		filter: Filter{Include: c.Include, Exclude: c.Exclude},
 	}
 	tls := rcconfig.TLSEnabled
@@ -157,7 +180,7 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 		ReqConcurrent: int64(conc),
 		APIOpts:       map[string]string{},
 	}
-	obs := &observer{name: c.Name, next: o.transport, metrics: o.metrics, backoff: up.setBackoff, log: o.log}
+	obs := &observer{name: c.Name, next: g, metrics: o.metrics, backoff: up.setBackoff, log: o.log}
 	up.rc = regclient.New(
 		regclient.WithConfigHost(host),
 		regclient.WithUserAgent(o.userAgent),
@@ -228,7 +251,7 @@ func (u *Upstream) settle(ctx context.Context, kind Kind, o *observation, err er
 	}
 	werr := u.wrap(ctx, kind, o, err)
 	var e *Error
-	if errors.As(werr, &e) && ctx.Err() == nil && (e.Status == 0 || e.Status == http.StatusBadGateway ||
+	if errors.As(werr, &e) && ctx.Err() == nil && !errors.Is(e.Err, ErrRefused) && (e.Status == 0 || e.Status == http.StatusBadGateway ||
 		e.Status == http.StatusServiceUnavailable || e.Status == http.StatusGatewayTimeout) {
 		n := u.failures.Add(1)
 		d := min(250*time.Millisecond<<min(n-1, 8), maxBreak)
@@ -260,6 +283,8 @@ func (u *Upstream) wrap(ctx context.Context, kind Kind, o *observation, err erro
 	switch {
 	case errors.Is(err, errs.ErrNotFound) && (e.Status == 0 || e.Status == http.StatusNotFound):
 		e.Status, e.Err = http.StatusNotFound, ErrNotFound
+	case errors.Is(err, ErrRefused):
+		e.Err, e.Message = ErrRefused, capMessage(err.Error())
 	case errors.Is(err, errs.ErrDigestMismatch), errors.Is(err, ErrMismatch):
 		e.Err, e.Temporary = ErrMismatch, true
 	case e.Status == http.StatusTooManyRequests:

@@ -65,6 +65,8 @@ type Set struct {
 	WebhookRequests    *prometheus.CounterVec
 	WebhookImages      *prometheus.CounterVec
 	Limits             *Limits // connection limits, body timeouts, logins
+	// UploadsExpired counts upload sessions discarded after serve.upload_expiry idle.
+	UploadsExpired prometheus.Counter
 }
 
 // New creates the collectors, registers them on reg and initialises the
@@ -156,6 +158,10 @@ func New(reg prometheus.Registerer, l Labels) *Set {
 		s.Coalesced, s.PendingWrites, s.EventsPublished, s.EventBufferDepth, s.SyncJobs, s.SyncDuration, s.SyncBytes,
 		s.SyncBlobs, s.WorkPending, s.JobRuns, s.JobLastSuccess, s.JobDuration, s.DanglingReferences,
 		s.StoreBlobs, s.StoreBytes, s.StoreWrites)
+	s.UploadsExpired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "regwarm_upload_sessions_expired_total", Help: "Upload sessions discarded after serve.upload_expiry without a chunk.",
+	})
+	reg.MustRegister(s.UploadsExpired)
 	s.newWebhooks(reg)
 	s.Limits = newLimits(reg)
 	s.init(l)

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -22,8 +23,9 @@ import (
 //	tmp/                              temporary files of atomic writes
 //	quarantine/<alg>-<hex>-<unix>     content that failed verification
 //	uploads/<id>/data                 bytes received by an upload session
-//	uploads/<id>/info.json            its repository, start time, offset and
-//	                                  marshalled sha256 state
+//	uploads/<id>/info.json            its repository, owner, start and last
+//	                                  chunk times, offset and marshalled
+//	                                  sha256 state
 //	registries/<registry>/repos/<name>/
 //	    _blobs/<alg>/<hex>            blob link (the digest)
 //	    _manifests/<alg>/<hex>        manifest link (JSON: mediaType, size,
@@ -44,17 +46,49 @@ import (
 // links. Every entry point validates registry, repository, tag and digest
 // and rejects bad input with an error wrapping ErrInvalid.
 //
+// An upload session idle (no chunk) longer than WithUploadExpiry is
+// unknown to every method and removed by ExpireUploads; StartUpload
+// enforces the caps of StartUploadOptions.
+//
 // Upload sessions are serialised per id within a process. Across processes
 // the last writer of info.json wins; a chunk whose info.json update was lost
 // is simply truncated away by the next append.
 //
 // Directories are never removed once created (except upload sessions), so
 // concurrent writers never race with a cleanup.
+//
+// Files are created 0600 and directories 0700 whatever the umask: private
+// registries' layers are readable by regwarm's user only. WithGroupReadable
+// makes them 0640 and 0750 instead, for a group that must read the store
+// (a backup agent); give the root that group and the setgid bit (chgrp
+// backup root && chmod g+s root) so new entries inherit it. Entries created
+// by older versions keep their modes and work as before.
 type FS struct {
-	root    string
-	now     func() time.Time
-	uploads keyedLock
+	root     string
+	now      func() time.Time
+	uploads  keyedLock
+	fileMode fs.FileMode
+	dirMode  fs.FileMode
+	// uploadExpiry is how long a session may stay idle (0: forever).
+	uploadExpiry time.Duration
+	// startMu makes counting sessions and starting one atomic within the
+	// process.
+	startMu sync.Mutex
+	// sessions caches the info of open upload sessions (without hash
+	// state) for the caps; sessMu guards it. Lock order: startMu, then an
+	// upload id's lock, then sessMu.
+	sessMu   sync.Mutex
+	sessions map[string]uploadInfo
 }
+
+// Modes of what the store creates: private by default, group-readable
+// with WithGroupReadable.
+const (
+	privateFileMode fs.FileMode = 0o600
+	privateDirMode  fs.FileMode = 0o700
+	groupFileMode   fs.FileMode = 0o640
+	groupDirMode    fs.FileMode = 0o750
+)
 
 var _ Store = (*FS)(nil)
 
@@ -62,8 +96,31 @@ var _ Store = (*FS)(nil)
 type Option func(*options) error
 
 type options struct {
-	now       func() time.Time
-	tmpMaxAge time.Duration
+	now           func() time.Time
+	tmpMaxAge     time.Duration
+	groupReadable bool
+	uploadExpiry  time.Duration
+}
+
+// WithUploadExpiry makes upload sessions idle (no chunk received) for d
+// unknown; ExpireUploads removes them. The default, 0, keeps them forever.
+func WithUploadExpiry(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("%w: upload expiry %v must not be negative", ErrInvalid, d)
+		}
+		o.uploadExpiry = d
+		return nil
+	}
+}
+
+// WithGroupReadable makes new files 0640 and directories 0750 instead of
+// 0600 and 0700.
+func WithGroupReadable(on bool) Option {
+	return func(o *options) error {
+		o.groupReadable = on
+		return nil
+	}
 }
 
 // WithClock sets the clock that stamps manifest links, tags and uploads.
@@ -102,12 +159,15 @@ func NewFS(root string, opts ...Option) (*FS, error) {
 		}
 	}
 	root = filepath.Clean(root)
+	f := &FS{root: root, now: o.now, fileMode: privateFileMode, dirMode: privateDirMode, uploadExpiry: o.uploadExpiry}
+	if o.groupReadable {
+		f.fileMode, f.dirMode = groupFileMode, groupDirMode
+	}
 	for _, dir := range []string{"blobs", "tmp", "uploads", "registries"} {
-		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+		if err := f.mkdirs(filepath.Join(root, dir)); err != nil {
 			return nil, fmt.Errorf("create store directory: %w", err)
 		}
 	}
-	f := &FS{root: root, now: o.now}
 	if err := f.cleanTmp(o.now().Add(-o.tmpMaxAge)); err != nil {
 		return nil, err
 	}

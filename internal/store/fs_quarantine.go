@@ -144,7 +144,7 @@ func (f *FS) restoreIfIntact(ctx context.Context, d digest.Digest, dst, src stri
 // directory when needed.
 func (f *FS) quarantinePath(d digest.Digest) (string, error) {
 	dir := filepath.Join(f.root, "quarantine")
-	if err := mkdirs(dir); err != nil {
+	if err := f.mkdirs(dir); err != nil {
 		return "", err
 	}
 	base := string(d.Algorithm()) + "-" + d.Encoded() + "-" + strconv.FormatInt(f.now().Unix(), 10)

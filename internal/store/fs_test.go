@@ -32,7 +32,7 @@ func newFS(t *testing.T, root string, opts ...store.Option) *store.FS {
 }
 
 func TestFS(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store { return newFS(t, t.TempDir()) })
+	storetest.Run(t, func(t *testing.T, opts ...store.Option) store.Store { return newFS(t, t.TempDir(), opts...) })
 }
 
 func TestNewFSOptions(t *testing.T) {
@@ -233,7 +233,7 @@ func TestFSUploadAcrossRestart(t *testing.T) {
 	d := digest.SHA256.FromBytes(data)
 
 	s1 := newFS(t, root)
-	st, err := s1.StartUpload(t.Context(), repo)
+	st, err := s1.StartUpload(t.Context(), repo, store.StartUploadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,42 +23,229 @@ import (
 type uploadInfo struct {
 	Registry string    `json:"registry"`
 	Repo     string    `json:"repo"`
+	Owner    string    `json:"owner,omitempty"`
 	Started  time.Time `json:"started"`
+	Updated  time.Time `json:"updated"` // last chunk received (or Started)
 	Offset   int64     `json:"offset"`
 	SHA256   []byte    `json:"sha256State"` // marshalled hash of data[:Offset]
 }
 
-// StartUpload opens a new upload session in repo.
-func (f *FS) StartUpload(ctx context.Context, repo Repo) (UploadStatus, error) {
+// active is when the session last saw a chunk. Sessions written before
+// Updated existed count from their start.
+func (i uploadInfo) active() time.Time {
+	if i.Updated.After(i.Started) {
+		return i.Updated
+	}
+	return i.Started
+}
+
+// StartUpload opens a new upload session in repo, within opts' caps.
+func (f *FS) StartUpload(ctx context.Context, repo Repo, opts StartUploadOptions) (UploadStatus, error) {
 	if err := check(ctx, repo); err != nil {
 		return UploadStatus{}, err
 	}
+	f.startMu.Lock()
+	defer f.startMu.Unlock()
+	if opts.MaxPerRepo > 0 || opts.MaxPerOwner > 0 {
+		if err := f.checkUploadCaps(ctx, repo, opts); err != nil {
+			return UploadStatus{}, err
+		}
+	}
 	id := uuid.NewString()
 	dir := f.uploadDir(id)
-	if err := f.startUpload(repo, dir); err != nil {
+	info, err := f.startUpload(repo, opts.Owner, dir)
+	if err != nil {
 		_ = os.RemoveAll(dir)
 		return UploadStatus{}, fmt.Errorf("start upload: %w", err)
 	}
-	return UploadStatus{ID: id, Repo: repo}, nil
+	f.noteSession(id, &info)
+	return UploadStatus{ID: id, Repo: repo, Owner: opts.Owner}, nil
 }
 
-func (f *FS) startUpload(repo Repo, dir string) error {
-	if err := mkdirs(dir); err != nil {
-		return err
+// checkUploadCaps counts the open sessions of repo and of opts.Owner.
+func (f *FS) checkUploadCaps(ctx context.Context, repo Repo, opts StartUploadOptions) error {
+	sessions, err := f.openSessions(ctx)
+	if err != nil {
+		return fmt.Errorf("start upload: %w", err)
 	}
-	data, err := os.OpenFile(filepath.Join(dir, "data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	inRepo, ofOwner := 0, 0
+	for _, info := range sessions {
+		if f.expired(info.active()) {
+			continue
+		}
+		if info.Registry == repo.Registry && info.Repo == repo.Name {
+			inRepo++
+		}
+		if info.Owner == opts.Owner {
+			ofOwner++
+		}
+	}
+	if opts.MaxPerRepo > 0 && inRepo >= opts.MaxPerRepo {
+		return fmt.Errorf("%w: %d open in %s (at most %d)", ErrTooManyUploads, inRepo, repo, opts.MaxPerRepo)
+	}
+	if opts.MaxPerOwner > 0 && ofOwner >= opts.MaxPerOwner {
+		return fmt.Errorf("%w: %d open by this user (at most %d)", ErrTooManyUploads, ofOwner, opts.MaxPerOwner)
+	}
+	return nil
+}
+
+// openSessions lists the sessions in uploads/ with their repository, owner
+// and activity. Their info is read from disk only for sessions this
+// process has not seen yet (a session's repository and owner never
+// change; appends here keep its activity current), so a start costs one
+// directory listing rather than a read per open session.
+func (f *FS) openSessions(ctx context.Context) (map[string]uploadInfo, error) {
+	entries, err := os.ReadDir(filepath.Join(f.root, "uploads"))
+	if err != nil {
+		return nil, err
+	}
+	f.sessMu.Lock()
+	known := f.sessions
+	f.sessMu.Unlock()
+	seen := make(map[string]uploadInfo, len(entries))
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		id := e.Name()
+		if info, ok := known[id]; ok {
+			seen[id] = info
+			continue
+		}
+		if checkUploadID(id) != nil {
+			continue
+		}
+		var info uploadInfo
+		if readJSON(filepath.Join(f.uploadDir(id), "info.json"), &info) != nil {
+			continue // being started, or broken: ExpireUploads deals with it
+		}
+		info.SHA256 = nil
+		seen[id] = info
+	}
+	f.sessMu.Lock()
+	// Keep what appends recorded meanwhile.
+	for id, info := range f.sessions {
+		if _, ok := seen[id]; ok {
+			seen[id] = info
+		}
+	}
+	f.sessions = seen
+	f.sessMu.Unlock()
+	return seen, nil
+}
+
+// noteSession records a session's info (nil: the session ended) in the
+// cache openSessions reads.
+func (f *FS) noteSession(id string, info *uploadInfo) {
+	f.sessMu.Lock()
+	defer f.sessMu.Unlock()
+	if info == nil {
+		delete(f.sessions, id)
+		return
+	}
+	if f.sessions == nil {
+		f.sessions = map[string]uploadInfo{}
+	}
+	i := *info
+	i.SHA256 = nil
+	f.sessions[id] = i
+}
+
+// eachUpload calls fn with every session's id, info and the time of its
+// last change; a session whose info cannot be read (a start cut short by a
+// crash) comes with a zero info and its directory's modification time.
+func (f *FS) eachUpload(ctx context.Context, fn func(id string, info uploadInfo, active time.Time) error) error {
+	entries, err := os.ReadDir(filepath.Join(f.root, "uploads"))
 	if err != nil {
 		return err
 	}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		id := e.Name()
+		if checkUploadID(id) != nil {
+			continue
+		}
+		var info uploadInfo
+		var active time.Time
+		if err := readJSON(filepath.Join(f.uploadDir(id), "info.json"), &info); err == nil {
+			active = info.active()
+		} else if st, err := e.Info(); err == nil {
+			info, active = uploadInfo{}, st.ModTime()
+		} else {
+			continue // removed meanwhile
+		}
+		if err := fn(id, info, active); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// expired reports whether a session last active at t is past the expiry.
+func (f *FS) expired(t time.Time) bool {
+	return f.uploadExpiry > 0 && t.Before(f.now().Add(-f.uploadExpiry))
+}
+
+// ExpireUploads removes the sessions idle since before cutoff. A session
+// busy with a chunk right now is left for the next run.
+func (f *FS) ExpireUploads(ctx context.Context, cutoff time.Time) (int, error) {
+	n := 0
+	err := f.eachUpload(ctx, func(id string, _ uploadInfo, active time.Time) error {
+		if !active.Before(cutoff) {
+			return nil
+		}
+		unlock, ok := f.uploads.tryLock(id)
+		if !ok {
+			return nil
+		}
+		defer unlock()
+		// Look again under the lock: a chunk may have just arrived. A chunk
+		// still arriving (in another process, whose lock this one cannot
+		// see) keeps moving the data file's modification time.
+		var info uploadInfo
+		if err := readJSON(filepath.Join(f.uploadDir(id), "info.json"), &info); err == nil && !info.active().Before(cutoff) {
+			return nil
+		}
+		if st, err := os.Stat(filepath.Join(f.uploadDir(id), "data")); err == nil && !st.ModTime().Before(cutoff) {
+			return nil
+		}
+		if err := os.RemoveAll(f.uploadDir(id)); err != nil {
+			return fmt.Errorf("expire upload %s: %w", id, err)
+		}
+		f.noteSession(id, nil)
+		n++
+		return nil
+	})
+	return n, err
+}
+
+func (f *FS) startUpload(repo Repo, owner, dir string) (uploadInfo, error) {
+	if err := f.mkdirs(dir); err != nil {
+		return uploadInfo{}, err
+	}
+	data, err := os.OpenFile(filepath.Join(dir, "data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, f.fileMode)
+	if err != nil {
+		return uploadInfo{}, err
+	}
+	if err := data.Chmod(f.fileMode); err != nil { // past the umask
+		_ = data.Close()
+		return uploadInfo{}, err
+	}
 	if err := data.Close(); err != nil {
-		return err
+		return uploadInfo{}, err
 	}
 	state, err := marshalHash(sha256.New())
 	if err != nil {
-		return err
+		return uploadInfo{}, err
 	}
-	info := uploadInfo{Registry: repo.Registry, Repo: repo.Name, Started: f.now(), SHA256: state}
-	return f.writeJSON(filepath.Join(dir, "info.json"), info)
+	now := f.now()
+	if err := os.Chtimes(filepath.Join(dir, "data"), now, now); err != nil { // on the store's clock
+		return uploadInfo{}, err
+	}
+	info := uploadInfo{Registry: repo.Registry, Repo: repo.Name, Owner: owner, Started: now, Updated: now, SHA256: state}
+	return info, f.writeJSON(filepath.Join(dir, "info.json"), info)
 }
 
 // UploadStatus reports a session's progress.
@@ -70,7 +257,7 @@ func (f *FS) UploadStatus(ctx context.Context, repo Repo, id string) (UploadStat
 	if err != nil {
 		return UploadStatus{}, err
 	}
-	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset}, nil
+	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset, Owner: info.Owner}, nil
 }
 
 // AppendUpload appends r to the session after checking offset (-1 skips
@@ -101,13 +288,20 @@ func (f *FS) AppendUpload(ctx context.Context, repo Repo, id string, offset int6
 		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
 	}
 	info.Offset += n
+	info.Updated = f.now()
+	// The data file's modification time tells ExpireUploads of other
+	// processes that a chunk is arriving; keep it on the store's clock.
+	if err := os.Chtimes(filepath.Join(f.uploadDir(id), "data"), info.Updated, info.Updated); err != nil {
+		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
+	}
 	if info.SHA256, err = marshalHash(h); err != nil {
 		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
 	}
 	if err := f.writeJSON(filepath.Join(f.uploadDir(id), "info.json"), info); err != nil {
 		return UploadStatus{}, fmt.Errorf("upload %s: %w", id, err)
 	}
-	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset}, nil
+	f.noteSession(id, &info)
+	return UploadStatus{ID: id, Repo: repo, Offset: info.Offset, Owner: info.Owner}, nil
 }
 
 // appendData writes r to the file at path from offset on, feeding h too,
@@ -171,6 +365,7 @@ func (f *FS) CommitUpload(ctx context.Context, repo Repo, id string, d digest.Di
 	if err := os.RemoveAll(f.uploadDir(id)); err != nil {
 		return 0, fmt.Errorf("commit upload %s: %w", id, err)
 	}
+	f.noteSession(id, nil)
 	return info.Offset, nil
 }
 
@@ -219,6 +414,7 @@ func (f *FS) CancelUpload(ctx context.Context, repo Repo, id string) error {
 	if err := os.RemoveAll(f.uploadDir(id)); err != nil {
 		return fmt.Errorf("cancel upload %s: %w", id, err)
 	}
+	f.noteSession(id, nil)
 	return nil
 }
 
@@ -231,7 +427,8 @@ func (f *FS) lockUpload(ctx context.Context, id string) (func(), error) {
 }
 
 // session loads upload id and checks that it belongs to repo. A session of
-// another repository is reported as unknown.
+// another repository, or idle past the upload expiry, is reported as
+// unknown.
 func (f *FS) session(repo Repo, id string) (uploadInfo, error) {
 	var info uploadInfo
 	if err := checkUploadID(id); err != nil {
@@ -246,6 +443,9 @@ func (f *FS) session(repo Repo, id string) (uploadInfo, error) {
 	}
 	if info.Registry != repo.Registry || info.Repo != repo.Name {
 		return info, fmt.Errorf("%w: %s in %s", ErrUploadUnknown, id, repo)
+	}
+	if f.expired(info.active()) {
+		return info, fmt.Errorf("%w: %s expired", ErrUploadUnknown, id)
 	}
 	return info, nil
 }

@@ -67,7 +67,7 @@ func fillVerified(ctx context.Context, tmp *os.File, d digest.Digest, size int64
 // immutable, so two writers racing to rename store the same bytes.
 func (f *FS) install(src, dst string) error {
 	dir := filepath.Dir(dst)
-	if err := mkdirs(dir); err != nil {
+	if err := f.mkdirs(dir); err != nil {
 		return err
 	}
 	if _, err := os.Lstat(dst); err == nil {
@@ -126,7 +126,7 @@ func (f *FS) writeFile(dst string, data []byte) error {
 		return err
 	}
 	dir := filepath.Dir(dst)
-	if err := mkdirs(dir); err != nil {
+	if err := f.mkdirs(dir); err != nil {
 		_ = os.Remove(name)
 		return err
 	}
@@ -166,7 +166,7 @@ func (f *FS) createTemp(prefix string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temporary file: %w", err)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
+	if err := tmp.Chmod(f.fileMode); err != nil {
 		discard(tmp)
 		return nil, fmt.Errorf("create temporary file: %w", err)
 	}
@@ -197,22 +197,40 @@ func removeFile(path string) error {
 	return nil
 }
 
-// mkdirs creates dir and its missing parents, syncing each parent so the
-// new entries survive a crash.
-func mkdirs(dir string) error {
+// mkdirs creates dir and its missing parents with the store's directory
+// mode, syncing each parent so the new entries survive a crash.
+func (f *FS) mkdirs(dir string) error {
 	if _, err := os.Stat(dir); err == nil {
 		return nil
 	}
 	parent := filepath.Dir(dir)
 	if parent != dir {
-		if err := mkdirs(parent); err != nil {
+		if err := f.mkdirs(parent); err != nil {
 			return err
 		}
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+	err := os.Mkdir(dir, f.dirMode)
+	if errors.Is(err, fs.ErrExist) {
+		return nil // another writer created it
+	}
+	if err == nil {
+		err = f.fixMode(dir)
+	}
+	if err != nil {
 		return fmt.Errorf("create directory: %w", err)
 	}
 	return syncDir(parent)
+}
+
+// fixMode gives a new directory exactly the store's mode, which Mkdir's
+// umask may have narrowed (this matters for a group-readable store), and
+// keeps the setgid bit it inherited so the group propagates.
+func (f *FS) fixMode(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil || st.Mode().Perm() == f.dirMode {
+		return err
+	}
+	return os.Chmod(dir, f.dirMode|st.Mode()&fs.ModeSetgid)
 }
 
 // syncDir flushes a directory's entries (a rename or a new file) to disk.
@@ -281,6 +299,25 @@ func (k *keyedLock) lock(ctx context.Context, key string) (unlock func(), err er
 		k.release(key, e)
 		return nil, ctx.Err()
 	}
+}
+
+// tryLock acquires key if nobody holds it.
+func (k *keyedLock) tryLock(key string) (unlock func(), ok bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.keys[key] != nil {
+		return nil, false
+	}
+	if k.keys == nil {
+		k.keys = make(map[string]*keyEntry)
+	}
+	e := &keyEntry{held: make(chan struct{}, 1), refs: 1}
+	e.held <- struct{}{}
+	k.keys[key] = e
+	return func() {
+		<-e.held
+		k.release(key, e)
+	}, true
 }
 
 func (k *keyedLock) release(key string, e *keyEntry) {

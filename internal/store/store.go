@@ -75,7 +75,19 @@ func (o PutManifestOptions) ReferrerEntry(m Manifest) ocispec.Descriptor {
 type UploadStatus struct {
 	ID     string
 	Repo   Repo
-	Offset int64 // bytes received so far
+	Offset int64  // bytes received so far
+	Owner  string // who started it ("" for anonymous or unknown)
+}
+
+// StartUploadOptions describes a new upload session and the caps it must
+// stay within.
+type StartUploadOptions struct {
+	// Owner is the user starting the session, "" for anonymous.
+	Owner string
+	// MaxPerRepo and MaxPerOwner cap the open (unexpired) sessions of the
+	// repository and of Owner; 0 means no cap. Beyond a cap StartUpload
+	// fails with ErrTooManyUploads.
+	MaxPerRepo, MaxPerOwner int
 }
 
 // Reader is the read side of a store. The pull-through cache implements it
@@ -118,7 +130,7 @@ type Writer interface {
 // Uploads manages resumable blob uploads.
 type Uploads interface {
 	// StartUpload opens a new upload session in repo.
-	StartUpload(ctx context.Context, repo Repo) (UploadStatus, error)
+	StartUpload(ctx context.Context, repo Repo, opts StartUploadOptions) (UploadStatus, error)
 	// UploadStatus reports a session's progress.
 	UploadStatus(ctx context.Context, repo Repo, id string) (UploadStatus, error)
 	// AppendUpload appends r to the session. offset must equal the bytes
@@ -129,6 +141,11 @@ type Uploads interface {
 	CommitUpload(ctx context.Context, repo Repo, id string, d digest.Digest) (int64, error)
 	// CancelUpload ends a session and discards its data.
 	CancelUpload(ctx context.Context, repo Repo, id string) error
+	// ExpireUploads discards the sessions idle (no chunk received) since
+	// before cutoff, sessions left by earlier processes included, and
+	// returns how many went. A session idle longer than the store's upload
+	// expiry (WithUploadExpiry) is unknown to every other method already.
+	ExpireUploads(ctx context.Context, cutoff time.Time) (int, error)
 }
 
 // Walker enumerates the store without loading it into memory.

@@ -92,7 +92,7 @@ func RunInvalid(t *testing.T, s store.Store) {
 		invalid(what("SetTag"), s.SetTag(ctx, r, "v1", store.TagInfo{Digest: d}))
 		invalid(what("DeleteTag"), s.DeleteTag(ctx, r, "v1"))
 		invalid(what("DeleteManifest"), s.DeleteManifest(ctx, r, d))
-		_, err = s.StartUpload(ctx, r)
+		_, err = s.StartUpload(ctx, r, store.StartUploadOptions{})
 		invalid(what("StartUpload"), err)
 		id := "00000000-0000-0000-0000-000000000000"
 		_, err = s.UploadStatus(ctx, r, id)

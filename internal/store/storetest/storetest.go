@@ -1,9 +1,10 @@
 // Package storetest is the test suite every store.Store backend passes.
 //
-// A backend's test calls Run with a constructor of empty stores:
+// A backend's test calls Run with a constructor of empty stores that
+// honours the store options (the clock and the upload expiry):
 //
 //	func TestFS(t *testing.T) {
-//		storetest.Run(t, func(t *testing.T) store.Store { … })
+//		storetest.Run(t, func(t *testing.T, opts ...store.Option) store.Store { … })
 //	}
 package storetest
 
@@ -22,9 +23,12 @@ import (
 	"github.com/regwarm/regwarm/internal/store"
 )
 
+// NewStore returns a new, empty store configured by opts.
+type NewStore func(t *testing.T, opts ...store.Option) store.Store
+
 // Run runs the whole suite. newStore must return a new, empty store; each
 // subtest gets its own and runs in parallel with the others.
-func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
+func Run(t *testing.T, newStore NewStore) {
 	tests := []struct {
 		name string
 		fn   func(*testing.T, store.Store)
@@ -57,6 +61,22 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			tc.fn(t, newStore(t))
+		})
+	}
+	// Tests that build their stores with options.
+	configured := []struct {
+		name string
+		fn   func(*testing.T, NewStore)
+	}{
+		{"UploadExpiry", testUploadExpiry},
+		{"UploadExpiryOnUse", testUploadExpiryOnUse},
+		{"UploadCaps", testUploadCaps},
+		{"UploadOwner", testUploadOwner},
+	}
+	for _, tc := range configured {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.fn(t, newStore)
 		})
 	}
 }

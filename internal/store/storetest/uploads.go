@@ -15,7 +15,7 @@ import (
 // startUpload opens a session in repo and checks its status.
 func startUpload(t *testing.T, s store.Store, repo store.Repo) string {
 	t.Helper()
-	st, err := s.StartUpload(t.Context(), repo)
+	st, err := s.StartUpload(t.Context(), repo, store.StartUploadOptions{})
 	if err != nil {
 		t.Fatalf("StartUpload: %v", err)
 	}

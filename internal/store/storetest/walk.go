@@ -168,7 +168,7 @@ func testContextCanceled(t *testing.T, s store.Store) {
 	canceled("SetTag", s.SetTag(ctx, repoA, "v2", store.TagInfo{Digest: d}))
 	canceled("DeleteTag", s.DeleteTag(ctx, repoA, "v1"))
 	canceled("DeleteManifest", s.DeleteManifest(ctx, repoA, d))
-	_, err = s.StartUpload(ctx, repoA)
+	_, err = s.StartUpload(ctx, repoA, store.StartUploadOptions{})
 	canceled("StartUpload", err)
 	_, err = s.UploadStatus(ctx, repoA, id)
 	canceled("UploadStatus", err)
