@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/regwarm/regwarm/internal/config"
-	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/events"
+	"github.com/regwarm/regwarm/internal/fault"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/ref"
 	"github.com/regwarm/regwarm/internal/trace"
@@ -241,7 +241,16 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 		return
 	}
 	res.Error = jobs.ErrorText(err)
-	permanent := jobs.Permanent(err)
+	// The one switch from an error's kind to term or nak: a request that
+	// cannot succeed is terminated; anything else (our fault, an upstream
+	// down or rate limiting) is retried until MaxDeliveries.
+	var permanent bool
+	switch fault.Of(err) {
+	case fault.NotFound, fault.Invalid, fault.Denied:
+		permanent = true
+	case fault.RateLimited, fault.Unavailable, fault.Corrupt, fault.Internal:
+		permanent = false
+	}
 	if !permanent && res.Deliveries < uint64(max(w.cfg.Worker.MaxDeliveries, 1)) {
 		delay := retryDelay(res.Deliveries, err)
 		log.Warn("sync failed; will retry", "error", err, "deliveries", res.Deliveries, "retry_in", delay)
@@ -312,9 +321,8 @@ func validSubject(s string) bool {
 func retryDelay(deliveries uint64, err error) time.Duration {
 	d := time.Second << min(deliveries, 9)
 	d = min(d, 5*time.Minute)
-	var ce *connector.Error
-	if errors.As(err, &ce) && ce.RetryAfter > d {
-		d = ce.RetryAfter
+	if ra := fault.RetryAfter(err); ra > d {
+		d = ra
 	}
 	return d
 }

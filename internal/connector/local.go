@@ -65,7 +65,7 @@ func (l *Local) wrap(kind Kind, err error) error {
 
 func (l *Local) check(kind Kind, repo string) error {
 	if !l.Allowed(repo) {
-		return &Error{Connector: l.name, Kind: kind, Excluded: true, Status: http.StatusNotFound, Err: ErrExcluded}
+		return &Error{Connector: l.name, Kind: kind, Excluded: true, Err: ErrExcluded}
 	}
 	return nil
 }

@@ -5,13 +5,13 @@ package manifest
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"mime"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/regwarm/regwarm/internal/fault"
 	"github.com/regwarm/regwarm/internal/ref"
 )
 
@@ -34,7 +34,7 @@ const MaxSize = 4 << 20
 var Known = []string{OCIIndex, OCIManifest, DockerList, DockerManifest}
 
 // ErrInvalid is returned for a manifest that cannot be accepted.
-var ErrInvalid = errors.New("invalid manifest")
+var ErrInvalid = fault.New(fault.Invalid, "invalid manifest")
 
 // Manifest is a parsed manifest or index.
 type Manifest struct {
