@@ -241,16 +241,7 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 		return
 	}
 	res.Error = jobs.ErrorText(err)
-	// The one switch from an error's kind to term or nak: a request that
-	// cannot succeed is terminated; anything else (our fault, an upstream
-	// down or rate limiting) is retried until MaxDeliveries.
-	var permanent bool
-	switch fault.Of(err) {
-	case fault.NotFound, fault.Invalid, fault.Denied:
-		permanent = true
-	case fault.RateLimited, fault.Unavailable, fault.Corrupt, fault.Internal:
-		permanent = false
-	}
+	permanent := permanentFailure(err)
 	if !permanent && res.Deliveries < uint64(max(w.cfg.Worker.MaxDeliveries, 1)) {
 		delay := retryDelay(res.Deliveries, err)
 		log.Warn("sync failed; will retry", "error", err, "deliveries", res.Deliveries, "retry_in", delay)
@@ -270,6 +261,20 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 	w.metrics.SyncDuration.Observe(time.Since(start).Seconds())
 	log.Warn("sync failed", "error", res.Error, "permanent", permanent)
 	w.publish(msg, w.bus.subj.SyncFailed(), res)
+}
+
+// permanentFailure is the one switch from a failed job's error kind to
+// term (true) or a delayed nak (false): a request that cannot succeed is
+// terminated; anything else (our fault, corrupt content being re-fetched,
+// an upstream down or rate limiting) is retried until MaxDeliveries.
+func permanentFailure(err error) bool {
+	switch fault.Of(err) {
+	case fault.NotFound, fault.Invalid, fault.Denied:
+		return true
+	case fault.RateLimited, fault.Unavailable, fault.Corrupt, fault.Internal:
+		return false
+	}
+	return false
 }
 
 // ackWithRetry acknowledges msg and waits for the server's confirmation,
