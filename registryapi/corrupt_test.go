@@ -87,6 +87,7 @@ func TestCorruptStoredManifest(t *testing.T) {
 registries:
   - {name: hub, default: true, connectors: [up]}
   - {name: local, push: true}
+  - {name: both, push: true, connectors: [up]}
 connectors:
   - {name: up, url: "` + up.URL + `"}
 `))
@@ -111,21 +112,32 @@ connectors:
 	srv := httptest.NewServer(h)
 	t.Cleanup(func() { srv.Close(); c.Wait() })
 
-	// Push registry: the image pulled through hub, pushed to local.
+	// Push registry: the image pulled through hub, pushed to local; and a
+	// variant the upstream does not have pushed to a cache registry that
+	// takes pushes too.
+	variant := bytes.Replace(img.Manifest, []byte(`{"schemaVersion":2,`), []byte(`{"schemaVersion":2,"annotations":{"pushed":"here"},`), 1)
+	variantDigest := digest.FromBytes(variant)
 	for _, d := range append([]digest.Digest{img.Config}, img.Layers...) {
 		res, body := getURL(t, http.MethodGet, srv.URL+"/v2/hub/app/blobs/"+d.String(), nil)
 		if res.StatusCode != http.StatusOK {
 			t.Fatalf("GET blob %s: %d", d, res.StatusCode)
 		}
-		if res, _ := getURL(t, http.MethodPost, srv.URL+"/v2/local/app/blobs/uploads/?digest="+d.String(), body); res.StatusCode != http.StatusCreated {
-			t.Fatalf("push blob %s: %d", d, res.StatusCode)
+		for _, reg := range []string{"local", "both"} {
+			if res, _ := getURL(t, http.MethodPost, srv.URL+"/v2/"+reg+"/app/blobs/uploads/?digest="+d.String(), body); res.StatusCode != http.StatusCreated {
+				t.Fatalf("push blob %s to %s: %d", d, reg, res.StatusCode)
+			}
 		}
 	}
 	if res, _ := getURL(t, http.MethodPut, srv.URL+"/v2/local/app/manifests/v1", img.Manifest); res.StatusCode != http.StatusCreated {
 		t.Fatalf("push manifest: %d", res.StatusCode)
 	}
+	if res, _ := getURL(t, http.MethodPut, srv.URL+"/v2/both/app/manifests/pushed", variant); res.StatusCode != http.StatusCreated {
+		t.Fatalf("push manifest: %d", res.StatusCode)
+	}
 	corruptStored(t, root, img.Digest)
-	for _, path := range []string{"/v2/local/app/manifests/v1", "/v2/local/app/manifests/" + img.Digest.String()} {
+	corruptStored(t, root, variantDigest)
+	for _, path := range []string{"/v2/local/app/manifests/v1", "/v2/local/app/manifests/" + img.Digest.String(),
+		"/v2/both/app/manifests/pushed"} {
 		res, body := getURL(t, http.MethodGet, srv.URL+path, nil)
 		if res.StatusCode < 500 {
 			t.Errorf("GET %s of a corrupt manifest: %d, want 5xx; body %s", path, res.StatusCode, body)

@@ -221,7 +221,8 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return m, nil
 	}
 	sources := c.sources(repo)
-	if errors.Is(err, store.ErrCorrupt) && len(sources) > 0 {
+	corrupt := errors.Is(err, store.ErrCorrupt)
+	if corrupt && len(sources) > 0 {
 		err = c.quarantineManifest(ctx, repo, d, err)
 	}
 	if !errors.Is(err, store.ErrManifestUnknown) || len(sources) == 0 {
@@ -247,6 +248,11 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return nil, lastErr
 	})
 	if ferr != nil {
+		if corrupt {
+			// Still our fault: the stored copy was corrupt and no
+			// connector has it (any more).
+			return store.Manifest{}, fmt.Errorf("%w: %s: fetching it again failed: %w", store.ErrCorrupt, d, ferr)
+		}
 		if connector.IsNotFound(ferr) {
 			// Kept wrapped: an excluded repository is NAME_UNKNOWN.
 			return store.Manifest{}, fmt.Errorf("%w: %s: %w", store.ErrManifestUnknown, d, ferr)

@@ -41,8 +41,11 @@ func (k Kind) String() string {
 	return names[k]
 }
 
-// Error makes a Kind usable as an errors.Is target.
+// Error makes a Kind usable as an errors.Is target (and as an error).
 func (k Kind) Error() string { return k.String() }
+
+// FaultKind returns k, so that a Kind returned as an error has its kind.
+func (k Kind) FaultKind() Kind { return k }
 
 // Client reports whether the kind blames the caller (so a retry of the same
 // request cannot succeed): NotFound, Invalid and Denied.

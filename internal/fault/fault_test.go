@@ -33,6 +33,7 @@ func TestOf(t *testing.T) {
 		{"canceled", fmt.Errorf("x: %w", context.Canceled), fault.Unavailable},
 		{"deadline", context.DeadlineExceeded, fault.Unavailable},
 		{"plain", errors.New("disk on fire"), fault.Internal},
+		{"a kind returned as an error", fmt.Errorf("x: %w", fault.Denied), fault.Denied},
 	} {
 		if got := fault.Of(tt.err); got != tt.want {
 			t.Errorf("%s: Of = %v, want %v", tt.name, got, tt.want)
