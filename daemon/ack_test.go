@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/ref"
@@ -45,5 +46,42 @@ func TestPermanentFailure(t *testing.T) {
 	}
 	if d := retryDelay(1, &connector.Error{Status: 429, RetryAfter: 10 * time.Minute}); d != 10*time.Minute {
 		t.Errorf("retry delay %v, want the upstream's 10m", d)
+	}
+}
+
+// TestUnknownHostIsTerminated: a well-formed sync request naming a host no
+// connector serves decodes, fails to resolve, and is terminated, not
+// retried.
+func TestUnknownHostIsTerminated(t *testing.T) {
+	cfg, err := config.Parse([]byte(`version: 1
+registries:
+  - {name: hub, default: true, connectors: [up]}
+connectors:
+  - {name: up, url: "http://127.0.0.1:1", host: docker.io}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := jobs.NewSyncer(cfg, nil)
+	for _, tt := range []struct {
+		msg     string
+		resolve bool
+	}{
+		{"docker.io/library/alpine:3.20", true},
+		{"hub/library/alpine:3.20", true},
+		{"registry.invalid.example/app:v1", false},
+		{"nowhere/app:v1", false}, // no registry named "nowhere"
+	} {
+		req, err := events.ParseSyncRequest([]byte(tt.msg))
+		if err != nil {
+			t.Fatalf("%s: %v", tt.msg, err)
+		}
+		_, err = s.Resolve(req)
+		if (err == nil) != tt.resolve {
+			t.Errorf("%s: resolve error %v, want resolved=%v", tt.msg, err, tt.resolve)
+		}
+		if err != nil && (!errors.Is(err, jobs.ErrUnknownRegistry) || !permanentFailure(err)) {
+			t.Errorf("%s: %v is not a permanent unknown-registry failure", tt.msg, err)
+		}
 	}
 }
