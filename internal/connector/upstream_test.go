@@ -280,6 +280,50 @@ func TestUpstreamAnswers(t *testing.T) {
 			want: outcome{kind: fault.NotFound, notFound: true, status: 404}, method: "GET", path: tpath, sent: 1,
 		},
 		{
+			name: "blob HEAD 429 with an HTTP-date Retry-After",
+			steps: []exchange{{method: "HEAD", path: bpath, status: 429,
+				header: http.Header{"Retry-After": {time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat)}}}},
+			call: func(ctx context.Context, u *connector.Upstream) error {
+				_, err := u.HeadBlob(ctx, "app", blobDigest)
+				if d := fault.RetryAfter(err); d < 60*time.Second || d > 91*time.Second {
+					return errors.New("Retry-After not carried: " + d.String())
+				}
+				return err
+			},
+			want: outcome{kind: fault.RateLimited, status: 429, temp: true}, method: "HEAD", path: bpath, sent: 1,
+		},
+		{
+			name:  "blob GET 500",
+			steps: []exchange{{method: "GET", path: bpath, status: 500}},
+			call: func(ctx context.Context, u *connector.Upstream) error {
+				_, _, err := u.GetBlob(ctx, "app", blobDigest)
+				return err
+			},
+			want: outcome{kind: fault.Unavailable, status: 500, temp: true}, method: "GET", path: bpath, sent: 1,
+		},
+		{
+			name:  "tag list 401",
+			steps: []exchange{{method: "GET", path: tpath, status: 401}},
+			call: func(ctx context.Context, u *connector.Upstream) error {
+				_, err := u.Tags(ctx, "app")
+				return err
+			},
+			want: outcome{kind: fault.Denied, status: 401}, method: "GET", path: tpath, sent: 1,
+		},
+		{
+			name:  "tag list 403",
+			steps: []exchange{{method: "GET", path: tpath, status: 403, body: []byte(`{"errors":[{"code":"DENIED"}]}`)}},
+			call: func(ctx context.Context, u *connector.Upstream) error {
+				_, err := u.Tags(ctx, "app")
+				var ce *connector.Error
+				if errors.As(err, &ce) && (len(ce.Codes) != 1 || ce.Codes[0] != "DENIED") {
+					return errors.New("OCI codes not read: " + err.Error())
+				}
+				return err
+			},
+			want: outcome{kind: fault.Denied, status: 403}, method: "GET", path: tpath, sent: 1,
+		},
+		{
 			name: "excluded repository: no request at all",
 			call: func(ctx context.Context, u *connector.Upstream) error {
 				_, err := u.GetManifest(ctx, "secret/app", "v1")
