@@ -13,8 +13,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/regwarm/regwarm/internal/config"
-	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/events"
+	"github.com/regwarm/regwarm/internal/fault"
+	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/ref"
 	"github.com/regwarm/regwarm/internal/trace"
@@ -249,7 +250,7 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 		return
 	}
 	res.Error = jobs.ErrorText(err)
-	permanent := jobs.Permanent(err)
+	permanent := permanentFailure(err)
 	if !permanent && res.Deliveries < uint64(max(w.cfg.Worker.MaxDeliveries, 1)) {
 		delay := retryDelay(res.Deliveries, err)
 		log.Warn("sync failed; will retry", "error", err, "deliveries", res.Deliveries, "retry_in", delay)
@@ -269,6 +270,23 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 	w.metrics.SyncDuration.Observe(time.Since(start).Seconds())
 	log.Warn("sync failed", "error", res.Error, "permanent", permanent)
 	w.publish(msg, w.bus.subj.SyncFailed(), res)
+}
+
+// permanentFailure is the one switch from a failed job's error kind to
+// term (true) or a delayed nak (false): a request that cannot succeed is
+// terminated; anything else (our fault, corrupt content being re-fetched,
+// an upstream down or rate limiting) is retried until MaxDeliveries.
+func permanentFailure(err error) bool {
+	if errors.Is(err, manifest.ErrTooManyReferences) {
+		return true // over the hard cap whatever the upstream's own fault
+	}
+	switch fault.Of(err) {
+	case fault.NotFound, fault.Invalid, fault.Denied:
+		return true
+	case fault.RateLimited, fault.Unavailable, fault.Corrupt, fault.Internal:
+		return false
+	}
+	return false
 }
 
 // ackWithRetry acknowledges msg and waits for the server's confirmation,
@@ -333,9 +351,8 @@ func validSubject(s string) bool {
 func retryDelay(deliveries uint64, err error) time.Duration {
 	d := time.Second << min(deliveries, 9)
 	d = min(d, 5*time.Minute)
-	var ce *connector.Error
-	if errors.As(err, &ce) && ce.RetryAfter > d {
-		d = ce.RetryAfter
+	if ra := fault.RetryAfter(err); ra > d {
+		d = ra
 	}
 	return d
 }

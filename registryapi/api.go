@@ -141,7 +141,7 @@ func methodLabel(m string) string {
 // fail logs an unexpected error with the request id and returns what the
 // client sees. Known error kinds are returned as their OCI codes unlogged.
 func (h *Handler) fail(r *http.Request, rt route, err error) *apiError {
-	ae := classify(err)
+	ae := classify(err, rt)
 	if ae.code.Status >= 500 {
 		h.log.Error("request failed", "method", r.Method, "route", rt.kind, "registry", rt.repo.Registry,
 			"repo", rt.repo.Name, "error", err, "request_id", trace.RequestID(r.Context()))

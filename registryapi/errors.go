@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/regwarm/regwarm/internal/connector"
+	"github.com/regwarm/regwarm/internal/fault"
 	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/ref"
 	"github.com/regwarm/regwarm/internal/store"
@@ -63,39 +63,89 @@ func errorf(c Code, format string, args ...any) *apiError {
 	return &apiError{code: c, message: msg}
 }
 
-// classify maps any error to an apiError. Errors it does not know become
-// UNKNOWN with a generic message; the caller logs the original.
-func classify(err error) *apiError {
+// byKind is the one table from an error's fault kind to what the client
+// sees, for errors that carry no more specific code (see classify).
+// Internal and Corrupt are faults of ours: 500 with a generic message.
+var byKind = map[fault.Kind]Code{
+	fault.NotFound:    CodeNameUnknown, // refined by route in notFound
+	fault.Invalid:     {CodeUnknown.Name, http.StatusBadRequest, "invalid request"},
+	fault.Corrupt:     CodeUnknown,
+	fault.Denied:      CodeDenied,
+	fault.RateLimited: CodeTooManyRequests,
+	fault.Unavailable: {CodeUnavailable.Name, http.StatusBadGateway, "upstream unavailable"},
+	fault.Internal:    CodeUnknown,
+}
+
+// bySentinel gives the specific OCI codes of errors built from client input;
+// their text is safe to send. The first match wins.
+var bySentinel = []struct {
+	err  error
+	code Code
+}{
+	{ref.ErrInvalidDigest, CodeDigestInvalid},
+	{ref.ErrUnsupported, CodeDigestInvalid},
+	{store.ErrDigestMismatch, CodeDigestInvalid},
+	{store.ErrSizeMismatch, CodeSizeInvalid},
+	{store.ErrRangeInvalid, CodeRangeInvalid},
+	{ref.ErrInvalidName, CodeNameInvalid},
+	{ref.ErrInvalidRegistry, CodeNameInvalid},
+	{ref.ErrInvalidTag, CodeTagInvalid},
+	{manifest.ErrInvalid, CodeManifestInvalid},
+}
+
+// classify maps any error to an apiError for route rt: an apiError as it
+// is; client-input errors with their OCI code and text; anything else by its
+// fault kind with the code's generic message. Faults of ours (Internal,
+// Corrupt: status 500) never carry their text; the caller logs it.
+func classify(err error, rt route) *apiError {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return ae
 	}
-	var ce *connector.Error
-	switch {
-	case errors.Is(err, store.ErrBlobUnknown):
-		return errorf(CodeBlobUnknown, "")
-	case errors.Is(err, store.ErrManifestUnknown), errors.Is(err, store.ErrTagUnknown):
-		return errorf(CodeManifestUnknown, "")
-	case errors.Is(err, store.ErrNameUnknown):
-		return errorf(CodeNameUnknown, "")
-	case errors.Is(err, store.ErrUploadUnknown):
-		return errorf(CodeBlobUploadUnknown, "")
-	case errors.Is(err, store.ErrDigestMismatch), errors.Is(err, ref.ErrInvalidDigest), errors.Is(err, ref.ErrUnsupported):
-		return errorf(CodeDigestInvalid, "%s", clientMessage(err))
-	case errors.Is(err, store.ErrSizeMismatch):
-		return errorf(CodeSizeInvalid, "")
-	case errors.Is(err, store.ErrRangeInvalid):
-		return errorf(CodeRangeInvalid, "%s", clientMessage(err))
-	case errors.Is(err, ref.ErrInvalidName), errors.Is(err, ref.ErrInvalidRegistry):
-		return errorf(CodeNameInvalid, "%s", clientMessage(err))
-	case errors.Is(err, ref.ErrInvalidTag):
-		return errorf(CodeTagInvalid, "%s", clientMessage(err))
-	case errors.Is(err, manifest.ErrInvalid):
-		return errorf(CodeManifestInvalid, "%s", clientMessage(err))
-	case errors.As(err, &ce):
-		return fromConnector(ce)
+	k := fault.Of(err)
+	switch k {
+	case fault.Invalid:
+		for _, s := range bySentinel {
+			if errors.Is(err, s.err) {
+				return errorf(s.code, "%s", clientMessage(err))
+			}
+		}
+	case fault.NotFound:
+		return errorf(notFound(err, rt), "")
+	case fault.RateLimited:
+		ae := errorf(CodeTooManyRequests, "upstream is rate limiting")
+		if d := fault.RetryAfter(err); d > 0 {
+			ae.header = http.Header{"Retry-After": {strconv.Itoa(int(d.Seconds() + 0.999))}}
+		}
+		return ae
+	case fault.Denied:
+		return errorf(CodeDenied, "upstream denied access")
 	}
-	return errorf(CodeUnknown, "")
+	return errorf(byKind[k], "")
+}
+
+// notFound picks the OCI code of a NotFound error: the store's sentinel when
+// it names one, else what the route asks for.
+func notFound(err error, rt route) Code {
+	switch {
+	case errors.Is(err, store.ErrNameUnknown):
+		return CodeNameUnknown
+	case errors.Is(err, store.ErrUploadUnknown):
+		return CodeBlobUploadUnknown
+	case errors.Is(err, store.ErrBlobUnknown):
+		return CodeBlobUnknown
+	case errors.Is(err, store.ErrManifestUnknown), errors.Is(err, store.ErrTagUnknown):
+		return CodeManifestUnknown
+	}
+	switch rt.kind {
+	case routeBlob:
+		return CodeBlobUnknown
+	case routeManifest:
+		return CodeManifestUnknown
+	case routeUpload:
+		return CodeBlobUploadUnknown
+	}
+	return CodeNameUnknown
 }
 
 // clientMessage returns err's text for errors built from client input only.
@@ -105,30 +155,6 @@ func clientMessage(err error) string {
 		s = s[:300]
 	}
 	return s
-}
-
-// fromConnector maps an upstream failure with no local fallback.
-func fromConnector(ce *connector.Error) *apiError {
-	switch {
-	case ce.Status == http.StatusNotFound:
-		if ce.Kind == connector.KindBlob {
-			return errorf(CodeBlobUnknown, "")
-		}
-		return errorf(CodeManifestUnknown, "")
-	case ce.Status == http.StatusTooManyRequests:
-		ae := errorf(CodeTooManyRequests, "upstream %s is rate limiting", ce.Connector)
-		if ce.RetryAfter > 0 {
-			ae.header = http.Header{"Retry-After": {strconv.Itoa(int(ce.RetryAfter.Seconds() + 0.999))}}
-		}
-		return ae
-	case ce.Status == http.StatusUnauthorized || ce.Status == http.StatusForbidden:
-		return errorf(CodeDenied, "upstream %s denied access", ce.Connector)
-	case ce.Excluded:
-		return errorf(CodeNameUnknown, "repository not available through this registry")
-	}
-	ae := errorf(CodeUnavailable, "upstream %s unavailable", ce.Connector)
-	ae.code.Status = http.StatusBadGateway
-	return ae
 }
 
 type errorBody struct {

@@ -255,7 +255,7 @@ func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d dige
 		}
 		// The body is closed as soon as it is read (stream does that), so
 		// the connector's concurrency slot is free while the blob is stored.
-		err = c.stream(ctx, cancel, f, repo, d, rc, size)
+		err = blameUpstream(c.stream(ctx, cancel, f, repo, d, rc, size))
 		_ = rc.Close()
 		c.metrics.StoreWrites.WithLabelValues(resultOf(err)).Inc()
 		if err == nil {
@@ -303,6 +303,16 @@ func (c *Cache) stream(ctx context.Context, cancel context.CancelFunc, f *fill, 
 		return readFailure(ctx, err)
 	}
 	return c.finishSpool(ctx, f, repo, src, spool)
+}
+
+// blameUpstream marks a body that failed verification as the upstream's
+// fault (kind Unavailable), not the client's; it still matches the store's
+// mismatch sentinels.
+func blameUpstream(err error) error {
+	if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) {
+		return fmt.Errorf("%w: %w", connector.ErrMismatch, err)
+	}
+	return err
 }
 
 // readFailure says why reading an upstream body failed.

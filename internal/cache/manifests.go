@@ -223,11 +223,12 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 		c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)
 		return m, nil
 	}
-	if !errors.Is(err, store.ErrManifestUnknown) {
-		return m, err
-	}
 	sources := c.sources(repo)
-	if len(sources) == 0 {
+	corrupt := errors.Is(err, store.ErrCorrupt)
+	if corrupt && len(sources) > 0 {
+		err = c.quarantineManifest(ctx, repo, d, err)
+	}
+	if !errors.Is(err, store.ErrManifestUnknown) || len(sources) == 0 {
 		return m, err
 	}
 	c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
@@ -250,10 +251,38 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return nil, lastErr
 	})
 	if ferr != nil {
+		if corrupt {
+			// Still our fault: the stored copy was corrupt and no
+			// connector has it (any more).
+			return store.Manifest{}, fmt.Errorf("%w: %s: fetching it again failed: %w", store.ErrCorrupt, d, ferr)
+		}
 		if connector.IsNotFound(ferr) {
-			return store.Manifest{}, fmt.Errorf("%w: %s", store.ErrManifestUnknown, d)
+			// Kept wrapped: an excluded repository is NAME_UNKNOWN.
+			return store.Manifest{}, fmt.Errorf("%w: %s: %w", store.ErrManifestUnknown, d, ferr)
 		}
 		return store.Manifest{}, ferr
 	}
 	return v.(store.Manifest), nil
+}
+
+// quarantineManifest moves a stored manifest whose bytes no longer hash to
+// d aside, so that the caller fetches it again from a connector. It returns
+// a store.ErrManifestUnknown error when the content is gone, else cause.
+func (c *Cache) quarantineManifest(ctx context.Context, repo store.Repo, d digest.Digest, cause error) error {
+	q, ok := c.store.(store.Quarantiner)
+	if !ok {
+		return cause
+	}
+	path, err := q.Quarantine(ctx, d)
+	if err != nil && !errors.Is(err, store.ErrBlobUnknown) {
+		c.log.Error("quarantining a corrupt manifest failed", "registry", repo.Registry, "repo", repo.Name,
+			"digest", d, "error", err)
+		return cause
+	}
+	if err == nil && path == "" {
+		return cause // intact after all (replaced meanwhile): the caller reports the read
+	}
+	c.log.Warn("corrupt manifest quarantined; fetching it again", "registry", repo.Registry, "repo", repo.Name,
+		"digest", d, "path", path)
+	return fmt.Errorf("%w: %s: quarantined as corrupt", store.ErrManifestUnknown, d)
 }

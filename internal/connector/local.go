@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/regwarm/regwarm/internal/fault"
 	"github.com/regwarm/regwarm/internal/ref"
 	"github.com/regwarm/regwarm/internal/store"
 )
@@ -52,12 +53,13 @@ func (l *Local) wrap(kind Kind, err error) error {
 		cp.Connector = l.name + "→" + ce.Connector
 		return &cp
 	}
+	// What the other registry does not have is not found here either;
+	// any other failure of this hop (a corrupt stored copy, a disk error)
+	// is temporary, and no fault of the client's.
 	e := &Error{Connector: l.name, Kind: kind, Err: err}
-	switch {
-	case errors.Is(err, store.ErrBlobUnknown), errors.Is(err, store.ErrManifestUnknown),
-		errors.Is(err, store.ErrTagUnknown), errors.Is(err, store.ErrNameUnknown):
+	if fault.Of(err) == fault.NotFound {
 		e.Status, e.Err = http.StatusNotFound, ErrNotFound
-	default:
+	} else {
 		e.Temporary = true
 	}
 	return e
@@ -65,7 +67,7 @@ func (l *Local) wrap(kind Kind, err error) error {
 
 func (l *Local) check(kind Kind, repo string) error {
 	if !l.Allowed(repo) {
-		return &Error{Connector: l.name, Kind: kind, Excluded: true, Status: http.StatusNotFound, Err: ErrExcluded}
+		return &Error{Connector: l.name, Kind: kind, Excluded: true, Err: ErrExcluded}
 	}
 	return nil
 }

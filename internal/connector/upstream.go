@@ -226,7 +226,7 @@ func (u *Upstream) setBackoff(d time.Duration) {
 // begin checks filters and backoff before a call.
 func (u *Upstream) begin(ctx context.Context, kind Kind, repo string) (context.Context, *observation, error) {
 	if !u.Allowed(repo) {
-		return ctx, nil, &Error{Connector: u.name, Kind: kind, Excluded: true, Status: http.StatusNotFound, Err: ErrExcluded}
+		return ctx, nil, &Error{Connector: u.name, Kind: kind, Excluded: true, Err: ErrExcluded}
 	}
 	if until := u.retryUntil.Load(); until > 0 {
 		if wait := time.Until(time.Unix(0, until)); wait > 0 {

@@ -6,12 +6,12 @@ package events
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/regwarm/regwarm/internal/fault"
 	"github.com/regwarm/regwarm/internal/ref"
 )
 
@@ -99,7 +99,7 @@ type SyncResult struct {
 }
 
 // ErrBadMessage is returned for a message that can never be processed.
-var ErrBadMessage = errors.New("malformed sync request")
+var ErrBadMessage = fault.New(fault.Invalid, "malformed sync request")
 
 // ParseMissEvent decodes a miss event (at most MaxMessageSize bytes).
 func ParseMissEvent(data []byte) (MissEvent, error) {

@@ -5,13 +5,13 @@ package manifest
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"mime"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/regwarm/regwarm/internal/fault"
 	"github.com/regwarm/regwarm/internal/ref"
 )
 
@@ -40,7 +40,7 @@ const MaxReferences = 10000
 var Known = []string{OCIIndex, OCIManifest, DockerList, DockerManifest}
 
 // ErrInvalid is returned for a manifest that cannot be accepted.
-var ErrInvalid = errors.New("invalid manifest")
+var ErrInvalid = fault.New(fault.Invalid, "invalid manifest")
 
 // ErrTooManyReferences is returned (wrapping ErrInvalid) for a manifest that
 // lists more than MaxReferences references.

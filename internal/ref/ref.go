@@ -5,22 +5,23 @@ package ref
 import (
 	"crypto/sha256"
 	"crypto/sha512"
-	"errors"
 	"fmt"
 	"regexp"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regwarm/regwarm/internal/fault"
 )
 
 // Error kinds returned by this package; match them with errors.Is.
 var (
-	ErrInvalidName     = errors.New("invalid repository name")
-	ErrInvalidRegistry = errors.New("invalid registry name")
-	ErrInvalidTag      = errors.New("invalid tag")
-	ErrInvalidDigest   = errors.New("invalid digest")
-	ErrUnsupported     = errors.New("unsupported digest algorithm")
-	ErrInvalidImage    = errors.New("invalid image reference")
+	ErrInvalidName     = fault.New(fault.Invalid, "invalid repository name")
+	ErrInvalidRegistry = fault.New(fault.Invalid, "invalid registry name")
+	ErrInvalidTag      = fault.New(fault.Invalid, "invalid tag")
+	ErrInvalidDigest   = fault.New(fault.Invalid, "invalid digest")
+	ErrUnsupported     = fault.New(fault.Invalid, "unsupported digest algorithm")
+	ErrInvalidImage    = fault.New(fault.Invalid, "invalid image reference")
 )
 
 // MaxNameLength bounds a repository name, as distribution does.

@@ -1,17 +1,22 @@
 package store
 
-import "errors"
+import "github.com/regwarm/regwarm/internal/fault"
 
-// Error kinds returned by stores; match them with errors.Is.
+// Error kinds returned by stores; match them with errors.Is. Each matches
+// its fault kind too (errors.Is(ErrBlobUnknown, fault.NotFound)).
 var (
-	ErrBlobUnknown     = errors.New("blob unknown")
-	ErrManifestUnknown = errors.New("manifest unknown")
-	ErrTagUnknown      = errors.New("tag unknown")
-	ErrNameUnknown     = errors.New("repository unknown")
-	ErrUploadUnknown   = errors.New("upload unknown")
-	ErrTooManyUploads  = errors.New("too many open upload sessions")
-	ErrDigestMismatch  = errors.New("content does not match digest")
-	ErrSizeMismatch    = errors.New("content does not match size")
-	ErrRangeInvalid    = errors.New("upload offset out of order")
-	ErrInvalid         = errors.New("invalid argument")
+	ErrBlobUnknown     = fault.New(fault.NotFound, "blob unknown")
+	ErrManifestUnknown = fault.New(fault.NotFound, "manifest unknown")
+	ErrTagUnknown      = fault.New(fault.NotFound, "tag unknown")
+	ErrNameUnknown     = fault.New(fault.NotFound, "repository unknown")
+	ErrUploadUnknown   = fault.New(fault.NotFound, "upload unknown")
+	ErrTooManyUploads  = fault.New(fault.RateLimited, "too many open upload sessions")
+	ErrDigestMismatch  = fault.New(fault.Invalid, "content does not match digest")
+	ErrSizeMismatch    = fault.New(fault.Invalid, "content does not match size")
+	ErrRangeInvalid    = fault.New(fault.Invalid, "upload offset out of order")
+	ErrInvalid         = fault.New(fault.Invalid, "invalid argument")
+	// ErrCorrupt is stored content that no longer hashes to its digest: a
+	// fault of ours, never the client's. A read that finds it wraps
+	// ErrDigestMismatch too, and its kind is fault.Corrupt.
+	ErrCorrupt = fault.New(fault.Corrupt, "stored content is corrupt")
 )

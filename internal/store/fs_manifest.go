@@ -44,7 +44,7 @@ func (f *FS) Manifest(ctx context.Context, repo Repo, d digest.Digest) (Manifest
 		return Manifest{}, fmt.Errorf("read manifest %s: %w", d, err)
 	}
 	if got := d.Algorithm().FromBytes(data); got != d {
-		return Manifest{}, fmt.Errorf("%w: stored manifest %s hashes to %s", ErrDigestMismatch, d, got)
+		return Manifest{}, fmt.Errorf("%w: %w: stored manifest %s hashes to %s", ErrCorrupt, ErrDigestMismatch, d, got)
 	}
 	return Manifest{MediaType: link.MediaType, Digest: d, Data: data, Source: link.Source}, nil
 }
