@@ -52,6 +52,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"WalkStops", testWalkStops},
 		{"ContextCanceled", testContextCanceled},
 		{"ContextCanceledMidStream", testContextCanceledMidStream},
+		{"Pulls", testPulls},
+		{"PullsConcurrent", testPullsConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
