@@ -64,6 +64,7 @@ type Set struct {
 	StoreWrites        *prometheus.CounterVec
 	WebhookRequests    *prometheus.CounterVec
 	WebhookImages      *prometheus.CounterVec
+	Lifecycle
 }
 
 // New creates the collectors, registers them on reg and initialises the
@@ -156,6 +157,7 @@ func New(reg prometheus.Registerer, l Labels) *Set {
 		s.SyncBlobs, s.WorkPending, s.JobRuns, s.JobLastSuccess, s.JobDuration, s.DanglingReferences,
 		s.StoreBlobs, s.StoreBytes, s.StoreWrites)
 	s.newWebhooks(reg)
+	s.newLifecycle(reg, l)
 	s.init(l)
 	return s
 }
