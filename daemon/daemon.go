@@ -248,6 +248,8 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	if mode != ModeServe {
 		workerWG.Add(1)
 		go func() { defer workerWG.Done(); storeStats(workerCtx, st, m, log) }()
+		workerWG.Add(1)
+		go func() { defer workerWG.Done(); registryStats(workerCtx, cfg, st, m, log, storeStatsEvery) }()
 	}
 	health.SetReady(true)
 	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot(), "version", Version)
