@@ -64,7 +64,11 @@ type Set struct {
 	StoreWrites        *prometheus.CounterVec
 	WebhookRequests    *prometheus.CounterVec
 	WebhookImages      *prometheus.CounterVec
-	Lifecycle
+
+	// Lifecycle (lifecycle.go).
+	RegistryBytes   *prometheus.GaugeVec // distinct blobs and manifests per registry
+	PullsDropped    prometheus.Counter   // client pulls not recorded: buffer full
+	PullFlushErrors prometheus.Counter   // failed writes of recorded pulls
 }
 
 // New creates the collectors, registers them on reg and initialises the
