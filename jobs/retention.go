@@ -31,16 +31,17 @@ type Image struct {
 	// reaches; zero when never pulled.
 	LastPulled time.Time
 	// Since is when the image was stored or its tag last confirmed; an
-	// image never pulled counts as used then.
+	// image never pulled counts as last used then.
 	Since time.Time
 	// Pushed is true for content pushed by clients (not from a connector).
 	Pushed bool
 }
 
-// LastUsed is the later of LastPulled and Since: what least-recently-pulled
-// order and unpulled_for compare.
+// LastUsed is what least-recently-pulled order and unpulled_for compare:
+// LastPulled, or Since for an image never pulled. Worker syncs and jobs
+// that touch a pulled image do not make it younger.
 func (im *Image) LastUsed() time.Time {
-	if im.LastPulled.After(im.Since) {
+	if !im.LastPulled.IsZero() {
 		return im.LastPulled
 	}
 	return im.Since

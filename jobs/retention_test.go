@@ -166,6 +166,17 @@ func TestPlanRetention(t *testing.T) {
 			before: 40, after: 20,
 		},
 		{
+			name:   "a sync after the last pull does not make an image younger",
+			policy: &config.Retention{UnpulledFor: config.Duration(24 * time.Hour)},
+			images: []*Image{func() *Image {
+				im := img("a", "synced", 48, map[string]int64{"ma": 10})
+				im.Since = t0.Add(-time.Minute) // tag confirmed by a worker just now
+				return im
+			}()},
+			want:   []string{"a:synced unpulled 10"},
+			before: 10, after: 0,
+		},
+		{
 			name:   "unpulled then budget",
 			policy: &config.Retention{UnpulledFor: config.Duration(24 * time.Hour), MaxBytes: 100},
 			images: []*Image{
