@@ -3,6 +3,7 @@ package pull
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -204,4 +205,34 @@ func BenchmarkPulled(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkPulledWhileFlushing times each Pulled call while Run flushes to
+// a real store every millisecond (1000 times more often than serve does),
+// and reports the p99: the worst cost a manifest GET sees from tracking.
+func BenchmarkPulledWhileFlushing(b *testing.B) {
+	r, err := New(newFS(b), WithInterval(time.Millisecond))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	ds := make([]digest.Digest, 64)
+	for i := range ds {
+		ds[i] = digest.FromString(string(rune('a' + i)))
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		t0 := time.Now()
+		r.Pulled(repo, ds[i%len(ds)])
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	cancel()
+	<-done
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+	b.ReportMetric(float64(lat[len(lat)-1].Nanoseconds())/1e3, "max-µs")
 }
