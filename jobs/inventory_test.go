@@ -3,11 +3,15 @@ package jobs
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regwarm/regwarm/internal/config"
 )
 
 // objSize is the stored size of o and its blobs.
@@ -128,4 +132,60 @@ func sumSizes(m map[digest.Digest]int64) int64 {
 		n += s
 	}
 	return n
+}
+
+// TestRetentionPlanFromInventory plans retention over a real store's
+// inventory: the least recently pulled connector images go until the
+// registry fits, the recently pulled index (counted once with its shared
+// layers) stays, and kept and pushed images stay though pulled long ago.
+func TestRetentionPlanFromInventory(t *testing.T) {
+	t.Parallel()
+	f := newScanFixture(t)
+	ctx := context.Background()
+	now := time.Date(2026, 7, 1, 12, 0, 0, 0, time.UTC)
+	seed := func(name, tag, source string, hoursAgo int, objs ...scanObject) {
+		repo := scanRepoOf("hub", name)
+		for i, o := range objs {
+			if i == len(objs)-1 {
+				f.seed(repo, nil, source, o, tag)
+			} else {
+				f.seed(repo, nil, source, o)
+			}
+		}
+		root := objs[len(objs)-1].digest
+		if err := f.st.RecordPulls(ctx, repo, map[digest.Digest]time.Time{root: now.Add(-time.Duration(hoursAgo) * time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	amd := newScanImage(2, nil)
+	arm := newScanImage(1, []scanObject{amd})
+	multi := newScanIndex(amd, arm)
+	old, mid := newScanImage(2, nil), newScanImage(2, nil)
+	kept, mine := newScanImage(2, nil), newScanImage(2, nil)
+	seed("team/multi", "v1", "up", 1, amd, arm, multi)
+	seed("team/old", "v1", "up", 48, old)
+	seed("team/mid", "v1", "up", 10, mid)
+	seed("team/kept", "latest", "up", 100, kept)
+	seed("team/mine", "v1", "", 200, mine)
+
+	inv, err := Inventory(ctx, f.st, "hub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := objSize(amd, arm, multi, old, mid, kept, mine); inv.Bytes != want {
+		t.Fatalf("inventory %d bytes, want %d", inv.Bytes, want)
+	}
+	budget := objSize(amd, arm, multi, kept, mine) + 1
+	policy := &config.Retention{MaxBytes: config.ByteSize(budget), Keep: []string{"team/kept:*"}}
+	p := PlanRetention(policy, inv.Images, inv.Loose, now)
+	want := []string{
+		fmt.Sprintf("team/old:v1 over-budget %d", objSize(old)),
+		fmt.Sprintf("team/mid:v1 over-budget %d", objSize(mid)),
+	}
+	if got := summary(p); !slices.Equal(got, want) {
+		t.Errorf("removals %q, want %q", got, want)
+	}
+	if p.BytesBefore != inv.Bytes || p.BytesAfter != budget-1 || p.OverBudget {
+		t.Errorf("before %d after %d over %v; want %d %d false", p.BytesBefore, p.BytesAfter, p.OverBudget, inv.Bytes, budget-1)
+	}
 }
