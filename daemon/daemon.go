@@ -29,6 +29,7 @@ import (
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/pull"
 	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/internal/webhook"
 	"github.com/regwarm/regwarm/jobs"
@@ -152,8 +153,13 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
+	var rec *pull.Recorder
 	if mode == ModeRun || mode == ModeServe {
-		api, err := registryapi.New(cfg, st, registryapi.WithReader(c), registryapi.WithLogger(log), registryapi.WithMetrics(m))
+		rec, err = newPullRecorder(st, m, log)
+		if err != nil {
+			return err
+		}
+		api, err := registryapi.New(cfg, st, apiOptions(c, rec, log, m)...)
 		if err != nil {
 			return err
 		}
@@ -195,6 +201,13 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 				errc <- fmt.Errorf("%s server: %w", s.name, err)
 			}
 		}()
+	}
+	pullsCtx, stopPulls := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPulls()
+	var pullsWG sync.WaitGroup
+	if rec != nil {
+		pullsWG.Add(1)
+		go func() { defer pullsWG.Done(); rec.Run(pullsCtx) }()
 	}
 	var pubWG sync.WaitGroup
 	if pub != nil {
@@ -255,6 +268,8 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	if mode != ModeServe {
 		workerWG.Add(1)
 		go func() { defer workerWG.Done(); storeStats(workerCtx, st, m, log) }()
+		workerWG.Add(1)
+		go func() { defer workerWG.Done(); registryStats(workerCtx, cfg, st, m, log, storeStatsEvery) }()
 	}
 	if mode == ModeRun || mode == ModeServe {
 		j := &uploadJanitor{store: st, expiry: cfg.Serve.UploadExpiry.D(), now: time.Now, log: log, metrics: m}
@@ -281,6 +296,8 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		}
 	}
 	wg.Wait()
+	stopPulls() // the API has drained: record its last pulls
+	pullsWG.Wait()
 	workerWG.Wait()
 	// Let detached upstream fills finish what clients already received.
 	fillsDone := make(chan struct{})

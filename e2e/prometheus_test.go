@@ -33,6 +33,7 @@ var contractMetrics = []string{
 	"regwarm_dangling_references",
 	"regwarm_store_blobs",
 	"regwarm_store_bytes",
+	"regwarm_registry_bytes",
 }
 
 // unboundedLabels would give a series per image; no regwarm metric may

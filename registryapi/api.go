@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regwarm/regwarm/internal/config"
@@ -27,6 +28,25 @@ type Handler struct {
 	log     *slog.Logger
 	metrics *metrics.Set
 	auth    *authenticator // nil: no authentication
+	pulls   PullSink       // nil: pulls are not recorded
+}
+
+// PullSink is told of every client manifest GET (by tag or digest) that
+// succeeds: the manifest the reference resolved to. It must not block
+// (pull.Recorder only updates a map).
+type PullSink interface {
+	Pulled(repo store.Repo, d digest.Digest)
+}
+
+// WithPulls records client manifest pulls in p.
+func WithPulls(p PullSink) Option {
+	return func(h *Handler) error {
+		if p == nil {
+			return errors.New("registryapi: nil pull sink")
+		}
+		h.pulls = p
+		return nil
+	}
 }
 
 var _ http.Handler = (*Handler)(nil)

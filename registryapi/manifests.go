@@ -56,8 +56,12 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if ae != nil {
 		return ae
 	}
+	resolved := m.Digest
 	if m, ae = h.negotiate(r, rt, m); ae != nil {
 		return ae
+	}
+	if h.pulls != nil && r.Method == http.MethodGet {
+		h.pulls.Pulled(rt.repo, resolved)
 	}
 	etag := `"` + m.Digest.String() + `"`
 	hd := w.Header()

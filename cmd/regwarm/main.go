@@ -29,6 +29,7 @@ commands:
   sync IMAGE…   force-sync images through a running deployment and wait for each result
   scan          one-shot dangling-reference scan of the store (exit 1 on problems)
   verify        one-shot integrity check of stored content (exit 1 on problems)
+  usage         bytes per registry and repository, tags, last pulled
   config check  validate and print the effective config, listing every problem
   version       print version and build info
 
@@ -62,6 +63,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return oneShot("scan", jobs.JobDanglingScan, args[1:], stdout, stderr)
 	case "verify":
 		return oneShot("verify", jobs.JobVerify, args[1:], stdout, stderr)
+	case "usage":
+		return usageCmd(args[1:], stdout, stderr)
 	case "config":
 		if len(args) >= 2 && isHelp(args[1]) {
 			fmt.Fprint(stdout, "usage: regwarm config check [flags]\n\nrun \"regwarm config check -h\" for its flags\n")
@@ -276,4 +279,27 @@ func printVersion(w io.Writer) {
 			}
 		}
 	}
+}
+
+func usageCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("usage", "regwarm usage [flags]",
+		"bytes per registry and repository (distinct blobs and manifests, shared content once per\n"+
+			"registry), tag counts and when a client last pulled. Exit 0, 2 error.")
+	cfgPath := configFlag(fs)
+	registry := fs.String("registry", "", "only this registry (default: all)")
+	format := fs.String("format", "text", "output format: text or json")
+	var o config.Overrides
+	registerOverrides(fs, &o, "data-dir", "log-level")
+	registerIgnored(fs)
+	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
+		return code
+	}
+	cfg, err := loadConfig(*cfgPath, o)
+	if err != nil {
+		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
+		return daemon.ExitError
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return daemon.Usage(ctx, cfg, *registry, *format, stdout, stderr)
 }

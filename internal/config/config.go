@@ -118,6 +118,9 @@ type Registry struct {
 	TagTTL     Duration `yaml:"tag_ttl"` // 0 written in the file: always revalidate
 	Sync       Sync     `yaml:"sync"`
 
+	// Retention is what the gc job may remove; nil keeps everything.
+	Retention *Retention `yaml:"retention"`
+
 	// ttlSet records that the file gave tag_ttl, so that an explicit 0 is
 	// kept instead of being replaced by the default.
 	ttlSet bool

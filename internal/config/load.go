@@ -202,7 +202,7 @@ var (
 	reTwice    = regexp.MustCompile(`^field (.+) already set in type (\S+)$`)
 	reDup      = regexp.MustCompile(`^mapping key ("(?:[^"\\]|\\.)*") already defined at line (\d+)$`)
 	reType     = regexp.MustCompile("(?s)^cannot unmarshal (\\S+?)(?: `(.*)`)? into (\\S+)$")
-	reDuration = regexp.MustCompile(`(?s)^invalid duration ("(?:[^"\\]|\\.)*"): (.*)$`)
+	reDuration = regexp.MustCompile(`(?s)^invalid (?:duration|byte size) ("(?:[^"\\]|\\.)*"): (.*)$`)
 )
 
 // syntaxError turns a YAML syntax error into a FieldError with its line.
@@ -340,6 +340,8 @@ func friendly(goType string) string {
 		return "a string"
 	case goType == "config.Duration":
 		return "a duration like 5m"
+	case goType == "config.ByteSize":
+		return "a size like 50GiB"
 	case strings.HasPrefix(goType, "[]"):
 		return "a list"
 	case strings.Contains(goType, "config."):

@@ -178,6 +178,11 @@ func (c *Config) clone() *Config {
 			b := *reg.Sync.Referrers
 			reg.Sync.Referrers = &b
 		}
+		if reg.Retention != nil {
+			rt := *reg.Retention
+			rt.Keep = slices.Clone(rt.Keep)
+			reg.Retention = &rt
+		}
 	}
 	r.Connectors = slices.Clone(c.Connectors)
 	for i := range r.Connectors {

@@ -194,6 +194,7 @@ func (v *validator) registries() {
 		if r.TagTTL < 0 {
 			v.add(p+".tag_ttl", r.TagTTL.String(), "must not be negative")
 		}
+		v.retention(p+".retention", r.Retention)
 		for j, pl := range r.Sync.Platforms {
 			if !platformRE.MatchString(pl) {
 				v.add(fmt.Sprintf("%s.sync.platforms[%d]", p, j), pl, "must be os/arch or os/arch/variant, lower case (like linux/arm64 or linux/arm/v7)")

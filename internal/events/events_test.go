@@ -95,21 +95,3 @@ func TestParseMissEvent(t *testing.T) {
 		}
 	}
 }
-
-func FuzzParseSyncRequest(f *testing.F) {
-	for _, s := range []string{"hub/app:v1", `{"image":"hub/app","platforms":["linux/amd64"]}`, "{", ""} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		req, err := events.ParseSyncRequest(data)
-		if err != nil {
-			if !errors.Is(err, events.ErrBadMessage) {
-				t.Fatalf("error %v is not ErrBadMessage", err)
-			}
-			return
-		}
-		if req.Image == "" {
-			t.Fatal("accepted a request without an image")
-		}
-	})
-}

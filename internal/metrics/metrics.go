@@ -67,6 +67,11 @@ type Set struct {
 	Limits             *Limits // connection limits, body timeouts, logins
 	// UploadsExpired counts upload sessions discarded after serve.upload_expiry idle.
 	UploadsExpired prometheus.Counter
+
+	// Lifecycle (lifecycle.go).
+	RegistryBytes   *prometheus.GaugeVec // distinct blobs and manifests per registry
+	PullsDropped    prometheus.Counter   // client pulls not recorded: buffer full
+	PullFlushErrors prometheus.Counter   // failed writes of recorded pulls
 }
 
 // New creates the collectors, registers them on reg and initialises the
@@ -164,6 +169,7 @@ func New(reg prometheus.Registerer, l Labels) *Set {
 	reg.MustRegister(s.UploadsExpired)
 	s.newWebhooks(reg)
 	s.Limits = newLimits(reg)
+	s.newLifecycle(reg, l)
 	s.init(l)
 	return s
 }

@@ -33,6 +33,7 @@ import (
 //	    _tags/<tag>                   tag (JSON: digest, source, checked)
 //	    _referrers/<alg>/<subject hex>/<alg>-<hex>
 //	                                  referrer descriptor (JSON)
+//	    _pulls/<alg>/<hex>            Unix time of the manifest's last client pull
 //
 // Content is streamed into tmp/ while it is hashed, verified, synced and
 // renamed into place, so a crash never leaves a visible partial blob; an
@@ -67,6 +68,7 @@ type FS struct {
 	root     string
 	now      func() time.Time
 	uploads  keyedLock
+	pulls    keyedLock // serialises RecordPulls per repository in this process
 	fileMode fs.FileMode
 	dirMode  fs.FileMode
 	// uploadExpiry is how long a session may stay idle (0: forever).

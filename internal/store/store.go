@@ -222,3 +222,16 @@ type ContentReader interface {
 	// The bytes are not verified.
 	OpenContent(ctx context.Context, d digest.Digest) (Blob, error)
 }
+
+// PullRecorder is an optional store ability: when clients last pulled each
+// manifest, shared by every process on the store. Times are kept to the
+// second and only grow: recording an earlier time than the stored one
+// changes nothing, so concurrent writers need no coordination.
+type PullRecorder interface {
+	// RecordPulls records that each manifest of repo in pulls was pulled
+	// at the given time.
+	RecordPulls(ctx context.Context, repo Repo, pulls map[digest.Digest]time.Time) error
+	// LastPulled returns when each manifest of repo was last pulled;
+	// manifests never pulled are absent.
+	LastPulled(ctx context.Context, repo Repo) (map[digest.Digest]time.Time, error)
+}

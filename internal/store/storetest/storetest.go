@@ -56,6 +56,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"WalkStops", testWalkStops},
 		{"ContextCanceled", testContextCanceled},
 		{"ContextCanceledMidStream", testContextCanceledMidStream},
+		{"Pulls", testPulls},
+		{"PullsConcurrent", testPullsConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
