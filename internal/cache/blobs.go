@@ -495,9 +495,9 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 		n, err := c.store.StatBlob(ctx, repo, d)
 		return false, n, err
 	}
-	if !foreground(ctx) && c.fills.get(fillKey{repo.Registry, d}) == nil {
+	if c.fills.get(fillKey{repo.Registry, d}) == nil {
 		// A new fill for background work: clients first (priority.go).
-		release, err := c.prio.background(ctx)
+		release, err := c.yield(ctx)
 		if err != nil {
 			return false, 0, err
 		}

@@ -236,7 +236,15 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return m, err
 	}
 	c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
-	v, ferr := c.shared(ctx, "manifest\x00"+repo.String()+"\x00"+d.String(), func(ctx context.Context) (any, error) {
+	key := "manifest\x00" + repo.String() + "\x00" + d.String()
+	if c.calls.get(key) == nil {
+		release, err := c.yield(ctx) // background work: clients first
+		if err != nil {
+			return store.Manifest{}, err
+		}
+		defer release()
+	}
+	v, ferr := c.shared(ctx, key, func(ctx context.Context) (any, error) {
 		// A flight that finished just before this one started may have
 		// fetched it.
 		if m, err := c.localManifest(ctx, repo, d); err == nil {

@@ -75,6 +75,15 @@ func (p *priority) slowSlot(ctx context.Context) (release func(), err error) {
 	}
 }
 
+// yield holds background work back (see background) before it starts new
+// upstream work; for a client request it returns at once.
+func (c *Cache) yield(ctx context.Context) (release func(), err error) {
+	if foreground(ctx) {
+		return func() {}, nil
+	}
+	return c.prio.background(ctx)
+}
+
 // WithForeground sets how long the process must have had no client fill in
 // flight before background fetches start (quiet), and how long they wait
 // at most before going ahead one at a time (maxWait); zero keeps a default.
