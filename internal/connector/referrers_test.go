@@ -1,8 +1,11 @@
 package connector
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -32,7 +35,8 @@ func TestReferrersFallbackOncePerConnector(t *testing.T) {
 	up := upstreamtest.New(t)
 	up.NoReferrersAPI()
 	ix := up.AddIndex("app", "v1", []string{"linux/amd64", "linux/arm64"}, 100)
-	u, err := NewUpstream(config.Connector{Name: "up", URL: up.URL})
+	var logs bytes.Buffer
+	u, err := NewUpstream(config.Connector{Name: "up", URL: up.URL}, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,6 +52,10 @@ func TestReferrersFallbackOncePerConnector(t *testing.T) {
 	}
 	if n := referrerRequests(up, ds); n > 2 {
 		t.Fatalf("%d upstream requests for the referrers of %d manifests, twice; want at most 2", n, len(ds))
+	}
+
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("a registry without the referrers API is warned about:\n%s", logs.String())
 	}
 
 	// A signature under the fallback tag of a manifest of another image.

@@ -318,8 +318,8 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 		list := strings.Join(u.referrers[digest.Digest(p[i+len("/referrers/"):])], ",")
 		noAPI := u.noRefAPI
 		u.mu.Unlock()
-		if noAPI {
-			notFound(w, "NAME_UNKNOWN")
+		if noAPI { // as distribution 2.x: its router knows no such path
+			http.Error(w, "404 page not found", http.StatusNotFound)
 			return
 		}
 		w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
