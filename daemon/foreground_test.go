@@ -83,3 +83,28 @@ func TestColdPlatformPullQueuesOneJob(t *testing.T) {
 		t.Fatalf("%d jobs queued, want 1 (the image's); results: %+v", info.State.LastSeq, r.got)
 	}
 }
+
+// TestWorkerDelaysMissJobs: a worker in its own process holds a
+// miss-triggered job until the miss is missDelay old, so the pull that
+// caused it goes first.
+func TestWorkerDelaysMissJobs(t *testing.T) {
+	t.Parallel()
+	e := newWorkerEnv(t, "")
+	img := e.up.AddImage("app", "v1", 1000)
+	r := e.watch()
+	const delay = 400 * time.Millisecond
+	w := &Worker{cfg: e.cfg, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache), log: slog.New(slog.DiscardHandler),
+		metrics: e.m, missDelay: delay}
+	wctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(wctx) }()
+	defer func() { stop(); <-done }()
+
+	start := time.Now()
+	e.publish(e.bus.subj.Miss("hub"), []byte(`{"registry":"hub","repository":"app","reference":"v1","digest":"`+
+		img.Digest.String()+`","kind":"manifest"}`))
+	r.wait(t, 10*time.Second, func(s events.SyncResult) bool { return s.Digest == img.Digest.String() && s.Error == "" })
+	if took := time.Since(start); took < delay {
+		t.Fatalf("the miss-triggered job ran %v after the miss, before the %v delay", took, delay)
+	}
+}
