@@ -24,8 +24,11 @@ import (
 const (
 	referrersTTL    = 5 * time.Minute
 	fallbackTagsTTL = 30 * time.Second
-	// fallbackReposMax bounds the remembered tag lists (cleared when full).
+	// fallbackReposMax bounds the remembered tag lists (cleared when full),
+	// fallbackTagsMax the fallback tags remembered per repository (more:
+	// not remembered, each manifest's fallback tag is asked as before).
 	fallbackReposMax = 256
+	fallbackTagsMax  = 10_000
 	// probeBodyMax caps a referrers API answer read by the probe.
 	probeBodyMax = 4 << 20
 )
@@ -53,7 +56,7 @@ type referrersMemo struct {
 }
 
 type fallbackTags struct {
-	set   map[string]bool
+	set   map[string]bool // nil: too many to remember
 	until time.Time
 }
 
@@ -77,7 +80,8 @@ func (m *referrersMemo) set(s apiState, now time.Time) {
 	m.state, m.until = s, now.Add(referrersTTL)
 }
 
-// fallbackTags returns repo's remembered sha256-… tags, if still fresh.
+// fallbackTags returns repo's remembered sha256-… tags (nil: too many),
+// if still fresh.
 func (m *referrersMemo) fallbackTags(repo string, now time.Time) (map[string]bool, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -88,10 +92,16 @@ func (m *referrersMemo) fallbackTags(repo string, now time.Time) (map[string]boo
 	return ft.set, true
 }
 
+// keepTags remembers repo's fallback-shaped tags, or (nil) that there are
+// too many to remember.
 func (m *referrersMemo) keepTags(repo string, tags []string, now time.Time) map[string]bool {
 	set := map[string]bool{}
 	for _, t := range tags {
 		if strings.HasPrefix(t, "sha") && strings.Contains(t, "-") {
+			if len(set) >= fallbackTagsMax {
+				set = nil
+				break
+			}
 			set[t] = true
 		}
 	}
@@ -169,6 +179,9 @@ func (u *Upstream) referrersMemoized(ctx context.Context, repo string, d digest.
 			return nil, false
 		}
 		set = u.refs.keepTags(remote, tags, time.Now())
+	}
+	if set == nil {
+		return nil, false // too many fallback tags: regclient asks this one
 	}
 	tag, err := referrer.FallbackTag(u.ref(repo, d.String()))
 	if err != nil || set[tag.Tag] {
