@@ -9,6 +9,8 @@
 #   PULLBENCH_GOBENCH=0 bench/pull.sh   # skip the registryapi Go benchmarks
 #   REGWARM_BIN=/path/to/regwarm bench/pull.sh   # measure that binary instead of building ./cmd/regwarm
 #   PULLBENCH_WAIT_IDLE=600 bench/pull.sh        # first wait up to 600 s for a quiet machine
+#   bench/pull.sh -only multi -runs 3            # only the multi-platform cold pulls with warming
+#   bench/pull.sh -only wan -wan-rtt 40ms -wan-mbps 100   # only the pulls over the shaped WAN link
 #
 # The numbers are only worth something on an otherwise idle machine: the
 # report records the load average before and after the run.

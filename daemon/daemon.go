@@ -220,6 +220,9 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	if mode == ModeRun || mode == ModeWorker {
 		syncer := jobs.NewSyncer(cfg, c)
 		w := &Worker{cfg: cfg, bus: b, syncer: syncer, log: log, metrics: m}
+		if mode == ModeWorker {
+			w.missDelay = missSettle // serve's pulls go first (docs/foreground.md)
+		}
 		health.SetProblem("nats", "not set up yet")
 		go func() {
 			select {

@@ -30,7 +30,16 @@ type Worker struct {
 	syncer  *jobs.Syncer
 	log     *slog.Logger
 	metrics *metrics.Set
+	// missDelay holds a miss-triggered job until its event is this old: a
+	// worker in another process than serve cannot see the pull that
+	// caused it, so it lets the pull go first (and serve store its
+	// manifests, see missSettle).
+	missDelay time.Duration
 }
+
+// missSettle is the missDelay of `regwarm worker`: a little more than
+// serve's write-behind delay for manifests, so the job finds them stored.
+const missSettle = 1200 * time.Millisecond
 
 // jobDrain is how long running jobs may finish after shutdown begins;
 // unfinished ones are handed back to the stream.
@@ -140,6 +149,12 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		w.log.Error("message without metadata", "subject", msg.Subject(), "error", err)
 		_ = msg.Term()
 		return
+	}
+	if wait := w.missDelay - time.Since(meta.Timestamp); wait > 0 && msg.Subject() != w.bus.subj.Sync() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
 	}
 	reqID := msg.Headers().Get(events.RequestIDHeader)
 	res := events.SyncResult{Seq: meta.Sequence.Stream, Deliveries: meta.NumDelivered}

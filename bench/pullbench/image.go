@@ -59,6 +59,11 @@ func (im *image) ref(host string) string { return host + "/" + im.repo + ":" + i
 // layerSizes (random payload of that many bytes, in a tar, gzip without
 // compression so the wire size is the payload size) into dir.
 func buildImage(dir, repo string, seed uint64, layerSizes []int64) (*image, error) {
+	return buildPlatformImage(dir, repo, seed, ocispec.Platform{OS: "linux", Architecture: "amd64"}, layerSizes)
+}
+
+// buildPlatformImage is buildImage for another platform.
+func buildPlatformImage(dir, repo string, seed uint64, plat ocispec.Platform, layerSizes []int64) (*image, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -73,7 +78,7 @@ func buildImage(dir, repo string, seed uint64, layerSizes []int64) (*image, erro
 		diffIDs = append(diffIDs, diffID)
 	}
 	cfg := ocispec.Image{
-		Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
+		Platform: plat,
 		Config:   ocispec.ImageConfig{Cmd: []string{"/data"}},
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
 	}
@@ -90,7 +95,7 @@ func buildImage(dir, repo string, seed uint64, layerSizes []int64) (*image, erro
 		return nil, err
 	}
 	md := im.manifest.desc
-	md.Platform = &ocispec.Platform{OS: "linux", Architecture: "amd64"}
+	md.Platform = &plat
 	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{md}}
 	idx.SchemaVersion = 2
 	if im.index, err = writeJSON(dir, "index.json", ocispec.MediaTypeImageIndex, idx); err != nil {
@@ -177,15 +182,21 @@ func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); retur
 func (im *image) push(ctx context.Context, addr string) error {
 	client := &http.Client{Timeout: 5 * time.Minute}
 	base := "http://" + addr + "/v2/" + im.repo
+	if err := im.pushManifest(ctx, client, base); err != nil {
+		return err
+	}
+	return pushManifest(ctx, client, base, im.index, im.tag)
+}
+
+// pushManifest uploads the blobs and then the manifest (by digest), not
+// the index.
+func (im *image) pushManifest(ctx context.Context, client *http.Client, base string) error {
 	for _, b := range im.blobs() {
 		if err := pushBlob(ctx, client, base, b); err != nil {
 			return err
 		}
 	}
-	if err := pushManifest(ctx, client, base, im.manifest, im.manifest.desc.Digest.String()); err != nil {
-		return err
-	}
-	return pushManifest(ctx, client, base, im.index, im.tag)
+	return pushManifest(ctx, client, base, im.manifest, im.manifest.desc.Digest.String())
 }
 
 func pushBlob(ctx context.Context, client *http.Client, base string, b content) error {

@@ -11,7 +11,12 @@
 //   - a cold pull of a 256 MiB layer, with the cache's peak RSS above idle;
 //   - warm throughput of that blob vs http.ServeFile of the same file;
 //   - with -relay, the cold pulls through bench/relay (the floor), and with
-//     -pin all cold pulls again with the cache on its own CPU.
+//     -pin all cold pulls again with the cache on its own CPU;
+//   - a cold pull of one platform of a three-platform image through
+//     `regwarm run` (a worker warms every platform), the proxy and direct:
+//     time, upstream requests, and when every platform is local (multi.go);
+//   - cold and warm pulls with the upstream behind a shaping proxy that
+//     adds a round trip and caps the bandwidth, a WAN link (wan.go).
 package main
 
 import (
@@ -45,6 +50,8 @@ type options struct {
 	bigMiB                                      int64
 	logLevel                                    string
 	pin                                         bool
+	wanRTT                                      time.Duration
+	wanMBps                                     float64
 }
 
 func parseFlags() (options, error) {
@@ -63,7 +70,9 @@ func parseFlags() (options, error) {
 	flag.IntVar(&o.rounds, "rounds", 5, "throughput rounds per server")
 	flag.DurationVar(&o.each, "each", 1500*time.Millisecond, "minimum duration of one throughput round")
 	flag.Int64Var(&o.bigMiB, "big-mib", 256, "payload of the large image's layer in MiB")
-	flag.StringVar(&o.only, "only", "", "`cold`, `big` or `first-byte`: run only the cold/warm small-image pulls, the cold large-image pulls, or the cold blob first-byte times, of the targets in -targets and print their times (no report)")
+	flag.StringVar(&o.only, "only", "", "`cold`, `big`, `first-byte`, `multi` or `wan`: run only the cold/warm small-image pulls, the cold large-image pulls, the cold blob first-byte times (of the targets in -targets), the multi-platform cold pulls with warming, or the pulls over the shaped WAN link, and print their times (no report)")
+	flag.DurationVar(&o.wanRTT, "wan-rtt", 40*time.Millisecond, "round trip the WAN scenario's shaper adds")
+	flag.Float64Var(&o.wanMBps, "wan-mbps", 100, "bandwidth of the WAN scenario's link, MB/s per direction")
 	flag.BoolVar(&o.pin, "pin", true, "also measure the cold pulls with the client and upstream on CPU 0 and the cache on CPU 1 (needs taskset and 2 CPUs)")
 	flag.StringVar(&o.keepLogs, "keep-logs", "", "directory to copy every regwarm log into before its data is removed")
 	flag.StringVar(&o.logLevel, "log-level", "info", "regwarm's log level (debug logs every request with its duration)")
@@ -75,8 +84,8 @@ func parseFlags() (options, error) {
 	if o.regwarm == "" || o.servefile == "" || o.work == "" {
 		return o, errors.New("-regwarm, -servefile and -work are required")
 	}
-	if o.only != "" && o.only != "cold" && o.only != "big" && o.only != "first-byte" {
-		return o, fmt.Errorf("-only %q: cold, big or first-byte", o.only)
+	if o.only != "" && o.only != "cold" && o.only != "big" && o.only != "first-byte" && o.only != "multi" && o.only != "wan" {
+		return o, fmt.Errorf("-only %q: cold, big, first-byte, multi or wan", o.only)
 	}
 	if o.runs < 1 || o.concurrent < 1 || o.concRuns < 1 || o.bigRuns < 1 || o.rounds < 1 || o.bigMiB < 1 {
 		return o, errors.New("counts must be positive")
@@ -131,6 +140,13 @@ func run() error {
 			return fmt.Errorf("push %s: %w", im.repo, err)
 		}
 	}
+	multi, err := buildMulti(filepath.Join(o.work, "img-multi"), "bench/multi", 3, []int64{3 << 20, 4 << 20, 5 << 20})
+	if err != nil {
+		return err
+	}
+	if err := multi.push(ctx, e.upstream.addr); err != nil {
+		return fmt.Errorf("push %s: %w", multi.repo, err)
+	}
 	progress("images built and pushed in %v", time.Since(start).Round(time.Millisecond))
 	// One unmeasured pull of each image warms the upstream's page cache
 	// and the client's first-run costs.
@@ -140,6 +156,29 @@ func run() error {
 		}
 	}
 
+	pin := o.pin && runtime.NumCPU() >= 2
+	if pin {
+		if _, err := exec.LookPath("taskset"); err != nil {
+			progress("taskset not found: the pinned cold pulls are skipped")
+			pin = false
+		}
+	}
+	if o.only == "multi" {
+		mr, err := e.multiScenario(multi, o.runs, pin)
+		if err != nil {
+			return err
+		}
+		mr.print()
+		return nil
+	}
+	if o.only == "wan" {
+		wr, err := e.wanScenario(md.small, o.runs, o.wanRTT, o.wanMBps)
+		if err != nil {
+			return err
+		}
+		wr.print()
+		return nil
+	}
 	res := newResults()
 	if o.only == "first-byte" {
 		if err := e.firstBytes(res, md, o.runs); err != nil {
@@ -191,14 +230,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if o.pin && runtime.NumCPU() >= 2 {
-		if _, err := exec.LookPath("taskset"); err == nil {
-			progress("pinned: client and upstream on CPU %s, caches on CPU %s", clientCPU, cacheCPU)
-			if res.pinned, err = e.pinnedCold(md, o.runs, o.bigRuns); err != nil {
-				return fmt.Errorf("pinned cold pulls: %w", err)
-			}
-		} else {
-			progress("taskset not found: the pinned cold pulls are skipped")
+	if pin {
+		progress("pinned: client and upstream on CPU %s, caches on CPU %s", clientCPU, cacheCPU)
+		if res.pinned, err = e.pinnedCold(md, o.runs, o.bigRuns); err != nil {
+			return fmt.Errorf("pinned cold pulls: %w", err)
 		}
 	}
 	layer := md.big.layers[0].desc.Digest
@@ -215,9 +250,23 @@ func run() error {
 		return err
 	}
 
+	mr, err := e.multiScenario(multi, o.runs, pin)
+	if err != nil {
+		return fmt.Errorf("multi-platform pulls: %w", err)
+	}
+	wr, err := e.wanScenario(md.small, o.runs, o.wanRTT, o.wanMBps)
+	if err != nil {
+		return fmt.Errorf("WAN pulls: %w", err)
+	}
+
 	md.duration = time.Since(md.start)
 	md.loadEnd = loadAvg()
 	section, missed := res.render(md)
+	var extra strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&extra, format, args...) }
+	missed = append(missed, mr.render(p, multi)...)
+	missed = append(missed, wr.render(p, md.small)...)
+	section = strings.Replace(section, endMarker, extra.String()+"\n"+endMarker, 1)
 	if o.doc == "" {
 		fmt.Print(section)
 	} else if err := writeDoc(o.doc, section); err != nil {

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseAccess(t *testing.T) {
@@ -139,5 +143,35 @@ func TestUnmeasuredTargetsPrintDash(t *testing.T) {
 	}
 	if got := cell(ms, v, targetDirect); got != "100 ms" {
 		t.Errorf("cell printed %q", got)
+	}
+}
+
+// TestShaper checks that a request through the WAN shaper pays a round
+// trip for the connection and one for the exchange, and that a body is
+// paced to the link's rate.
+func TestShaper(t *testing.T) {
+	t.Parallel()
+	body := make([]byte, 1<<20)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
+	defer srv.Close()
+	const rtt = 20 * time.Millisecond
+	sh, err := startShaper(strings.TrimPrefix(srv.URL, "http://"), rtt, 20e6) // 1 MiB takes ≥ 50 ms
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sh.close()
+	start := time.Now()
+	resp, err := http.Get("http://" + sh.addr() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	if err != nil || n != int64(len(body)) {
+		t.Fatalf("read %d bytes: %v", n, err)
+	}
+	if min := 2*rtt + 50*time.Millisecond; took < min {
+		t.Fatalf("GET through the shaper took %v, want at least %v", took, min)
 	}
 }

@@ -114,21 +114,30 @@ func (e *env) pinUpstream(on bool) error {
 
 // pinnedCold repeats the cold pulls with the cache on its own CPU.
 func (e *env) pinnedCold(md *meta, runs, bigRuns int) (*results, error) {
+	res := newResults()
+	err := e.withPinning(func() error {
+		if err := e.coldWarm(res, md.small, runs); err != nil {
+			return err
+		}
+		servers, err := e.bigCold(res, md.big, bigRuns)
+		e.stopServers(servers)
+		return err
+	})
+	return res, err
+}
+
+// withPinning runs fn with the client and upstream on clientCPU and the
+// servers it starts on cacheCPU.
+func (e *env) withPinning(fn func() error) error {
 	if err := e.pinUpstream(true); err != nil {
-		return nil, err
+		return err
 	}
 	e.pinned = true
 	defer func() {
 		e.pinned = false
 		_ = e.pinUpstream(false)
 	}()
-	res := newResults()
-	if err := e.coldWarm(res, md.small, runs); err != nil {
-		return nil, err
-	}
-	servers, err := e.bigCold(res, md.big, bigRuns)
-	e.stopServers(servers)
-	return res, err
+	return fn()
 }
 
 // skopeoPull copies the image's linux/amd64 platform from host into a new

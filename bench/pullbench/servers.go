@@ -46,6 +46,7 @@ type env struct {
 	pinned    bool         // client and upstream on clientCPU, servers started on cacheCPU
 	keepLogs  string       // where regwarm logs are copied before removal; "" for nowhere
 	logLevel  string       // regwarm's log level
+	wan       *shaper      // set while the WAN scenario runs: caches reach the upstream through it
 }
 
 func (e *env) dir(kind string) (string, error) {
@@ -127,7 +128,11 @@ func (e *env) launch(target, dir, addr, ready, outLog, errLog string, argv ...st
 
 // startRegwarm starts `regwarm serve` with a fresh data directory and one
 // connector to the upstream, at the default log level.
-func (e *env) startRegwarm() (*server, error) {
+func (e *env) startRegwarm() (*server, error) { return e.startRegwarmAs("serve") }
+
+// startRegwarmAs is startRegwarm for mode "serve" or "run" (embedded NATS
+// on a free port, a worker warming what misses name).
+func (e *env) startRegwarmAs(mode string) (*server, error) {
 	dir, addr, err := e.place(targetRegwarm)
 	if err != nil {
 		return nil, err
@@ -136,21 +141,38 @@ func (e *env) startRegwarm() (*server, error) {
 	if err != nil {
 		return nil, err
 	}
+	nats := ""
+	if mode == "run" {
+		naddr, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		nats = fmt.Sprintf("nats: {embedded: {listen: %q}}\n", naddr)
+	}
 	cfg := filepath.Join(dir, "regwarm.yaml")
 	yaml := fmt.Sprintf(`version: 1
 data_dir: %q
 serve: {listen: %q}
 metrics: {listen: %q}
 log: {level: %s}
-registries:
+%sregistries:
   - {name: hub, default: true, connectors: [up]}
 connectors:
   - {name: up, url: "http://%s"}
-`, filepath.Join(dir, "data"), addr, maddr, e.logLevel, e.upstream.addr)
+`, filepath.Join(dir, "data"), addr, maddr, e.logLevel, nats, e.remoteAddr())
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		return nil, err
 	}
-	return e.launch(targetRegwarm, dir, addr, "/v2/", "regwarm.log", "", e.regwarm, "serve", "--config", cfg)
+	return e.launch(targetRegwarm, dir, addr, "/v2/", "regwarm.log", "", e.regwarm, mode, "--config", cfg)
+}
+
+// remoteAddr is where caches find the upstream: the WAN shaper while the
+// WAN scenario runs, else the upstream itself.
+func (e *env) remoteAddr() string {
+	if e.wan != nil {
+		return e.wan.addr()
+	}
+	return e.upstream.addr
 }
 
 // startCache starts a fresh, empty cache of the upstream for target; for
@@ -160,8 +182,11 @@ func (e *env) startCache(target string) (*server, error) {
 	case targetRegwarm:
 		return e.startRegwarm()
 	case targetProxy:
-		return e.startRegistry(targetProxy, e.upstream.addr)
+		return e.startRegistry(targetProxy, e.remoteAddr())
 	case targetDirect:
+		if e.wan != nil {
+			return &server{target: targetDirect, addr: e.wan.addr()}, nil
+		}
 		return e.upstream, nil
 	case targetRelay, targetRelayVerify, targetRelayStore:
 		return e.startRelay(target)
@@ -191,7 +216,7 @@ func (e *env) startRelay(target string) (*server, error) {
 
 // stopServer stops a cache and removes its data; the upstream stays.
 func (e *env) stopServer(s *server) {
-	if s == nil || s == e.upstream {
+	if s == nil || s == e.upstream || s.proc == nil {
 		return
 	}
 	e.procs.stop(s.proc)

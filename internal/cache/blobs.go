@@ -112,6 +112,11 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		}
 	}
 	c.count(ctx, repo.Registry, metrics.KindBlob, metrics.ResultMiss)
+	endClient := func() {}
+	if foreground(ctx) {
+		endClient = c.prio.client() // until the client has read the fill
+	}
+	defer func() { endClient() }()
 	f, _, err := c.shareFill(ctx, repo, d, sources)
 	if err != nil {
 		return nil, err
@@ -122,7 +127,9 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return nil, ctx.Err()
 	}
 	if r, ok := f.reader(ctx.Done()); ok {
-		r.onClose = c.active.begin()
+		endActive, endReader := c.active.begin(), endClient
+		r.onClose = func() { endActive(); endReader() }
+		endClient = func() {}
 		if f.repo != repo {
 			c.linkWhenStored(ctx, f, repo, d) // the reader may finish before the write
 		}
@@ -497,6 +504,14 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 		}
 		n, err := c.store.StatBlob(ctx, repo, d)
 		return false, n, err
+	}
+	if c.fills.get(fillKey{repo.Registry, d}) == nil {
+		// A new fill for background work: clients first (priority.go).
+		release, err := c.yield(ctx)
+		if err != nil {
+			return false, 0, err
+		}
+		defer release()
 	}
 	f, leader, err := c.shareFill(ctx, repo, d, sources)
 	if err != nil {

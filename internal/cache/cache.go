@@ -55,6 +55,9 @@ type Cache struct {
 	pending  pendingSet     // manifests answered but not stored yet
 	flushing atomic.Int32   // Wait in progress: write-behind stores go now
 	work     sync.WaitGroup // detached fills and flights in progress
+
+	prio    *priority // client misses in flight hold background fetches back
+	covered coverSet  // content a published miss's job will warm
 }
 
 var _ store.Reader = (*Cache)(nil)
@@ -162,6 +165,7 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 		now:         time.Now,
 		fillTimeout: time.Hour,
 		idleTimeout: time.Minute,
+		prio:        newPriority(defaultQuiet, defaultMaxWait),
 	}
 	sources := map[string]connector.Source{}
 	for _, cc := range cfg.Connectors {
@@ -257,7 +261,7 @@ func (c *Cache) count(ctx context.Context, registry, kind, result string) {
 }
 
 func (c *Cache) miss(ctx context.Context, m Miss) {
-	if c.onMiss != nil {
+	if c.onMiss != nil && c.publishMiss(ctx, m) {
 		m.RequestID = trace.RequestID(ctx)
 		c.onMiss(ctx, m)
 	}

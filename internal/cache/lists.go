@@ -74,6 +74,9 @@ func (c *Cache) Referrers(ctx context.Context, repo store.Repo, d digest.Digest)
 			local = append(local, p)
 		}
 	}
+	if release, err := c.yield(ctx); err == nil { // background work: clients first
+		defer release()
+	}
 	for _, src := range c.sources(repo) {
 		up, err := src.Referrers(ctx, repo.Name, d)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -143,6 +144,9 @@ func keepFailure(prev, err error) error {
 // (with tag, when non-empty).
 func (c *Cache) fetchManifest(ctx context.Context, repo store.Repo, src connector.Source, reference, tag string) (store.Manifest, error) {
 	end := c.active.begin()
+	if foreground(ctx) {
+		defer c.prio.client()()
+	}
 	um, err := src.GetManifest(ctx, repo.Name, reference)
 	end()
 	if err != nil {
@@ -157,6 +161,7 @@ func (c *Cache) fetchManifest(ctx context.Context, repo store.Repo, src connecto
 	opts := store.PutManifestOptions{Tag: tag, Source: src.Name(), Subject: p.Subject,
 		Referrer: ocispec.Descriptor{MediaType: p.MediaType, ArtifactType: p.EffectiveArtifactType(), Annotations: p.Annotations}}
 	if foreground(ctx) {
+		c.covered.add(repo, p, time.Now())
 		c.storeManifestSoon(ctx, repo, m, opts)
 		if p.Config != nil {
 			c.readAhead(ctx, repo, *p.Config)
@@ -232,7 +237,15 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return m, err
 	}
 	c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
-	v, ferr := c.shared(ctx, "manifest\x00"+repo.String()+"\x00"+d.String(), func(ctx context.Context) (any, error) {
+	key := "manifest\x00" + repo.String() + "\x00" + d.String()
+	if c.calls.get(key) == nil {
+		release, err := c.yield(ctx) // background work: clients first
+		if err != nil {
+			return store.Manifest{}, err
+		}
+		defer release()
+	}
+	v, ferr := c.shared(ctx, key, func(ctx context.Context) (any, error) {
 		// A flight that finished just before this one started may have
 		// fetched it.
 		if m, err := c.localManifest(ctx, repo, d); err == nil {

@@ -62,19 +62,24 @@ func (a *activity) notifyLocked() {
 	}
 }
 
+// snapshot returns the work in progress, when it last dropped to zero,
+// and a channel closed at the next change.
+func (a *activity) snapshot() (n int, last time.Time, changed <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.changed == nil {
+		a.changed = make(chan struct{})
+	}
+	return a.n, a.last, a.changed
+}
+
 // waitQuiet returns once no cold work has run for writeQuiet, at the
 // latest writeMaxDelay after it was called, when urgent reports true, when
 // asked is closed, or when ctx ends.
 func (a *activity) waitQuiet(ctx context.Context, urgent func() bool, asked <-chan struct{}) {
 	since := time.Now()
 	for {
-		a.mu.Lock()
-		n, last := a.n, a.last
-		if a.changed == nil {
-			a.changed = make(chan struct{})
-		}
-		changed := a.changed
-		a.mu.Unlock()
+		n, last, changed := a.snapshot()
 		now := time.Now()
 		left := writeMaxDelay - now.Sub(since)
 		if left <= 0 || urgent() {

@@ -112,7 +112,9 @@ func (t *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		_ = resp.Body.Close()
 		codes = errorCodes(b)
 		resp.Body = io.NopCloser(bytes.NewReader(b))
-		if resp.StatusCode == http.StatusNotFound && req.Method == http.MethodGet && len(codes) == 0 {
+		// A registry without the referrers API answers its path with a plain 404.
+		if resp.StatusCode == http.StatusNotFound && req.Method == http.MethodGet && len(codes) == 0 &&
+			!strings.Contains(req.URL.Path, "/referrers/") {
 			t.notRegistry(req, resp)
 		}
 	}

@@ -43,6 +43,7 @@ type Upstream struct {
 	// answers go out at once); failures counts consecutive failures.
 	downUntil atomic.Int64
 	failures  atomic.Int32
+	refs      *referrersMemo // the upstream's referrers API, see referrers.go
 }
 
 // maxBreak caps how long the breaker keeps an unreachable upstream off.
@@ -181,6 +182,7 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 		APIOpts:       map[string]string{},
 	}
 	obs := &observer{name: c.Name, next: g, metrics: o.metrics, backoff: up.setBackoff, log: o.log}
+	up.refs = newReferrersMemo(u.Scheme+"://"+u.Host, obs, o.userAgent)
 	up.rc = regclient.New(
 		regclient.WithConfigHost(host),
 		regclient.WithUserAgent(o.userAgent),
@@ -457,6 +459,9 @@ func (u *Upstream) Referrers(ctx context.Context, repo string, d digest.Digest) 
 	ctx, o, err := u.begin(ctx, KindReferrers, repo)
 	if err != nil {
 		return nil, err
+	}
+	if list, ok := u.referrersMemoized(ctx, repo, d); ok {
+		return list, nil
 	}
 	rl, err := u.rc.ReferrerList(ctx, u.ref(repo, d.String()))
 	if err := u.settle(ctx, KindReferrers, o, err); err != nil {

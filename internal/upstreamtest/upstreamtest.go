@@ -52,6 +52,7 @@ type Upstream struct {
 	referrers map[digest.Digest][]string // subject → descriptor JSON
 	lieSize   int64                      // > 0: claim every unknown digest (see Lie)
 	redirect  string                     // blob requests go there (see RedirectBlobs)
+	noRefAPI  bool                       // the referrers API answers 404 (see NoReferrersAPI)
 }
 
 type manifestEntry struct {
@@ -234,6 +235,14 @@ func (u *Upstream) SetHeader(key, value string) {
 	u.headers.Set(key, value)
 }
 
+// NoReferrersAPI makes the referrers API answer 404, like a registry
+// without it (clients then fall back to the sha256-<hex> tag schema).
+func (u *Upstream) NoReferrersAPI() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.noRefAPI = true
+}
+
 // SetDown makes every request fail with 503 (true) or work again (false).
 func (u *Upstream) SetDown(down bool) {
 	u.mu.Lock()
@@ -307,7 +316,12 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 		i := strings.LastIndex(p, "/referrers/")
 		u.mu.Lock()
 		list := strings.Join(u.referrers[digest.Digest(p[i+len("/referrers/"):])], ",")
+		noAPI := u.noRefAPI
 		u.mu.Unlock()
+		if noAPI { // as distribution 2.x: its router knows no such path
+			http.Error(w, "404 page not found", http.StatusNotFound)
+			return
+		}
 		w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
 		_, _ = w.Write([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` + list + `]}`))
 	default:

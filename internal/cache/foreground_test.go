@@ -1,0 +1,138 @@
+package cache
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regwarm/regwarm/internal/metrics"
+)
+
+// missLog records the misses the cache would publish.
+type missLog struct {
+	mu     sync.Mutex
+	misses []Miss
+}
+
+func (l *missLog) hook(_ context.Context, m Miss) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.misses = append(l.misses, m)
+}
+
+func (l *missLog) get() []Miss {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Miss(nil), l.misses...)
+}
+
+// TestColdPlatformPullOneMiss pulls one platform of a two-platform image
+// cold, then warms the other platform as a worker's job does: only the
+// tag's miss is published (one job per image), not the platform manifest's
+// nor a blob's, and the background work publishes nothing.
+func TestColdPlatformPullOneMiss(t *testing.T) {
+	t.Parallel()
+	var log missLog
+	f := newFixture(t, "", WithMissHook(log.hook))
+	ix := f.up.AddIndex("app", "v1", []string{"linux/amd64", "linux/arm64"}, 1000, 200_000)
+	ctx := context.Background()
+	ti, err := f.cache.Tag(ctx, hub("app"), "v1")
+	if err != nil || ti.Digest != ix.Digest {
+		t.Fatalf("tag: %v %v", ti.Digest, err)
+	}
+	amd := ix.Children["linux/amd64"]
+	if _, err := f.cache.Manifest(ctx, hub("app"), amd.Digest); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range append([]digest.Digest{amd.Config}, amd.Layers...) {
+		if err := f.readBlob(ctx, hub("app"), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The job's walk: the other platform, as background work.
+	bg := Background(ctx)
+	arm := ix.Children["linux/arm64"]
+	if _, err := f.cache.Manifest(bg, hub("app"), arm.Digest); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ix.Blobs() {
+		if _, _, err := f.cache.Fetch(bg, hub("app"), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.cache.Wait()
+	got := log.get()
+	if len(got) != 1 || got[0].Kind != metrics.KindManifest || got[0].Reference != "v1" || got[0].Digest != ix.Digest {
+		t.Fatalf("published misses %+v, want only the tag's", got)
+	}
+	// A later pull by digest of an image nothing listed is its own job.
+	other := f.up.AddImage("app", "", 100)
+	if _, err := f.cache.Manifest(ctx, hub("app"), other.Digest); err != nil {
+		t.Fatal(err)
+	}
+	f.cache.Wait()
+	if got := log.get(); len(got) != 2 || got[1].Digest != other.Digest {
+		t.Fatalf("published misses %+v, want the tag's and %s", got, other.Digest)
+	}
+}
+
+// TestBackgroundFetchWaitsForClient holds a client's blob read open and
+// checks that a background fetch of another blob does not reach the
+// upstream until the client is done and the quiet period has passed.
+func TestBackgroundFetchWaitsForClient(t *testing.T) {
+	t.Parallel()
+	const quiet = 30 * time.Millisecond
+	f := newFixture(t, "", WithForeground(quiet, time.Minute))
+	img := f.up.AddImage("app", "v1", 1000, 2000)
+	ctx := context.Background()
+	b, err := f.cache.OpenBlob(ctx, hub("app"), img.Layers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := f.cache.Fetch(Background(ctx), hub("app"), img.Layers[1])
+		done <- err
+	}()
+	// Long enough for an ungated fetch to have gone upstream many times.
+	time.Sleep(10 * quiet)
+	if n := f.up.Count("GET", "/blobs/"+img.Layers[1].String()); n != 0 {
+		t.Fatalf("background fetch went upstream %d times while a client read was open", n)
+	}
+	released := time.Now()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(released); waited < quiet {
+		t.Fatalf("background fetch started %v after the client, before the quiet period (%v)", waited, quiet)
+	}
+	if n := f.up.Count("GET", "/blobs/"+img.Layers[1].String()); n != 1 {
+		t.Fatalf("background fetch: %d upstream requests, want 1", n)
+	}
+}
+
+// TestBackgroundFetchGoesAheadAfterMaxWait: a process whose clients never
+// pause still warms, one fetch at a time.
+func TestBackgroundFetchGoesAheadAfterMaxWait(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "", WithForeground(time.Minute, 50*time.Millisecond))
+	img := f.up.AddImage("app", "v1", 1000, 2000)
+	ctx := context.Background()
+	b, err := f.cache.OpenBlob(ctx, hub("app"), img.Layers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, _, err := f.cache.Fetch(Background(ctx), hub("app"), img.Layers[1]); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.cache.prio.slow); n != 0 {
+		t.Fatalf("slow slot still held (%d)", n)
+	}
+}
