@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -179,13 +180,9 @@ func oneShot(name, job string, args []string, stdout, stderr io.Writer) int {
 	var o config.Overrides
 	registerOverrides(fs, &o, "data-dir", "log-level")
 	registerIgnored(fs)
-	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
+	cfg, code, ok := parseAndLoad(fs, args, cfgPath, &o, stdout, stderr)
+	if !ok {
 		return code
-	}
-	cfg, err := loadConfig(*cfgPath, o)
-	if err != nil {
-		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
-		return daemon.ExitError
 	}
 	if repair != nil && flagSet(fs, "repair") {
 		cfg.Jobs.Verify.Repair = *repair
@@ -291,15 +288,25 @@ func usageCmd(args []string, stdout, stderr io.Writer) int {
 	var o config.Overrides
 	registerOverrides(fs, &o, "data-dir", "log-level")
 	registerIgnored(fs)
-	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
+	cfg, code, ok := parseAndLoad(fs, args, cfgPath, &o, stdout, stderr)
+	if !ok {
 		return code
-	}
-	cfg, err := loadConfig(*cfgPath, o)
-	if err != nil {
-		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
-		return daemon.ExitError
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return daemon.Usage(ctx, cfg, *registry, *format, stdout, stderr)
+}
+
+// parseAndLoad parses a one-shot command's flags and loads its config; when
+// ok is false the command exits with code.
+func parseAndLoad(fs *flag.FlagSet, args []string, cfgPath *string, o *config.Overrides, stdout, stderr io.Writer) (*config.Config, int, bool) {
+	if _, code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
+		return nil, code, false
+	}
+	cfg, err := loadConfig(*cfgPath, *o)
+	if err != nil {
+		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
+		return nil, daemon.ExitError, false
+	}
+	return cfg, 0, true
 }
