@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"github.com/nats-io/nats.go/jetstream"
 	"net/http"
 	"strings"
 	"testing"
@@ -26,7 +27,10 @@ func TestForegroundColdPullWarmsEverything(t *testing.T) {
 	rw := harness.StartRegwarm(t, "run", hubConfig(up.URL(), 5*time.Minute)+jobsOff)
 	natsURL := "nats://" + rw.NATSAddr
 	events := watchEvents(t, natsURL)
-	js := harness.JetStream(t, natsURL)
+	js, err := jetstream.New(rw.NATSConn()) // the JetStream API needs regwarm's user on the embedded server
+	if err != nil {
+		t.Fatal(err)
+	}
 	before := len(up.Requests())
 
 	out := t.TempDir()
