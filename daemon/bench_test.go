@@ -43,7 +43,7 @@ func BenchmarkWholeImageLocal(b *testing.B) {
 		pub := events.NewPublisher(e.bus.js, e.bus.subj, slog.New(slog.DiscardHandler), e.m, 1000)
 		ctx, cancel := context.WithCancel(context.Background())
 		go pub.Run(ctx)
-		serve := e.newCache(e.bus, cache.WithMissHook(missHook(pub)))
+		serve := e.newCache(e.bus, cache.WithMissHook(missHook(pub))).Serving().Request("")
 		e.startWorker()
 		repo := store.Repo{Registry: "hub", Name: "big"}
 		b.StartTimer()

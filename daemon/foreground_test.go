@@ -31,20 +31,21 @@ func TestColdPlatformPullQueuesOneJob(t *testing.T) {
 	ix := e.up.AddIndex("multi", "v1", []string{"linux/amd64", "linux/arm64"}, 100<<10, 300<<10)
 	repo := store.Repo{Registry: "hub", Name: "multi"}
 	r := e.watch()
+	pull := c.Serving().Request("")
 
-	ti, err := c.Tag(ctx, repo, "v1")
+	ti, err := pull.Tag(ctx, repo, "v1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Manifest(ctx, repo, ti.Digest); err != nil {
+	if _, err := pull.Manifest(ctx, repo, ti.Digest); err != nil {
 		t.Fatal(err)
 	}
 	amd := ix.Children["linux/amd64"]
-	if _, err := c.Manifest(ctx, repo, amd.Digest); err != nil {
+	if _, err := pull.Manifest(ctx, repo, amd.Digest); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range append([]digest.Digest{amd.Config}, amd.Layers...) {
-		b, err := c.OpenBlob(ctx, repo, d)
+		b, err := pull.OpenBlob(ctx, repo, d)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,25 +24,23 @@ import (
 func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, syncer *jobs.Syncer, log *slog.Logger, repair func(context.Context, string) error) map[string]JobFunc {
 	return map[string]JobFunc{
 		jobs.JobDanglingScan: func(ctx context.Context) (*jobs.Report, error) {
-			ctx = cache.Background(ctx)
 			var opts []jobs.ScanOption
 			if cfg.Jobs.DanglingScan.Repair && repair != nil {
 				opts = append(opts, jobs.WithRepair(repair))
 			}
-			return jobs.NewScanner(cfg, st, c.Source, log, opts...).Run(ctx)
+			return jobs.NewScanner(cfg, st, c.Warming().Source, log, opts...).Run(ctx)
 		},
 		jobs.JobVerify: func(ctx context.Context) (*jobs.Report, error) {
-			ctx = cache.Background(ctx)
 			fetch := func(ctx context.Context, repo store.Repo, d digest.Digest) error {
-				_, _, err := c.Fetch(ctx, repo, d)
+				_, _, err := c.Warming().Fetch(ctx, repo, d)
 				return err
 			}
 			fetchManifest := func(ctx context.Context, repo store.Repo, d digest.Digest) error {
-				_, err := c.Manifest(ctx, repo, d)
+				_, err := c.Warming().Manifest(ctx, repo, d)
 				return err
 			}
 			return jobs.NewVerifier(cfg, st, fetch, log, jobs.WithManifestFetch(fetchManifest),
-				jobs.WithUpstreamCheck(jobs.ConnectorCheck(cfg, c.Source))).Run(ctx)
+				jobs.WithUpstreamCheck(jobs.ConnectorCheck(cfg, c.Warming().Source))).Run(ctx)
 		},
 		jobs.JobRefresh: func(ctx context.Context) (*jobs.Report, error) {
 			return jobs.NewRefresher(syncer, cfg.Jobs.Refresh.Images, log).Run(ctx)

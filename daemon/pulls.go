@@ -22,9 +22,9 @@ func newPullRecorder(st store.Store, m *metrics.Set, log *slog.Logger) (*pull.Re
 }
 
 // apiOptions are the registry API's options as serve wires them: reads
-// through the cache, client manifest GETs recorded by rec (when not nil).
+// through the cache's serving view, client manifest GETs recorded by rec (when not nil).
 func apiOptions(c *cache.Cache, rec *pull.Recorder, log *slog.Logger, m *metrics.Set) []registryapi.Option {
-	opts := []registryapi.Option{registryapi.WithReader(c), registryapi.WithLogger(log), registryapi.WithMetrics(m)}
+	opts := []registryapi.Option{registryapi.WithReader(c.Serving()), registryapi.WithLogger(log), registryapi.WithMetrics(m)}
 	if rec != nil {
 		opts = append(opts, registryapi.WithPulls(rec))
 	}

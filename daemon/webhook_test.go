@@ -144,18 +144,18 @@ func TestWebhookTagMovesAtOnce(t *testing.T) {
 	platforms := []string{"linux/amd64"}
 	old := e.up.AddIndex("library/alpine", "3.17", platforms, 4<<10)
 	ctx := context.Background()
-	if ti, err := e.cache.Tag(ctx, repo, "3.17"); err != nil || ti.Digest != old.Digest {
+	if ti, err := e.cache.Serving().Request("").Tag(ctx, repo, "3.17"); err != nil || ti.Digest != old.Digest {
 		t.Fatalf("first pull: %v %v", ti, err)
 	}
 	moved := e.up.AddIndex("library/alpine", "3.17", platforms, 5<<10)
-	if ti, _ := e.cache.Tag(ctx, repo, "3.17"); ti.Digest != old.Digest {
+	if ti, _ := e.cache.Serving().Request("").Tag(ctx, repo, "3.17"); ti.Digest != old.Digest {
 		t.Fatalf("tag_ttl 1h: the cached tag should still be served before the notification")
 	}
 	postSample(t, h, "harbor", "harbor_push.json", moved.Digest.String())
 	r.wait(t, 10*time.Second, func(s events.SyncResult) bool {
 		return strings.HasSuffix(s.Image, moved.Digest.String()) && s.Error == ""
 	})
-	if ti, err := e.cache.Tag(ctx, repo, "3.17"); err != nil || ti.Digest != moved.Digest {
+	if ti, err := e.cache.Serving().Request("").Tag(ctx, repo, "3.17"); err != nil || ti.Digest != moved.Digest {
 		t.Fatalf("after the notified push: tag -> %s (%v), want %s", ti.Digest, err, moved.Digest)
 	}
 	if !e.hasAll(repo, moved.Blobs()) {
@@ -173,7 +173,7 @@ func TestWebhookBeforeTagWritten(t *testing.T) {
 	repo := store.Repo{Registry: "hub", Name: "library/alpine"}
 	old := e.up.AddIndex("library/alpine", "3.17", []string{"linux/amd64"}, 4<<10)
 	ctx := context.Background()
-	if _, err := e.cache.Tag(ctx, repo, "3.17"); err != nil {
+	if _, err := e.cache.Serving().Request("").Tag(ctx, repo, "3.17"); err != nil {
 		t.Fatal(err)
 	}
 	moved := e.up.AddIndex("library/alpine", "other", []string{"linux/amd64"}, 5<<10) // pushed, not yet under 3.17
@@ -183,7 +183,7 @@ func TestWebhookBeforeTagWritten(t *testing.T) {
 	if res.Error != "" {
 		t.Fatalf("result %+v", res)
 	}
-	if ti, err := e.cache.Tag(ctx, repo, "3.17"); err != nil || ti.Digest != moved.Digest {
+	if ti, err := e.cache.Serving().Request("").Tag(ctx, repo, "3.17"); err != nil || ti.Digest != moved.Digest {
 		t.Fatalf("tag -> %s (%v), want %s (was %s)", ti.Digest, err, moved.Digest, old.Digest)
 	}
 }
@@ -196,15 +196,15 @@ func TestWebhookDeleteRevalidates(t *testing.T) {
 	repo := store.Repo{Registry: "hub", Name: "library/alpine"}
 	img := e.up.AddIndex("library/alpine", "3.17", []string{"linux/amd64"}, 4<<10)
 	ctx := context.Background()
-	if _, err := e.cache.Tag(ctx, repo, "3.17"); err != nil {
+	if _, err := e.cache.Serving().Request("").Tag(ctx, repo, "3.17"); err != nil {
 		t.Fatal(err)
 	}
 	e.up.Delete(img.Digest)
-	if ti, err := e.cache.Tag(ctx, repo, "3.17"); err != nil || ti.Digest != img.Digest {
+	if ti, err := e.cache.Serving().Request("").Tag(ctx, repo, "3.17"); err != nil || ti.Digest != img.Digest {
 		t.Fatalf("before the notification the fresh tag is served: %v %v", ti, err)
 	}
 	postSample(t, h, "ce", "cloudevents_deleted.json", img.Digest.String())
-	if _, err := e.cache.Tag(ctx, repo, "3.17"); !errors.Is(err, store.ErrTagUnknown) {
+	if _, err := e.cache.Serving().Request("").Tag(ctx, repo, "3.17"); !errors.Is(err, store.ErrTagUnknown) {
 		t.Fatalf("after the delete notification: err %v, want tag unknown", err)
 	}
 	if _, err := e.store.Manifest(ctx, repo, img.Digest); err != nil {

@@ -18,7 +18,6 @@ import (
 	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/ref"
-	"github.com/regwarm/regwarm/internal/trace"
 	"github.com/regwarm/regwarm/jobs"
 )
 
@@ -167,8 +166,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	res.Image = target.Image()
 	stop := w.keepAlive(msg)
-	jctx := trace.WithRequestID(ctx, reqID)
-	out, err := w.syncer.Run(jctx, target)
+	out, err := w.syncer.Run(ctx, target)
 	stop()
 	out.Seq, out.Deliveries, out.RequestID = res.Seq, res.Deliveries, reqID
 	w.finish(msg, out, err, start, target.Blob != "")

@@ -24,7 +24,6 @@ import (
 	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
-	"github.com/regwarm/regwarm/internal/trace"
 	"github.com/regwarm/regwarm/internal/upstreamtest"
 	"github.com/regwarm/regwarm/jobs"
 )
@@ -326,12 +325,12 @@ func TestMissEventsWarmOtherPlatforms(t *testing.T) {
 	repo := store.Repo{Registry: "hub", Name: "multi"}
 	r := e.watch()
 	// A client pulls the tag and one platform's manifest only.
-	ctx = trace.WithRequestID(ctx, "pull-4711")
-	ti, err := serveCache.Tag(ctx, repo, "v1")
+	pull := serveCache.Serving().Request("pull-4711")
+	ti, err := pull.Tag(ctx, repo, "v1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := serveCache.Manifest(ctx, repo, ti.Digest); err != nil {
+	if _, err := pull.Manifest(ctx, repo, ti.Digest); err != nil {
 		t.Fatal(err)
 	}
 	e.startWorker()
@@ -368,7 +367,7 @@ func TestLeasesFetchOnceAcrossProcesses(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _, err := caches[i%2].Fetch(context.Background(), repo, d)
+			_, _, err := caches[i%2].Warming().Fetch(context.Background(), repo, d)
 			errs <- err
 		}()
 	}

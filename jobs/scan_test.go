@@ -71,7 +71,7 @@ func (f *scanFixture) scan(cfg *config.Config, opts ...ScanOption) *Report {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	return f.run(NewScanner(cfg, f.st, c.Source, nil, opts...))
+	return f.run(NewScanner(cfg, f.st, c.Warming().Source, nil, opts...))
 }
 
 func (f *scanFixture) run(s *Scanner) *Report {

@@ -28,12 +28,17 @@ import (
 // connectors and fetches every blob the store lacks, verified.
 type Syncer struct {
 	cfg   *config.Config
-	cache *cache.Cache
+	cache *cache.Warming
 }
 
-// NewSyncer returns a Syncer over c, the pull-through cache.
+// NewSyncer returns a Syncer over c, the pull-through cache, as background
+// work (c's warming view). A Syncer without a cache only resolves targets.
 func NewSyncer(cfg *config.Config, c *cache.Cache) *Syncer {
-	return &Syncer{cfg: cfg, cache: c}
+	s := &Syncer{cfg: cfg}
+	if c != nil {
+		s.cache = c.Warming()
+	}
+	return s
 }
 
 // Target is a resolved sync request.
@@ -113,7 +118,6 @@ const maxDepth = 4
 // Run syncs t and reports what it did. It is idempotent: content already
 // stored is only counted.
 func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
-	ctx = cache.Background(ctx)
 	start := time.Now()
 	res := events.SyncResult{Image: t.Image()}
 	w := &walk{s: s, t: t, seen: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}

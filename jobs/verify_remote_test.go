@@ -26,13 +26,13 @@ func TestVerifyRemoteOnlyAgreesWithScan(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	check := jobs.WithUpstreamCheck(jobs.ConnectorCheck(f.cfg, f.cache.Source))
+	check := jobs.WithUpstreamCheck(jobs.ConnectorCheck(f.cfg, f.cache.Warming().Source))
 
 	vrep, err := f.verifier(check).Run(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srep, err := jobs.NewScanner(f.cfg, f.st, f.cache.Source, nil).Run(ctx)
+	srep, err := jobs.NewScanner(f.cfg, f.st, f.cache.Warming().Source, nil).Run(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -70,11 +70,11 @@ connectors:
 // as background work (as the daemon wires it).
 func (f *verifyFixture) verifier(opts ...jobs.VerifyOption) *jobs.Verifier {
 	fetchBlob := func(ctx context.Context, repo store.Repo, d digest.Digest) error {
-		_, _, err := f.cache.Fetch(cache.Background(ctx), repo, d)
+		_, _, err := f.cache.Warming().Fetch(ctx, repo, d)
 		return err
 	}
 	fetchManifest := func(ctx context.Context, repo store.Repo, d digest.Digest) error {
-		_, err := f.cache.Manifest(cache.Background(ctx), repo, d)
+		_, err := f.cache.Warming().Manifest(ctx, repo, d)
 		return err
 	}
 	all := append([]jobs.VerifyOption{jobs.WithManifestFetch(fetchManifest)}, opts...)
@@ -86,11 +86,18 @@ func (f *verifyFixture) pull(t *testing.T, name string, img upstreamtest.Image) 
 	t.Helper()
 	ctx := context.Background()
 	repo := store.Repo{Registry: "hub", Name: name}
-	if _, err := f.cache.Manifest(ctx, repo, img.Digest); err != nil {
+	client := f.cache.Serving().Request("")
+	if _, err := client.Manifest(ctx, repo, img.Digest); err != nil {
 		t.Fatalf("pull manifest: %v", err)
 	}
 	for _, d := range append([]digest.Digest{img.Config}, img.Layers...) {
-		if _, _, err := f.cache.Fetch(ctx, repo, d); err != nil {
+		b, err := client.OpenBlob(ctx, repo, d)
+		if err != nil {
+			t.Fatalf("pull blob %s: %v", d, err)
+		}
+		_, err = io.Copy(io.Discard, b)
+		_ = b.Close()
+		if err != nil {
 			t.Fatalf("pull blob %s: %v", d, err)
 		}
 	}

@@ -16,7 +16,6 @@ import (
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
-	"github.com/regwarm/regwarm/internal/trace"
 )
 
 // Handler is the registry API. Reads go through a store.Reader (the local
@@ -24,7 +23,7 @@ import (
 type Handler struct {
 	cfg     *config.Config
 	store   store.Store
-	read    store.Reader
+	read    Reader
 	log     *slog.Logger
 	metrics *metrics.Set
 	auth    *authenticator // nil: no authentication
@@ -54,8 +53,21 @@ var _ http.Handler = (*Handler)(nil)
 // Option configures a Handler.
 type Option func(*Handler) error
 
+// Reader is what the API reads through: the pull-through cache's serving
+// view (the store itself without one). Request returns the reads of one
+// client request with id: a cache counts one result per request and kind
+// through it, and names id in the misses it publishes.
+type Reader interface {
+	Request(id string) store.Reader
+}
+
+// storeReader reads the store itself, for every request.
+type storeReader struct{ store.Reader }
+
+func (s storeReader) Request(string) store.Reader { return s.Reader }
+
 // WithReader serves reads from r instead of the store (the pull-through cache).
-func WithReader(r store.Reader) Option {
+func WithReader(r Reader) Option {
 	return func(h *Handler) error {
 		if r == nil {
 			return errors.New("registryapi: nil reader")
@@ -92,7 +104,7 @@ func New(cfg *config.Config, st store.Store, opts ...Option) (*Handler, error) {
 	if cfg == nil || st == nil {
 		return nil, errors.New("registryapi: config and store are required")
 	}
-	h := &Handler{cfg: cfg, store: st, read: st, log: slog.New(slog.DiscardHandler)}
+	h := &Handler{cfg: cfg, store: st, read: storeReader{st}, log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		if err := o(h); err != nil {
 			return nil, err
@@ -115,10 +127,9 @@ func New(cfg *config.Config, st store.Store, opts ...Option) (*Handler, error) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	id := r.Header.Get("X-Request-Id")
-	if !trace.ValidID(id) {
-		id = trace.NewID()
+	if !validID(id) {
+		id = newID()
 	}
-	r = r.WithContext(trace.WithRequestID(r.Context(), id))
 	h.limitBody(w, r)
 	rw := &responseWriter{ResponseWriter: w, status: http.StatusOK}
 	rw.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
@@ -126,11 +137,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.metrics.HTTPInflight.Inc()
 
 	if h.auth != nil && r.URL.Path == "/auth/token" {
-		h.serveToken(rw, r)
+		h.serveToken(rw, r, id)
 		h.metrics.HTTPInflight.Dec()
 		return
 	}
 	rt, ae := h.parsePath(r)
+	rt.id = id
+	if ae == nil {
+		rt.read = h.read.Request(id)
+	}
 	if ae == nil && h.auth != nil {
 		ae = h.authorize(rw, r, rt)
 	}
@@ -164,7 +179,7 @@ func (h *Handler) fail(r *http.Request, rt route, err error) *apiError {
 	ae := classify(err, rt)
 	if ae.code.Status >= 500 {
 		h.log.Error("request failed", "method", r.Method, "route", rt.kind, "registry", rt.repo.Registry,
-			"repo", rt.repo.Name, "error", err, "request_id", trace.RequestID(r.Context()))
+			"repo", rt.repo.Name, "error", err, "request_id", rt.id)
 	}
 	return ae
 }
@@ -175,7 +190,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) *ap
 		return h.ping(w, r)
 	case routeCatalog:
 		if isRead(r) {
-			return h.catalog(w, r)
+			return h.catalog(w, r, rt)
 		}
 	case routeTags:
 		if isRead(r) {

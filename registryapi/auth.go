@@ -386,7 +386,7 @@ func throttled(err error) *apiError {
 // serveToken is the token endpoint of the Docker token flow: Basic
 // credentials (or none, for anonymous access) and scopes in, a signed JWT
 // granting the requested actions the rules allow out.
-func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request, id string) {
 	a := h.auth
 	user := ""
 	u, pass, hasCreds := r.BasicAuth()
@@ -442,7 +442,7 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) {
 	now := a.now()
 	tok, err := a.signer.issue(user, granted, now)
 	if err != nil {
-		writeError(w, r, h.fail(r, route{kind: routeOther}, err))
+		writeError(w, r, h.fail(r, route{kind: routeOther, id: id}, err))
 		return
 	}
 	writeJSON(w, r, "application/json", map[string]any{

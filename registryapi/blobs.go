@@ -13,7 +13,6 @@ import (
 
 	"github.com/regwarm/regwarm/internal/ref"
 	"github.com/regwarm/regwarm/internal/store"
-	"github.com/regwarm/regwarm/internal/trace"
 )
 
 func parseDigestParam(s string) (digest.Digest, *apiError) {
@@ -33,7 +32,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) *api
 	hd := w.Header()
 	etag := `"` + d.String() + `"`
 	if r.Method == http.MethodHead {
-		size, err := h.read.StatBlob(ctx, rt.repo, d)
+		size, err := rt.read.StatBlob(ctx, rt.repo, d)
 		if err != nil {
 			return h.fail(r, rt, err)
 		}
@@ -42,7 +41,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) *api
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	b, err := h.read.OpenBlob(ctx, rt.repo, d)
+	b, err := rt.read.OpenBlob(ctx, rt.repo, d)
 	if err != nil {
 		return h.fail(r, rt, err)
 	}
@@ -130,7 +129,7 @@ func (h *Handler) awaitVerified(r *http.Request, rt route, b store.Blob) *apiErr
 	if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) {
 		// The upstream's fault, not the client's.
 		h.log.Warn("upstream blob failed verification", "registry", rt.repo.Registry, "repo", rt.repo.Name,
-			"digest", rt.ref, "error", err, "request_id", trace.RequestID(r.Context()))
+			"digest", rt.ref, "error", err, "request_id", rt.id)
 		ae := errorf(CodeUnavailable, "upstream sent content that does not match the digest")
 		ae.code.Status = http.StatusBadGateway
 		return ae

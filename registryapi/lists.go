@@ -53,7 +53,7 @@ func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any
 }
 
 func (h *Handler) tags(w http.ResponseWriter, r *http.Request, rt route) *apiError {
-	all, err := h.read.Tags(r.Context(), rt.repo)
+	all, err := rt.read.Tags(r.Context(), rt.repo)
 	if err != nil {
 		return h.fail(r, rt, err)
 	}
@@ -75,7 +75,7 @@ func (h *Handler) tags(w http.ResponseWriter, r *http.Request, rt route) *apiErr
 	return nil
 }
 
-func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) *apiError {
+func (h *Handler) catalog(w http.ResponseWriter, r *http.Request, rt route) *apiError {
 	var all []string
 	canPull := h.pullFilter(r)
 	err := h.store.Repositories(r.Context(), "", func(repo store.Repo) error {
@@ -89,7 +89,7 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) *apiError {
 		return nil
 	})
 	if err != nil {
-		return h.fail(r, route{kind: routeCatalog}, err)
+		return h.fail(r, rt, err)
 	}
 	sort.Strings(all)
 	list, n, next, ae := page(r, all)
@@ -114,7 +114,7 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) *a
 	if ae != nil {
 		return ae
 	}
-	descs, err := h.read.Referrers(r.Context(), rt.repo, d)
+	descs, err := rt.read.Referrers(r.Context(), rt.repo, d)
 	if err != nil && !errors.Is(err, store.ErrNameUnknown) {
 		return h.fail(r, rt, err)
 	}

@@ -38,13 +38,13 @@ func (h *Handler) resolveManifest(r *http.Request, rt route) (store.Manifest, *a
 		if ref.ValidTag(rt.ref) != nil {
 			return store.Manifest{}, errorf(CodeManifestUnknown, "invalid tag")
 		}
-		ti, err := h.read.Tag(ctx, rt.repo, rt.ref)
+		ti, err := rt.read.Tag(ctx, rt.repo, rt.ref)
 		if err != nil {
 			return store.Manifest{}, h.fail(r, rt, err)
 		}
 		d = ti.Digest
 	}
-	m, err := h.read.Manifest(ctx, rt.repo, d)
+	m, err := rt.read.Manifest(ctx, rt.repo, d)
 	if err != nil {
 		return store.Manifest{}, h.fail(r, rt, err)
 	}
@@ -96,7 +96,7 @@ func (h *Handler) negotiate(r *http.Request, rt route, m store.Manifest) (store.
 				if !accept[c.MediaType] || c.Platform == nil || c.Platform.OS != "linux" || c.Platform.Architecture != "amd64" {
 					continue
 				}
-				child, err := h.read.Manifest(r.Context(), rt.repo, c.Digest)
+				child, err := rt.read.Manifest(r.Context(), rt.repo, c.Digest)
 				if err != nil {
 					return m, h.fail(r, rt, err)
 				}
@@ -209,7 +209,7 @@ func (h *Handler) checkReferences(r *http.Request, rt route, p *manifest.Manifes
 	ctx := r.Context()
 	if manifest.IsIndex(p.MediaType) {
 		for _, c := range p.Manifests {
-			if _, err := h.read.Manifest(ctx, rt.repo, c.Digest); err != nil {
+			if _, err := rt.read.Manifest(ctx, rt.repo, c.Digest); err != nil {
 				if errors.Is(err, store.ErrManifestUnknown) {
 					return errorf(CodeManifestBlobUnknown, "manifest %s is not in the repository", c.Digest)
 				}
@@ -219,7 +219,7 @@ func (h *Handler) checkReferences(r *http.Request, rt route, p *manifest.Manifes
 		return nil
 	}
 	for _, d := range p.Required() {
-		size, err := h.read.StatBlob(ctx, rt.repo, d.Digest)
+		size, err := rt.read.StatBlob(ctx, rt.repo, d.Digest)
 		if errors.Is(err, store.ErrBlobUnknown) {
 			return errorf(CodeManifestBlobUnknown, "blob %s is not in the repository", d.Digest)
 		}

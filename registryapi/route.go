@@ -31,6 +31,10 @@ type route struct {
 	// ref is the tag or digest (manifests), the digest (blobs, referrers)
 	// or the upload id ("" for an upload start).
 	ref string
+	// id is the request id (for logs); read is what this request reads
+	// through (Reader.Request).
+	id   string
+	read store.Reader
 }
 
 // parsePath splits a /v2/ path into its route. It returns the route kind even

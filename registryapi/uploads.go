@@ -89,7 +89,7 @@ func (h *Handler) tryMount(r *http.Request, rt route, d digest.Digest, from stri
 	if ae != nil {
 		return false
 	}
-	if _, err := h.read.StatBlob(ctx, src, d); err != nil {
+	if _, err := rt.read.StatBlob(ctx, src, d); err != nil {
 		return false
 	}
 	// Only content really linked in from: a cache registry's StatBlob may

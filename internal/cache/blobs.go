@@ -17,18 +17,18 @@ import (
 	"github.com/regwarm/regwarm/internal/store"
 )
 
-// StatBlob returns a blob's size: from the store, or from the first
+// statBlob returns a blob's size: from the store, or from the first
 // connector that has it (content already stored for another repository is
 // then linked into this one where the sharing rule allows, see share.go).
 // In a registry that accepts pushes the blob is fetched first: a pushing
 // client told that a layer exists skips uploading it, so it must really be
 // here.
-func (c *Cache) StatBlob(ctx context.Context, repo store.Repo, d digest.Digest) (int64, error) {
+func (c *Cache) statBlob(ctx context.Context, m mode, repo store.Repo, d digest.Digest) (int64, error) {
 	n, err := c.store.StatBlob(ctx, repo, d)
 	if err == nil || !errors.Is(err, store.ErrBlobUnknown) {
 		return n, err
 	}
-	sources := c.sources(repo)
+	sources := c.sources(m, repo)
 	if len(sources) == 0 {
 		return n, err
 	}
@@ -36,7 +36,7 @@ func (c *Cache) StatBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		if _, _, err := c.headBlob(ctx, repo, d, sources); err != nil {
 			return 0, err
 		}
-		_, n, err := c.Fetch(ctx, repo, d)
+		_, n, err := c.fetch(ctx, m, repo, d)
 		return n, err
 	}
 	if linked, err := c.linkStored(ctx, repo, d, sources); err != nil || linked {
@@ -85,21 +85,21 @@ func (c *Cache) headBlob(ctx context.Context, repo store.Repo, d digest.Digest, 
 	return 0, "", lastErr
 }
 
-// OpenBlob opens a blob from the store, or streams it from the first
+// openBlob opens a blob from the store, or streams it from the first
 // connector that has it while storing it. The fill is detached from the
 // client: it completes even if the client goes away, and every concurrent
 // reader shares it. The final byte is only handed out after the digest
 // was verified, so no client ever receives a complete corrupt blob.
-func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) (store.Blob, error) {
+func (c *Cache) openBlob(ctx context.Context, m mode, repo store.Repo, d digest.Digest) (store.Blob, error) {
 	b, err := c.store.OpenBlob(ctx, repo, d)
 	if err == nil {
-		c.count(ctx, repo.Registry, metrics.KindBlob, metrics.ResultHit)
+		c.count(m, repo.Registry, metrics.KindBlob, metrics.ResultHit)
 		return b, nil
 	}
 	if !errors.Is(err, store.ErrBlobUnknown) {
 		return nil, err
 	}
-	sources := c.sources(repo)
+	sources := c.sources(m, repo)
 	if len(sources) == 0 {
 		return nil, err
 	}
@@ -107,17 +107,17 @@ func (c *Cache) OpenBlob(ctx context.Context, repo store.Repo, d digest.Digest) 
 		return nil, err
 	} else if linked {
 		if b, err := c.store.OpenBlob(ctx, repo, d); err == nil {
-			c.count(ctx, repo.Registry, metrics.KindBlob, metrics.ResultHit)
+			c.count(m, repo.Registry, metrics.KindBlob, metrics.ResultHit)
 			return b, nil
 		}
 	}
-	c.count(ctx, repo.Registry, metrics.KindBlob, metrics.ResultMiss)
+	c.count(m, repo.Registry, metrics.KindBlob, metrics.ResultMiss)
 	endClient := func() {}
-	if foreground(ctx) {
+	if m.client {
 		endClient = c.prio.client() // until the client has read the fill
 	}
 	defer func() { endClient() }()
-	f, _, err := c.shareFill(ctx, repo, d, sources)
+	f, _, err := c.shareFill(ctx, m, repo, d, sources)
 	if err != nil {
 		return nil, err
 	}
@@ -153,26 +153,26 @@ const readAheadMax = 1 << 20
 // readAhead starts fetching an image's config when its manifest was
 // fetched for a client: every client asks for it next (after the layers,
 // for some), and it is small. Nothing else is fetched ahead.
-func (c *Cache) readAhead(ctx context.Context, repo store.Repo, desc ocispec.Descriptor) {
+func (c *Cache) readAhead(ctx context.Context, m mode, repo store.Repo, desc ocispec.Descriptor) {
 	if desc.Size > readAheadMax || desc.Digest.Validate() != nil || manifest.NonDistributable(desc) {
 		return
 	}
 	if _, err := c.store.HasBlob(ctx, desc.Digest); err == nil {
 		return // stored already (perhaps for another repository)
 	}
-	if sources := c.sources(repo); len(sources) > 0 {
-		c.joinFill(ctx, repo, desc.Digest, sources)
+	if sources := c.sources(m, repo); len(sources) > 0 {
+		c.joinFill(ctx, m, repo, desc.Digest, sources)
 	}
 }
 
 // joinFill joins the fill of d in flight for repo's registry, or starts
 // one (detached from ctx); leader reports whether this call started it.
 // The fill may be storing d for another repository: see shareFill.
-func (c *Cache) joinFill(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (f *fill, leader bool) {
+func (c *Cache) joinFill(ctx context.Context, m mode, repo store.Repo, d digest.Digest, sources []connector.Source) (f *fill, leader bool) {
 	f, leader = c.fills.join(fillKey{repo.Registry, d}, func() *fill {
 		f := newFill(repo)
 		c.work.Add(1)
-		go func() { defer c.work.Done(); c.runFill(ctx, f, repo, d, sources) }()
+		go func() { defer c.work.Done(); c.runFill(ctx, m, f, repo, d, sources) }()
 		return f
 	})
 	if !leader {
@@ -188,8 +188,8 @@ func (c *Cache) joinFill(ctx context.Context, repo store.Repo, d digest.Digest, 
 // share.go; fills are per registry, so a fill for another registry is
 // never joined); d is then linked into repo once the fill stored it
 // (filled, linkWhenStored).
-func (c *Cache) shareFill(ctx context.Context, repo store.Repo, d digest.Digest, sources []connector.Source) (f *fill, leader bool, err error) {
-	f, leader = c.joinFill(ctx, repo, d, sources)
+func (c *Cache) shareFill(ctx context.Context, m mode, repo store.Repo, d digest.Digest, sources []connector.Source) (f *fill, leader bool, err error) {
+	f, leader = c.joinFill(ctx, m, repo, d, sources)
 	if leader || f.repo == repo {
 		return f, leader, nil
 	}
@@ -231,12 +231,12 @@ func (c *Cache) endFill(k fillKey, f *fill, err error) {
 }
 
 // runFill fetches a blob from the first source that has it into the store.
-func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d digest.Digest, sources []connector.Source) {
+func (c *Cache) runFill(reqCtx context.Context, m mode, f *fill, repo store.Repo, d digest.Digest, sources []connector.Source) {
 	ctx, cancel := c.detached(reqCtx)
 	defer cancel()
 	end := c.active.begin()
 	defer end()
-	f.endActive, f.foreground = end, foreground(reqCtx)
+	f.endActive, f.foreground = end, m.client
 	// A fill that finished just before this one started may have stored it.
 	if _, err := c.store.StatBlob(ctx, repo, d); err == nil {
 		f.setNotFetched()
@@ -268,7 +268,7 @@ func (c *Cache) runFill(reqCtx context.Context, f *fill, repo store.Repo, d dige
 		if err == nil {
 			c.log.Debug("blob cached", "registry", repo.Registry, "repo", repo.Name, "digest", d,
 				"connector", src.Name(), "bytes", f.knownSize(), "duration", time.Since(start))
-			c.miss(reqCtx, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: d.String(),
+			c.miss(reqCtx, m, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: d.String(),
 				Digest: d, Kind: metrics.KindBlob, Connector: src.Name()})
 			c.endFill(fillKey{repo.Registry, d}, f, nil)
 			return
@@ -486,15 +486,15 @@ func (c *Cache) awaitLease(ctx context.Context, f *fill, repo store.Repo, d dige
 	}
 }
 
-// Fetch makes sure blob d of repo is in the store, fetching it through the
+// fetch makes sure blob d of repo is in the store, fetching it through the
 // connectors when needed and sharing any fill in flight. fetched reports
 // whether this call brought the bytes from upstream (joining another
 // caller's fill counts as present, so bytes are counted once).
-func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fetched bool, size int64, err error) {
+func (c *Cache) fetch(ctx context.Context, m mode, repo store.Repo, d digest.Digest) (fetched bool, size int64, err error) {
 	if n, err := c.store.StatBlob(ctx, repo, d); err == nil {
 		return false, n, nil
 	}
-	sources := c.sources(repo)
+	sources := c.sources(m, repo)
 	if len(sources) == 0 {
 		return false, 0, fmt.Errorf("%w: %s", store.ErrBlobUnknown, d)
 	}
@@ -507,13 +507,13 @@ func (c *Cache) Fetch(ctx context.Context, repo store.Repo, d digest.Digest) (fe
 	}
 	if c.fills.get(fillKey{repo.Registry, d}) == nil {
 		// A new fill for background work: clients first (priority.go).
-		release, err := c.yield(ctx)
+		release, err := c.yield(ctx, m)
 		if err != nil {
 			return false, 0, err
 		}
 		defer release()
 	}
-	f, leader, err := c.shareFill(ctx, repo, d, sources)
+	f, leader, err := c.shareFill(ctx, m, repo, d, sources)
 	if err != nil {
 		return false, 0, err
 	}

@@ -20,7 +20,6 @@ import (
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
-	"github.com/regwarm/regwarm/internal/trace"
 )
 
 // Miss describes a cache miss, for the event published by serve.
@@ -58,14 +57,20 @@ type Cache struct {
 
 	prio    *priority // client misses in flight hold background fetches back
 	covered coverSet  // content a published miss's job will warm
+
+	serving view     // client reads, uncounted (local connectors read through it)
+	warming *Warming // background reads
 }
 
-var _ store.Reader = (*Cache)(nil)
-
+// registry is one configured registry. Its connectors come in two sets
+// that differ only in their local connectors: those read the other
+// registry through the serving or the warming view, so a chain keeps the
+// mode of the read that started it.
 type registry struct {
 	ttl     time.Duration
 	push    bool
-	sources []connector.Source
+	serving []connector.Source
+	warming []connector.Source
 }
 
 // Option configures a Cache.
@@ -144,9 +149,11 @@ func WithTimeouts(total, idle time.Duration) Option {
 func WithSources(sources map[string]connector.Source) Option {
 	return func(c *Cache) error {
 		for _, r := range c.regs {
-			for i, s := range r.sources {
-				if rep, ok := sources[s.Name()]; ok {
-					r.sources[i] = rep
+			for _, set := range [][]connector.Source{r.serving, r.warming} {
+				for i, s := range set {
+					if rep, ok := sources[s.Name()]; ok {
+						set[i] = rep
+					}
 				}
 			}
 		}
@@ -167,27 +174,31 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 		idleTimeout: time.Minute,
 		prio:        newPriority(defaultQuiet, defaultMaxWait),
 	}
-	sources := map[string]connector.Source{}
+	c.serving = view{c: c, m: mode{client: true}}
+	c.warming = &Warming{view{c: c}}
+	serving, warming := map[string]connector.Source{}, map[string]connector.Source{}
 	for _, cc := range cfg.Connectors {
 		if cc.Registry != "" {
-			sources[cc.Name] = connector.NewLocal(cc.Name, cc.Registry,
-				connector.Filter{Include: cc.Include, Exclude: cc.Exclude}, c)
+			f := connector.Filter{Include: cc.Include, Exclude: cc.Exclude}
+			serving[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, f, &c.serving)
+			warming[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, f, c.warming)
 			continue
 		}
 		up, err := connector.NewUpstream(cc, upstreamOpts...)
 		if err != nil {
 			return nil, err
 		}
-		sources[cc.Name] = up
+		serving[cc.Name], warming[cc.Name] = up, up
 	}
 	for _, r := range cfg.Registries {
 		reg := &registry{ttl: r.TagTTL.D(), push: r.Push}
 		for _, name := range r.Connectors {
-			s, ok := sources[name]
+			s, ok := serving[name]
 			if !ok {
 				return nil, fmt.Errorf("cache: registry %s: unknown connector %s", r.Name, name)
 			}
-			reg.sources = append(reg.sources, s)
+			reg.serving = append(reg.serving, s)
+			reg.warming = append(reg.warming, warming[name])
 		}
 		c.regs[r.Name] = reg
 	}
@@ -214,25 +225,19 @@ func (c *Cache) Wait() {
 
 func (c *Cache) closing() bool { return c.flushing.Load() > 0 }
 
-// Source returns the connector named name, if it is configured.
-func (c *Cache) Source(name string) (connector.Source, bool) {
-	for _, r := range c.regs {
-		for _, s := range r.sources {
-			if s.Name() == name {
-				return s, true
-			}
-		}
-	}
-	return nil, false
-}
-
-func (c *Cache) sources(repo store.Repo) []connector.Source {
+// sources returns the connectors of repo's registry that may serve repo,
+// in order, as the mode reads them.
+func (c *Cache) sources(m mode, repo store.Repo) []connector.Source {
 	r, ok := c.regs[repo.Registry]
 	if !ok {
 		return nil
 	}
-	out := make([]connector.Source, 0, len(r.sources))
-	for _, s := range r.sources {
+	set := r.warming
+	if m.client {
+		set = r.serving
+	}
+	out := make([]connector.Source, 0, len(set))
+	for _, s := range set {
 		if s.Allowed(repo.Name) {
 			out = append(out, s)
 		}
@@ -240,30 +245,22 @@ func (c *Cache) sources(repo store.Repo) []connector.Source {
 	return out
 }
 
-type backgroundKey struct{}
-
-// Background marks ctx as background work (worker syncs, scheduled jobs):
-// its reads are not counted as client cache requests.
-func Background(ctx context.Context) context.Context {
-	return context.WithValue(ctx, backgroundKey{}, true)
-}
-
-// count records one cache result per request and kind: a tag resolution
-// that fetched (miss) or fell back (stale) is not counted again as a hit
-// when the manifest is read next. Background work is not counted.
-func (c *Cache) count(ctx context.Context, registry, kind, result string) {
-	if ctx.Value(backgroundKey{}) != nil {
-		return
-	}
-	if trace.Once(ctx, "cache-"+kind) {
+// count records a client request's cache result, once per request and
+// kind (m's tally): a tag resolution that fetched (miss) or fell back
+// (stale) is not counted again as a hit when the manifest is read next.
+// Reads without a tally (background work, a local connector's hop) are not
+// counted.
+func (c *Cache) count(m mode, registry, kind, result string) {
+	if m.tally.first(kind) {
 		c.metrics.CacheRequests.WithLabelValues(registry, kind, result).Inc()
 	}
 }
 
-func (c *Cache) miss(ctx context.Context, m Miss) {
-	if c.onMiss != nil && c.publishMiss(ctx, m) {
-		m.RequestID = trace.RequestID(ctx)
-		c.onMiss(ctx, m)
+// miss reports a miss to the hook, when m publishes it (publishMiss).
+func (c *Cache) miss(ctx context.Context, m mode, ms Miss) {
+	if c.onMiss != nil && c.publishMiss(m, ms) {
+		ms.RequestID = m.requestID
+		c.onMiss(ctx, ms)
 	}
 }
 

@@ -100,11 +100,11 @@ func (f *fixture) counter(kind, result string) float64 {
 // pull resolves tag and reads the manifest and every blob, returning the
 // manifest digest.
 func (f *fixture) pull(ctx context.Context, repo store.Repo, tag string, img upstreamtest.Image) error {
-	ti, err := f.cache.Tag(ctx, repo, tag)
+	ti, err := f.serve().Tag(ctx, repo, tag)
 	if err != nil {
 		return fmt.Errorf("tag: %w", err)
 	}
-	m, err := f.cache.Manifest(ctx, repo, ti.Digest)
+	m, err := f.serve().Manifest(ctx, repo, ti.Digest)
 	if err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
@@ -120,7 +120,7 @@ func (f *fixture) pull(ctx context.Context, repo store.Repo, tag string, img ups
 }
 
 func (f *fixture) readBlob(ctx context.Context, repo store.Repo, d digest.Digest) error {
-	b, err := f.cache.OpenBlob(ctx, repo, d)
+	b, err := f.serve().OpenBlob(ctx, repo, d)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", d, err)
 	}
@@ -175,11 +175,11 @@ func TestColdWarmAndUpstreamDown(t *testing.T) {
 	if got := f.counter("manifest", "stale"); got != 1 {
 		t.Errorf("stale count %v, want 1", got)
 	}
-	if _, err := f.cache.Manifest(ctx, hub("library/app"), img.Digest); err != nil {
+	if _, err := f.serve().Manifest(ctx, hub("library/app"), img.Digest); err != nil {
 		t.Fatalf("by digest with upstream down: %v", err)
 	}
 	// Something never cached fails cleanly.
-	if _, err := f.cache.Tag(ctx, hub("library/app"), "v2"); err == nil {
+	if _, err := f.serve().Tag(ctx, hub("library/app"), "v2"); err == nil {
 		t.Fatal("unknown tag with upstream down succeeded")
 	}
 }
@@ -241,7 +241,7 @@ func TestClientDisconnectFillCompletes(t *testing.T) {
 	data := upstreamtest.RandomGzip(16 << 20)
 	d := f.up.AddBlob("app", data)
 	ctx, cancel := context.WithCancel(context.Background())
-	b, err := f.cache.OpenBlob(ctx, hub("app"), d)
+	b, err := f.serve().OpenBlob(ctx, hub("app"), d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,10 +333,10 @@ func TestCorruptManifestRejected(t *testing.T) {
 	img := f.up.AddImage("app", "v1", 100)
 	f.up.SetFault("v1", upstreamtest.Fault{Corrupt: true})
 	f.up.SetFault(img.Digest.String(), upstreamtest.Fault{Corrupt: true})
-	if _, err := f.cache.Tag(context.Background(), hub("app"), "v1"); err == nil {
+	if _, err := f.serve().Tag(context.Background(), hub("app"), "v1"); err == nil {
 		t.Fatal("corrupt manifest by tag accepted")
 	}
-	if _, err := f.cache.Manifest(context.Background(), hub("app"), img.Digest); err == nil {
+	if _, err := f.serve().Manifest(context.Background(), hub("app"), img.Digest); err == nil {
 		t.Fatal("corrupt manifest by digest accepted")
 	}
 	if _, err := f.store.HasBlob(context.Background(), img.Digest); err == nil {
@@ -362,7 +362,7 @@ connectors:
 		t.Fatal("first connector was not asked first")
 	}
 	second.AddImage("secret/x", "v1", 10)
-	if _, err := f.cache.Tag(context.Background(), hub("secret/x"), "v1"); err == nil {
+	if _, err := f.serve().Tag(context.Background(), hub("secret/x"), "v1"); err == nil {
 		t.Fatal("excluded repository served")
 	}
 	if f.up.Count("GET", "/secret/x/manifests/v1")+second.Count("GET", "/secret/x/manifests/v1") != 0 {
@@ -396,7 +396,7 @@ connectors:
 		store.PutManifestOptions{Tag: "v2"}); err != nil {
 		t.Fatal(err)
 	}
-	ti, err := f.cache.Tag(ctx, rel, "v2")
+	ti, err := f.serve().Tag(ctx, rel, "v2")
 	if err != nil || ti.Digest != img.Digest {
 		t.Fatalf("pushed tag: %v %s (upstream has %s)", err, ti.Digest, other.Digest)
 	}
@@ -415,17 +415,16 @@ func TestSharedLayerAcrossRepositories(t *testing.T) {
 	f.up.AddBlob("b", layer)
 	f.up.AddBlob("e", layer)
 	f.up.SetRate(8 << 20) // 0.25 s: the others join while it runs
-	bg := Background(context.Background())
 
 	leader := make(chan error, 1)
-	go func() { _, _, err := f.cache.Fetch(bg, hub("a"), d); leader <- err }()
+	go func() { _, _, err := f.cache.Warming().Fetch(context.Background(), hub("a"), d); leader <- err }()
 	for f.up.Count("GET", "/blobs/"+d.String()) == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	wg.Go(func() { // a worker sync of another image with the same layer
-		if _, _, err := f.cache.Fetch(bg, hub("b"), d); err != nil {
+		if _, _, err := f.cache.Warming().Fetch(context.Background(), hub("b"), d); err != nil {
 			errs <- fmt.Errorf("fetch in b: %w", err)
 		}
 	})
@@ -435,7 +434,7 @@ func TestSharedLayerAcrossRepositories(t *testing.T) {
 		}
 	})
 	wg.Go(func() { // a repository whose upstream lacks it gets nothing
-		if b, err := f.cache.OpenBlob(context.Background(), hub("c"), d); err == nil {
+		if b, err := f.serve().OpenBlob(context.Background(), hub("c"), d); err == nil {
 			b.Close()
 			errs <- errors.New("blob served in a repository that does not have it upstream")
 		} else if !errors.Is(err, store.ErrBlobUnknown) {
@@ -463,3 +462,7 @@ func TestSharedLayerAcrossRepositories(t *testing.T) {
 		t.Errorf("blob fetched %d times, want 1", n)
 	}
 }
+
+// serve returns the reads of a new client request (the registry API makes
+// one per HTTP request).
+func (f *fixture) serve() *view { return f.cache.Serving().Request("").(*view) }

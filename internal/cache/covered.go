@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"context"
 	"sync"
 	"time"
 
@@ -79,8 +78,10 @@ func (s *coverSet) has(repo store.Repo, d digest.Digest, now time.Time) bool {
 }
 
 // publishMiss decides whether miss m becomes an event (and so a job).
-func (c *Cache) publishMiss(ctx context.Context, m Miss) bool {
-	if !foreground(ctx) {
+// Misses of background work are not published: the job that does it
+// covers them.
+func (c *Cache) publishMiss(md mode, m Miss) bool {
+	if !md.client {
 		return false
 	}
 	if m.Kind == metrics.KindManifest && !ref.IsDigest(m.Reference) {

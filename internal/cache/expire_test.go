@@ -20,11 +20,11 @@ func TestExpireTags(t *testing.T) {
 	b := f.up.AddImage("app", "v2", 2000)
 	f.up.Tag("app", "alias", a.Digest)
 	for _, tag := range []string{"v1", "v2", "alias"} {
-		if _, err := f.cache.Tag(ctx, repo, tag); err != nil { // pending write-behind
+		if _, err := f.serve().Tag(ctx, repo, tag); err != nil { // pending write-behind
 			t.Fatal(err)
 		}
 	}
-	if _, err := f.cache.Manifest(ctx, repo, a.Digest); err != nil {
+	if _, err := f.serve().Manifest(ctx, repo, a.Digest); err != nil {
 		t.Fatal(err)
 	}
 	f.cache.Wait()
@@ -49,7 +49,7 @@ func TestExpireTags(t *testing.T) {
 	}
 	// Within tag_ttl, the stale tag is revalidated and follows upstream.
 	f.up.Tag("app", "v1", b.Digest)
-	if ti, err := f.cache.Tag(ctx, repo, "v1"); err != nil || ti.Digest != b.Digest {
+	if ti, err := f.serve().Tag(ctx, repo, "v1"); err != nil || ti.Digest != b.Digest {
 		t.Fatalf("v1 after expiry: %s %v, want %s", ti.Digest, err, b.Digest)
 	}
 	// By tag; with the upstream down the stale copy is still served.
@@ -57,7 +57,7 @@ func TestExpireTags(t *testing.T) {
 		t.Fatalf("expire v2: %d %v", n, err)
 	}
 	f.up.SetDown(true)
-	if ti, err := f.cache.Tag(ctx, repo, "v2"); err != nil || ti.Digest != b.Digest {
+	if ti, err := f.serve().Tag(ctx, repo, "v2"); err != nil || ti.Digest != b.Digest {
 		t.Fatalf("v2 with the upstream down: %s %v", ti.Digest, err)
 	}
 	if n, err := f.cache.ExpireTags(ctx, hub("nothing"), "", a.Digest); err != nil || n != 0 {

@@ -39,12 +39,12 @@ func TestColdPlatformPullOneMiss(t *testing.T) {
 	f := newFixture(t, "", WithMissHook(log.hook))
 	ix := f.up.AddIndex("app", "v1", []string{"linux/amd64", "linux/arm64"}, 1000, 200_000)
 	ctx := context.Background()
-	ti, err := f.cache.Tag(ctx, hub("app"), "v1")
+	ti, err := f.serve().Tag(ctx, hub("app"), "v1")
 	if err != nil || ti.Digest != ix.Digest {
 		t.Fatalf("tag: %v %v", ti.Digest, err)
 	}
 	amd := ix.Children["linux/amd64"]
-	if _, err := f.cache.Manifest(ctx, hub("app"), amd.Digest); err != nil {
+	if _, err := f.serve().Manifest(ctx, hub("app"), amd.Digest); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range append([]digest.Digest{amd.Config}, amd.Layers...) {
@@ -53,13 +53,12 @@ func TestColdPlatformPullOneMiss(t *testing.T) {
 		}
 	}
 	// The job's walk: the other platform, as background work.
-	bg := Background(ctx)
 	arm := ix.Children["linux/arm64"]
-	if _, err := f.cache.Manifest(bg, hub("app"), arm.Digest); err != nil {
+	if _, err := f.cache.Warming().Manifest(ctx, hub("app"), arm.Digest); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range ix.Blobs() {
-		if _, _, err := f.cache.Fetch(bg, hub("app"), d); err != nil {
+		if _, _, err := f.cache.Warming().Fetch(ctx, hub("app"), d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -70,7 +69,7 @@ func TestColdPlatformPullOneMiss(t *testing.T) {
 	}
 	// A later pull by digest of an image nothing listed is its own job.
 	other := f.up.AddImage("app", "", 100)
-	if _, err := f.cache.Manifest(ctx, hub("app"), other.Digest); err != nil {
+	if _, err := f.serve().Manifest(ctx, hub("app"), other.Digest); err != nil {
 		t.Fatal(err)
 	}
 	f.cache.Wait()
@@ -88,13 +87,13 @@ func TestBackgroundFetchWaitsForClient(t *testing.T) {
 	f := newFixture(t, "", WithForeground(quiet, time.Minute))
 	img := f.up.AddImage("app", "v1", 1000, 2000)
 	ctx := context.Background()
-	b, err := f.cache.OpenBlob(ctx, hub("app"), img.Layers[0])
+	b, err := f.serve().OpenBlob(ctx, hub("app"), img.Layers[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := f.cache.Fetch(Background(ctx), hub("app"), img.Layers[1])
+		_, _, err := f.cache.Warming().Fetch(ctx, hub("app"), img.Layers[1])
 		done <- err
 	}()
 	// Long enough for an ungated fetch to have gone upstream many times.
@@ -124,12 +123,12 @@ func TestBackgroundFetchGoesAheadAfterMaxWait(t *testing.T) {
 	f := newFixture(t, "", WithForeground(time.Minute, 50*time.Millisecond))
 	img := f.up.AddImage("app", "v1", 1000, 2000)
 	ctx := context.Background()
-	b, err := f.cache.OpenBlob(ctx, hub("app"), img.Layers[0])
+	b, err := f.serve().OpenBlob(ctx, hub("app"), img.Layers[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if _, _, err := f.cache.Fetch(Background(ctx), hub("app"), img.Layers[1]); err != nil {
+	if _, _, err := f.cache.Warming().Fetch(ctx, hub("app"), img.Layers[1]); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(f.cache.prio.slow); n != 0 {

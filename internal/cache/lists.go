@@ -13,9 +13,9 @@ import (
 	"github.com/regwarm/regwarm/internal/store"
 )
 
-// Tags lists the union of local tags and the first connector's tags that
+// tags lists the union of local tags and the first connector's tags that
 // answers. When every connector fails, local tags are returned.
-func (c *Cache) Tags(ctx context.Context, repo store.Repo) ([]string, error) {
+func (c *Cache) tags(ctx context.Context, m mode, repo store.Repo) ([]string, error) {
 	local, lerr := c.store.Tags(ctx, repo)
 	if lerr != nil && !errors.Is(lerr, store.ErrNameUnknown) {
 		return nil, lerr
@@ -23,7 +23,7 @@ func (c *Cache) Tags(ctx context.Context, repo store.Repo) ([]string, error) {
 	if pending := c.pending.tagNames(repo); len(pending) > 0 {
 		local, lerr = union(local, pending), nil
 	}
-	sources := c.sources(repo)
+	sources := c.sources(m, repo)
 	if len(sources) == 0 {
 		return local, lerr
 	}
@@ -62,9 +62,9 @@ func union(a, b []string) []string {
 	return out
 }
 
-// Referrers lists local referrers of d plus those of the first connector
+// referrers lists local referrers of d plus those of the first connector
 // that answers (pulled through); a failing connector leaves the local list.
-func (c *Cache) Referrers(ctx context.Context, repo store.Repo, d digest.Digest) ([]ocispec.Descriptor, error) {
+func (c *Cache) referrers(ctx context.Context, m mode, repo store.Repo, d digest.Digest) ([]ocispec.Descriptor, error) {
 	local, lerr := c.store.Referrers(ctx, repo, d)
 	if lerr != nil && !errors.Is(lerr, store.ErrNameUnknown) {
 		return nil, lerr
@@ -74,10 +74,10 @@ func (c *Cache) Referrers(ctx context.Context, repo store.Repo, d digest.Digest)
 			local = append(local, p)
 		}
 	}
-	if release, err := c.yield(ctx); err == nil { // background work: clients first
+	if release, err := c.yield(ctx, m); err == nil { // background work: clients first
 		defer release()
 	}
-	for _, src := range c.sources(repo) {
+	for _, src := range c.sources(m, repo) {
 		up, err := src.Referrers(ctx, repo.Name, d)
 		if err != nil {
 			continue

@@ -15,20 +15,15 @@ import (
 	"github.com/regwarm/regwarm/internal/store"
 )
 
-// Tag resolves a tag: a pushed tag or a fresh one (younger than tag_ttl)
-// from the store; else the connectors in order (a HEAD revalidates a cached
-// tag, a GET fetches an unknown one); if every connector fails, the stale
-// copy.
-func (c *Cache) Tag(ctx context.Context, repo store.Repo, tag string) (store.TagInfo, error) {
-	return c.ResolveTag(ctx, repo, tag, false)
-}
-
-// ResolveTag is Tag; with force, a connector's tag is revalidated even
-// when it is younger than tag_ttl (sync and tag refresh use that).
-func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, force bool) (store.TagInfo, error) {
+// resolveTag resolves a tag: a pushed tag or a fresh one (younger than
+// tag_ttl) from the store; else the connectors in order (a HEAD
+// revalidates a cached tag, a GET fetches an unknown one); if every
+// connector fails, the stale copy. With force, a connector's tag is
+// revalidated even when it is younger than tag_ttl.
+func (c *Cache) resolveTag(ctx context.Context, m mode, repo store.Repo, tag string, force bool) (store.TagInfo, error) {
 	if pt, ok := c.pending.tag(repo, tag); ok {
 		if reg := c.regs[repo.Registry]; !force && reg != nil && c.now().Sub(pt.info.Checked) < reg.ttl {
-			c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)
+			c.count(m, repo.Registry, metrics.KindManifest, metrics.ResultHit)
 			return pt.info, nil
 		}
 		// Revalidate what is stored, once the pending write is done.
@@ -45,7 +40,7 @@ func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, for
 	if reg == nil || (have && (local.Source == "" || (!force && c.now().Sub(local.Checked) < reg.ttl))) {
 		return local, lerr
 	}
-	sources := c.sources(repo)
+	sources := c.sources(m, repo)
 	if len(sources) == 0 {
 		if have {
 			return local, nil
@@ -65,7 +60,7 @@ func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, for
 		if cur, err := c.store.Tag(ctx, repo, tag); err == nil && !force && cur.Source != "" && c.now().Sub(cur.Checked) < reg.ttl {
 			return tagResult{info: cur}, nil
 		}
-		return c.resolveTag(ctx, repo, tag, sources, local, have)
+		return c.fetchTag(ctx, m, repo, tag, sources, local, have)
 	})
 	if err == nil {
 		r := v.(tagResult)
@@ -73,12 +68,12 @@ func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, for
 			c.pending.supersede(repo, tag, r.info)
 		}
 		if r.fetched {
-			c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
+			c.count(m, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
 		}
 		return r.info, nil
 	}
 	if have && !connector.IsNotFound(err) && ctx.Err() == nil {
-		c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultStale)
+		c.count(m, repo.Registry, metrics.KindManifest, metrics.ResultStale)
 		c.log.Warn("serving stale tag", "registry", repo.Registry, "repo", repo.Name, "tag", tag, "error", err)
 		return local, nil
 	}
@@ -88,14 +83,16 @@ func (c *Cache) ResolveTag(ctx context.Context, repo store.Repo, tag string, for
 	return store.TagInfo{}, err
 }
 
-// tagResult is what resolveTag found; fetched says the manifest came from
+// tagResult is what fetchTag found; fetched says the manifest came from
 // upstream (a miss) rather than being confirmed.
 type tagResult struct {
 	info    store.TagInfo
 	fetched bool
 }
 
-func (c *Cache) resolveTag(ctx context.Context, repo store.Repo, tag string, sources []connector.Source, local store.TagInfo, have bool) (tagResult, error) {
+// fetchTag asks the connectors in order for tag: a HEAD when a copy is
+// stored (have), fetching the manifest only when the digest changed.
+func (c *Cache) fetchTag(ctx context.Context, m mode, repo store.Repo, tag string, sources []connector.Source, local store.TagInfo, have bool) (tagResult, error) {
 	var lastErr error
 	for _, src := range sources {
 		if have {
@@ -111,22 +108,22 @@ func (c *Cache) resolveTag(ctx context.Context, repo store.Repo, tag string, sou
 				}
 				return tagResult{info: info}, nil
 			}
-			if _, err := c.fetchManifest(ctx, repo, src, desc.Digest.String(), tag); err != nil {
+			if _, err := c.fetchManifest(ctx, m, repo, src, desc.Digest.String(), tag); err != nil {
 				lastErr = keepFailure(lastErr, err)
 				continue
 			}
-			c.miss(ctx, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: tag,
+			c.miss(ctx, m, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: tag,
 				Digest: desc.Digest, Kind: metrics.KindManifest, Connector: src.Name()})
 			return tagResult{store.TagInfo{Digest: desc.Digest, Source: src.Name(), Checked: c.now()}, true}, nil
 		}
-		m, err := c.fetchManifest(ctx, repo, src, tag, tag)
+		mf, err := c.fetchManifest(ctx, m, repo, src, tag, tag)
 		if err != nil {
 			lastErr = keepFailure(lastErr, err)
 			continue
 		}
-		c.miss(ctx, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: tag,
-			Digest: m.Digest, Kind: metrics.KindManifest, Connector: src.Name()})
-		return tagResult{store.TagInfo{Digest: m.Digest, Source: src.Name(), Checked: c.now()}, true}, nil
+		c.miss(ctx, m, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: tag,
+			Digest: mf.Digest, Kind: metrics.KindManifest, Connector: src.Name()})
+		return tagResult{store.TagInfo{Digest: mf.Digest, Source: src.Name(), Checked: c.now()}, true}, nil
 	}
 	return tagResult{}, lastErr
 }
@@ -142,9 +139,9 @@ func keepFailure(prev, err error) error {
 
 // fetchManifest gets reference from src, validates it and stores it in repo
 // (with tag, when non-empty).
-func (c *Cache) fetchManifest(ctx context.Context, repo store.Repo, src connector.Source, reference, tag string) (store.Manifest, error) {
+func (c *Cache) fetchManifest(ctx context.Context, md mode, repo store.Repo, src connector.Source, reference, tag string) (store.Manifest, error) {
 	end := c.active.begin()
-	if foreground(ctx) {
+	if md.client {
 		defer c.prio.client()()
 	}
 	um, err := src.GetManifest(ctx, repo.Name, reference)
@@ -160,11 +157,11 @@ func (c *Cache) fetchManifest(ctx context.Context, repo store.Repo, src connecto
 	m := store.Manifest{MediaType: p.MediaType, Digest: um.Digest, Data: um.Data, Source: src.Name()}
 	opts := store.PutManifestOptions{Tag: tag, Source: src.Name(), Subject: p.Subject,
 		Referrer: ocispec.Descriptor{MediaType: p.MediaType, ArtifactType: p.EffectiveArtifactType(), Annotations: p.Annotations}}
-	if foreground(ctx) {
+	if md.client {
 		c.covered.add(repo, p, time.Now())
 		c.storeManifestSoon(ctx, repo, m, opts)
 		if p.Config != nil {
-			c.readAhead(ctx, repo, *p.Config)
+			c.readAhead(ctx, md, repo, *p.Config)
 		}
 		return m, nil
 	}
@@ -220,15 +217,15 @@ func (c *Cache) localManifest(ctx context.Context, repo store.Repo, d digest.Dig
 	return c.store.Manifest(ctx, repo, d)
 }
 
-// Manifest returns a manifest by digest, from the store or, on a miss,
+// manifest returns a manifest by digest, from the store or, on a miss,
 // from the connectors (digests are immutable: never revalidated).
-func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) (store.Manifest, error) {
+func (c *Cache) manifest(ctx context.Context, md mode, repo store.Repo, d digest.Digest) (store.Manifest, error) {
 	m, err := c.localManifest(ctx, repo, d)
 	if err == nil {
-		c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultHit)
+		c.count(md, repo.Registry, metrics.KindManifest, metrics.ResultHit)
 		return m, nil
 	}
-	sources := c.sources(repo)
+	sources := c.sources(md, repo)
 	corrupt := errors.Is(err, store.ErrCorrupt)
 	if corrupt && len(sources) > 0 {
 		err = c.quarantineManifest(ctx, repo, d, err)
@@ -236,10 +233,10 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 	if !errors.Is(err, store.ErrManifestUnknown) || len(sources) == 0 {
 		return m, err
 	}
-	c.count(ctx, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
+	c.count(md, repo.Registry, metrics.KindManifest, metrics.ResultMiss)
 	key := "manifest\x00" + repo.String() + "\x00" + d.String()
 	if c.calls.get(key) == nil {
-		release, err := c.yield(ctx) // background work: clients first
+		release, err := c.yield(ctx, md) // background work: clients first
 		if err != nil {
 			return store.Manifest{}, err
 		}
@@ -253,9 +250,9 @@ func (c *Cache) Manifest(ctx context.Context, repo store.Repo, d digest.Digest) 
 		}
 		var lastErr error
 		for _, src := range sources {
-			m, err := c.fetchManifest(ctx, repo, src, d.String(), "")
+			m, err := c.fetchManifest(ctx, md, repo, src, d.String(), "")
 			if err == nil {
-				c.miss(ctx, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: d.String(),
+				c.miss(ctx, md, Miss{Registry: repo.Registry, Repository: repo.Name, Reference: d.String(),
 					Digest: d, Kind: metrics.KindManifest, Connector: src.Name()})
 				return m, nil
 			}

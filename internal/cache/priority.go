@@ -77,8 +77,8 @@ func (p *priority) slowSlot(ctx context.Context) (release func(), err error) {
 
 // yield holds background work back (see background) before it starts new
 // upstream work; for a client request it returns at once.
-func (c *Cache) yield(ctx context.Context) (release func(), err error) {
-	if foreground(ctx) {
+func (c *Cache) yield(ctx context.Context, m mode) (release func(), err error) {
+	if m.client {
 		return func() {}, nil
 	}
 	return c.prio.background(ctx)

@@ -76,17 +76,17 @@ func TestNoCrossRegistryLinkOnUpstreamHEAD(t *testing.T) {
 			ctx := context.Background()
 			repo := hub("attacker/any")
 
-			if b, err := f.cache.OpenBlob(ctx, repo, d); err == nil {
+			if b, err := f.serve().OpenBlob(ctx, repo, d); err == nil {
 				got, rerr := io.ReadAll(b)
 				_ = b.Close()
 				if rerr == nil || bytes.Equal(got, secret) {
 					t.Fatalf("private blob served through the cache registry (%d bytes, %v)", len(got), rerr)
 				}
 			}
-			if _, _, err := f.cache.Fetch(Background(ctx), repo, d); err == nil {
+			if _, _, err := f.cache.Warming().Fetch(ctx, repo, d); err == nil {
 				t.Fatal("worker fetch linked the private blob on an upstream HEAD")
 			}
-			_, _ = f.cache.StatBlob(ctx, repo, d) // the upstream's claim, no link
+			_, _ = f.serve().StatBlob(ctx, repo, d) // the upstream's claim, no link
 			f.cache.Wait()
 			if _, err := f.store.StatBlob(ctx, repo, d); !errors.Is(err, store.ErrBlobUnknown) {
 				t.Fatalf("private blob linked into %s: %v", repo, err)
@@ -94,7 +94,7 @@ func TestNoCrossRegistryLinkOnUpstreamHEAD(t *testing.T) {
 			if yes.Count("GET", "/blobs/"+d.String()) == 0 {
 				t.Error("the connector was never asked for the bytes")
 			}
-			if b, err := f.cache.OpenBlob(ctx, private("secret/app"), d); err != nil {
+			if b, err := f.serve().OpenBlob(ctx, private("secret/app"), d); err != nil {
 				t.Fatalf("the private registry lost its blob: %v", err)
 			} else {
 				_ = b.Close()
@@ -135,7 +135,7 @@ func TestSharedLayerStoredInRegistryLinkedOnHEAD(t *testing.T) {
 	d := f.up.AddBlob("a", layer)
 	f.up.AddBlob("b", layer)
 	ctx := context.Background()
-	if _, _, err := f.cache.Fetch(Background(ctx), hub("a"), d); err != nil {
+	if _, _, err := f.cache.Warming().Fetch(ctx, hub("a"), d); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.readBlob(ctx, hub("b"), d); err != nil {
@@ -144,7 +144,7 @@ func TestSharedLayerStoredInRegistryLinkedOnHEAD(t *testing.T) {
 	if n := f.up.Count("GET", "/blobs/"+d.String()); n != 1 {
 		t.Fatalf("blob fetched %d times, want 1", n)
 	}
-	if _, err := f.cache.OpenBlob(ctx, hub("c"), d); !errors.Is(err, store.ErrBlobUnknown) {
+	if _, err := f.serve().OpenBlob(ctx, hub("c"), d); !errors.Is(err, store.ErrBlobUnknown) {
 		t.Fatalf("repository whose upstream lacks it: %v, want blob unknown", err)
 	}
 }
@@ -191,7 +191,7 @@ func TestNoCrossRegistryLinkAfterLease(t *testing.T) {
 	f.lyingUpstream(len(secret))
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := f.cache.Fetch(Background(context.Background()), hub("attacker/any"), d)
+		_, _, err := f.cache.Warming().Fetch(context.Background(), hub("attacker/any"), d)
 		done <- err
 	}()
 	waitFor(t, func() bool { return leases.polls.Load() > 0 || len(done) > 0 })
@@ -219,7 +219,7 @@ func TestNoCrossRegistryManifestOnUpstreamHEAD(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.lyingUpstream(len(data))
-	if m, err := f.cache.Manifest(ctx, hub("attacker/any"), md); err == nil {
+	if m, err := f.serve().Manifest(ctx, hub("attacker/any"), md); err == nil {
 		t.Fatalf("private manifest served through the cache registry: %s", m.Data)
 	}
 	if _, err := f.store.Manifest(ctx, hub("attacker/any"), md); err == nil {

@@ -34,7 +34,7 @@ connectors:
 	wrong := newFixture(t, cfg)
 	wrong.up.RequireBasic("puller", "another-password")
 	wrong.up.AddImage("private/app", "v1", 2000)
-	_, err := wrong.cache.Tag(context.Background(), hub("private/app"), "v1")
+	_, err := wrong.serve().Tag(context.Background(), hub("private/app"), "v1")
 	var ce *connector.Error
 	if !errors.As(err, &ce) || ce.Status != 401 {
 		t.Fatalf("wrong password: %v", err)
@@ -67,17 +67,17 @@ func TestReferrersPulledThrough(t *testing.T) {
 		`"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":%d}}`, emptyCfg, img.Digest, len(img.Manifest)))
 	sd := f.up.AddManifest("app", "", "application/vnd.oci.image.manifest.v1+json", sig)
 	ctx := context.Background()
-	refs, err := f.cache.Referrers(ctx, hub("app"), img.Digest)
+	refs, err := f.serve().Referrers(ctx, hub("app"), img.Digest)
 	if err != nil || len(refs) != 1 || refs[0].Digest != sd || refs[0].ArtifactType != "application/vnd.example.sig" {
 		t.Fatalf("referrers %+v, %v", refs, err)
 	}
-	m, err := f.cache.Manifest(ctx, hub("app"), sd)
+	m, err := f.serve().Manifest(ctx, hub("app"), sd)
 	if err != nil || string(m.Data) != string(sig) {
 		t.Fatalf("referrer manifest: %v", err)
 	}
 	// Once fetched, it is listed from the store even with the upstream down.
 	f.up.SetDown(true)
-	refs, err = f.cache.Referrers(ctx, hub("app"), img.Digest)
+	refs, err = f.serve().Referrers(ctx, hub("app"), img.Digest)
 	if err != nil || len(refs) != 1 || refs[0].Digest != sd {
 		t.Fatalf("referrers with the upstream down: %+v, %v", refs, err)
 	}

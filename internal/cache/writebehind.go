@@ -108,10 +108,6 @@ func (a *activity) waitQuiet(ctx context.Context, urgent func() bool, asked <-ch
 	}
 }
 
-// foreground reports whether ctx belongs to a client request, whose
-// content is stored write-behind.
-func foreground(ctx context.Context) bool { return ctx.Value(backgroundKey{}) == nil }
-
 // verifiedThenStore gives readers the last byte of a verified fill in
 // memory, then runs write: for a fill a client started, once it is a good
 // moment (the fill's own upstream work is over).

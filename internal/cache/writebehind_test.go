@@ -99,20 +99,20 @@ func TestPullAnsweredBeforeStored(t *testing.T) {
 	}
 }
 
-// Worker syncs and jobs (Background) store before they return.
+// Worker syncs and jobs (the warming view) store before they return.
 func TestBackgroundStoresAtOnce(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, "")
 	img := f.up.AddImage("app", "v1", 2000)
-	ctx := Background(context.Background())
-	ti, err := f.cache.ResolveTag(ctx, hub("app"), "v1", true)
+	ctx := context.Background()
+	ti, err := f.cache.Warming().ResolveTag(ctx, hub("app"), "v1", true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.store.Manifest(ctx, hub("app"), ti.Digest); err != nil {
 		t.Fatalf("manifest not stored on return: %v", err)
 	}
-	if _, _, err := f.cache.Fetch(ctx, hub("app"), img.Layers[0]); err != nil {
+	if _, _, err := f.cache.Warming().Fetch(ctx, hub("app"), img.Layers[0]); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.store.StatBlob(ctx, hub("app"), img.Layers[0]); err != nil {
@@ -135,7 +135,7 @@ connectors:
 	})
 	ctx := context.Background()
 	up := f.up.AddImage("app", "v1", 10)
-	if _, err := f.cache.Tag(ctx, hub("app"), "v1"); err != nil {
+	if _, err := f.serve().Tag(ctx, hub("app"), "v1"); err != nil {
 		t.Fatal(err)
 	}
 	pushed := f.up.AddImage("other", "x", 20) // some manifest to push
@@ -158,11 +158,11 @@ func TestConfigReadAhead(t *testing.T) {
 	f := newFixture(t, "")
 	img := f.up.AddImage("app", "v1", 5000)
 	ctx := context.Background()
-	ti, err := f.cache.Tag(ctx, hub("app"), "v1")
+	ti, err := f.serve().Tag(ctx, hub("app"), "v1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.cache.Manifest(ctx, hub("app"), ti.Digest); err != nil {
+	if _, err := f.serve().Manifest(ctx, hub("app"), ti.Digest); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return f.up.Count("GET", "/blobs/"+img.Config.String()) == 1 })
@@ -209,14 +209,14 @@ func TestForcedResolveWritesPendingTagAtOnce(t *testing.T) {
 	f := newFixture(t, "")
 	img := f.up.AddImage("app", "v1", 10)
 	ctx := context.Background()
-	if _, err := f.cache.Tag(ctx, hub("app"), "v1"); err != nil {
+	if _, err := f.serve().Tag(ctx, hub("app"), "v1"); err != nil {
 		t.Fatal(err)
 	}
 	busy := f.cache.active.begin() // a pull still running: no pause comes
 	defer busy()
-	fctx, cancel := context.WithTimeout(Background(ctx), writeMaxDelay/2)
+	fctx, cancel := context.WithTimeout(ctx, writeMaxDelay/2)
 	defer cancel()
-	ti, err := f.cache.ResolveTag(fctx, hub("app"), "v1", true)
+	ti, err := f.cache.Warming().ResolveTag(fctx, hub("app"), "v1", true)
 	if err != nil || ti.Digest != img.Digest {
 		t.Fatalf("forced resolve: %+v, %v", ti, err)
 	}
