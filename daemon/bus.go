@@ -252,15 +252,13 @@ func (b *bus) Acquire(ctx context.Context, key string) (func(), bool, error) {
 	return l.Acquire(ctx, key)
 }
 
-// Held implements cache.Leaser.
-func (b *bus) Held(ctx context.Context, key string) (bool, error) {
+// Released implements cache.Leaser.
+func (b *bus) Released(ctx context.Context, key string) error {
 	l := b.leaseService()
 	if l == nil || !b.nc.IsConnected() {
-		return false, errNotReady
+		return errNotReady
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	return l.Held(ctx, key)
+	return l.Released(ctx, key)
 }
 
 func (b *bus) leaseService() *events.Leases {

@@ -427,8 +427,10 @@ func (b *watchedBody) Close() error {
 	return b.rc.Close()
 }
 
-// leasePoll is how often a fill waiting for another process looks again.
-const leasePoll = 100 * time.Millisecond
+// defaultLeaseRecheck bounds each wait for another process's lease: the
+// release is watched (Leaser.Released), and this slow look again is only
+// the safety net for a lease that lapsed with its holder unannounced.
+const defaultLeaseRecheck = 2 * time.Second
 
 // awaitLease takes the cross-process fetch lease of d. While another
 // process holds it, it waits for the blob to land in the shared store and
@@ -465,25 +467,30 @@ func (c *Cache) awaitLease(ctx context.Context, f *fill, repo store.Repo, d dige
 			}
 			return rel, false
 		}
-		for {
-			if shared() {
-				return nil, true
-			}
-			held, err := c.leases.Held(ctx, key)
-			if err != nil {
-				return nil, false
-			}
-			if !held {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				c.endFill(fillKey{repo.Registry, d}, f, ctx.Err())
-				return nil, true
-			case <-time.After(leasePoll):
-			}
+		// Another process holds it: wait for its release, then look again.
+		if shared() {
+			return nil, true
+		}
+		if err := c.waitLease(ctx, key); ctx.Err() != nil {
+			c.endFill(fillKey{repo.Registry, d}, f, ctx.Err())
+			return nil, true
+		} else if err != nil {
+			c.log.Warn("fetch lease unavailable; fetching without it", "digest", d, "error", err)
+			return nil, false
 		}
 	}
+}
+
+// waitLease waits until key's holder released it, or for c.leaseRecheck
+// at most. An error other than the recheck timing out is the lease service's.
+func (c *Cache) waitLease(ctx context.Context, key string) error {
+	wctx, cancel := context.WithTimeout(ctx, c.leaseRecheck)
+	defer cancel()
+	err := c.leases.Released(wctx, key)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return nil
+	}
+	return err
 }
 
 // fetch makes sure blob d of repo is in the store, fetching it through the

@@ -43,8 +43,9 @@ type Cache struct {
 	leases  Leaser
 	now     func() time.Time
 
-	fillTimeout time.Duration
-	idleTimeout time.Duration
+	fillTimeout  time.Duration
+	idleTimeout  time.Duration
+	leaseRecheck time.Duration // see waitLease
 
 	calls inflight[string, *flight[any]] // manifests and tags
 	fills inflight[fillKey, *fill]       // blobs, one fill per registry and digest
@@ -108,8 +109,10 @@ func WithMissHook(fn func(context.Context, Miss)) Option {
 type Leaser interface {
 	// Acquire takes key; ok is false when another process holds it.
 	Acquire(ctx context.Context, key string) (release func(), ok bool, err error)
-	// Held reports whether anyone holds key.
-	Held(ctx context.Context, key string) (bool, error)
+	// Released blocks until nobody holds key (released, or never held) or
+	// ctx ends, returning ctx's error then. A lease that lapses with a
+	// dead holder may go unannounced until ctx ends.
+	Released(ctx context.Context, key string) error
 }
 
 // WithLeases coordinates blob fetches with other processes through l.
@@ -166,13 +169,14 @@ func WithSources(sources map[string]connector.Source) Option {
 // registry through this cache.
 func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOption, opts ...Option) (*Cache, error) {
 	c := &Cache{
-		store:       st,
-		regs:        map[string]*registry{},
-		log:         slog.New(slog.DiscardHandler),
-		now:         time.Now,
-		fillTimeout: time.Hour,
-		idleTimeout: time.Minute,
-		prio:        newPriority(defaultQuiet, defaultMaxWait),
+		store:        st,
+		regs:         map[string]*registry{},
+		log:          slog.New(slog.DiscardHandler),
+		now:          time.Now,
+		fillTimeout:  time.Hour,
+		idleTimeout:  time.Minute,
+		leaseRecheck: defaultLeaseRecheck,
+		prio:         newPriority(defaultQuiet, defaultMaxWait),
 	}
 	c.serving = view{c: c, m: mode{client: true}}
 	c.warming = &Warming{view{c: c}}

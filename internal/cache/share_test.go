@@ -154,8 +154,11 @@ func TestSharedLayerStoredInRegistryLinkedOnHEAD(t *testing.T) {
 type fakeLeases struct {
 	mu    sync.Mutex
 	held  bool
-	polls atomic.Int32
+	freed chan struct{} // closed by release
+	waits atomic.Int32
 }
+
+func newFakeLeases() *fakeLeases { return &fakeLeases{held: true, freed: make(chan struct{})} }
 
 func (l *fakeLeases) Acquire(context.Context, string) (func(), bool, error) {
 	l.mu.Lock()
@@ -166,17 +169,21 @@ func (l *fakeLeases) Acquire(context.Context, string) (func(), bool, error) {
 	return func() {}, true, nil
 }
 
-func (l *fakeLeases) Held(context.Context, string) (bool, error) {
-	l.polls.Add(1)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.held, nil
+func (l *fakeLeases) Released(ctx context.Context, _ string) error {
+	l.waits.Add(1)
+	select {
+	case <-l.freed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (l *fakeLeases) release() {
 	l.mu.Lock()
 	l.held = false
 	l.mu.Unlock()
+	close(l.freed)
 }
 
 // TestNoCrossRegistryLinkAfterLease: a fill that waited for another
@@ -184,7 +191,7 @@ func (l *fakeLeases) release() {
 // registry on an upstream HEAD; it fetches through its own connector.
 func TestNoCrossRegistryLinkAfterLease(t *testing.T) {
 	t.Parallel()
-	leases := &fakeLeases{held: true}
+	leases := newFakeLeases()
 	f := newFixture(t, shareConfig, WithLeases(leases))
 	secret := upstreamtest.RandomGzip(3000)
 	d := f.pushPrivate(secret) // what the other process stored
@@ -194,7 +201,7 @@ func TestNoCrossRegistryLinkAfterLease(t *testing.T) {
 		_, _, err := f.cache.Warming().Fetch(context.Background(), hub("attacker/any"), d)
 		done <- err
 	}()
-	waitFor(t, func() bool { return leases.polls.Load() > 0 || len(done) > 0 })
+	waitFor(t, func() bool { return leases.waits.Load() > 0 || len(done) > 0 })
 	leases.release()
 	if err := <-done; err == nil {
 		t.Fatal("fetch after the lease linked the private blob on an upstream HEAD")

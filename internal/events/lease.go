@@ -76,6 +76,43 @@ func (l *Leases) Held(ctx context.Context, key string) (bool, error) {
 	return err == nil, err
 }
 
+// Released blocks until nobody holds key: it was released, or never
+// held, or ctx ended (ctx's error). It watches the key in the bucket rather
+// than polling it. A lease that lapses with a dead holder (the bucket TTL)
+// is not announced by the server: a caller bounds the wait with ctx and
+// looks again (Held, Acquire).
+func (l *Leases) Released(ctx context.Context, key string) error {
+	w, err := l.kv.Watch(ctx, key)
+	if err != nil {
+		return fmt.Errorf("watching lease %s: %w", key, err)
+	}
+	defer func() { _ = w.Stop() }()
+	held := false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("watching lease %s: watch ended", key)
+			}
+			switch {
+			case e == nil: // the current value, if any, was delivered
+				if !held {
+					return nil
+				}
+			case e.Operation() == jetstream.KeyValuePut:
+				held = true
+			default: // deleted or purged: released
+				return nil
+			}
+		}
+	}
+}
+
 // Claim takes key once, without refreshing or releasing it: the claim
 // lapses with the bucket TTL. It reports whether this call got it. Cron
 // ticks use it so that each tick runs once across all workers.
