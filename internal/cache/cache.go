@@ -1,7 +1,3 @@
-// Package cache is the pull-through cache: a store.Reader that answers from
-// the local store and, on a miss, from the registry's connectors in order,
-// storing what it fetched. Concurrent misses for the same content share one
-// upstream fetch; a tag whose connectors all fail is served stale.
 package cache
 
 import (
@@ -16,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/regwarm/regwarm/internal/cache/fill"
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/metrics"
@@ -45,16 +42,16 @@ type Cache struct {
 
 	fillTimeout  time.Duration
 	idleTimeout  time.Duration
-	leaseRecheck time.Duration // see waitLease
+	leaseRecheck time.Duration // bounds each wait for another process's lease (0: the engine's default)
 
 	calls inflight[string, *flight[any]] // manifests and tags
-	fills inflight[fillKey, *fill]       // blobs, one fill per registry and digest
-	mem   budget                         // bytes of blobs streaming through memory
+	fills *fill.Engine                   // blobs, one fill per registry and digest
+	mem   int64                          // memory budget of fills (0: the engine's default)
 
 	active   activity       // cold work in progress, for write-behind
 	pending  pendingSet     // manifests answered but not stored yet
 	flushing atomic.Int32   // Wait in progress: write-behind stores go now
-	work     sync.WaitGroup // detached fills and flights in progress
+	work     sync.WaitGroup // detached flights and links in progress
 
 	prio    *priority // client misses in flight hold background fetches back
 	covered coverSet  // content a published miss's job will warm
@@ -111,7 +108,8 @@ type Leaser interface {
 	Acquire(ctx context.Context, key string) (release func(), ok bool, err error)
 	// Released blocks until nobody holds key (released, or never held) or
 	// ctx ends, returning ctx's error then. A lease that lapses with a
-	// dead holder may go unannounced until ctx ends.
+	// dead holder may go unannounced: the fill engine looks again now and
+	// then.
 	Released(ctx context.Context, key string) error
 }
 
@@ -169,14 +167,13 @@ func WithSources(sources map[string]connector.Source) Option {
 // registry through this cache.
 func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOption, opts ...Option) (*Cache, error) {
 	c := &Cache{
-		store:        st,
-		regs:         map[string]*registry{},
-		log:          slog.New(slog.DiscardHandler),
-		now:          time.Now,
-		fillTimeout:  time.Hour,
-		idleTimeout:  time.Minute,
-		leaseRecheck: defaultLeaseRecheck,
-		prio:         newPriority(defaultQuiet, defaultMaxWait),
+		store:       st,
+		regs:        map[string]*registry{},
+		log:         slog.New(slog.DiscardHandler),
+		now:         time.Now,
+		fillTimeout: time.Hour,
+		idleTimeout: time.Minute,
+		prio:        newPriority(defaultQuiet, defaultMaxWait),
 	}
 	c.serving = view{c: c, m: mode{client: true}}
 	c.warming = &Warming{view{c: c}}
@@ -214,6 +211,13 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 	if c.metrics == nil {
 		c.metrics = metrics.New(prometheus.NewRegistry(), metrics.Labels{})
 	}
+	var err error
+	c.fills, err = fill.New(st, fill.Config{Leases: c.leases, Log: c.log, Timeout: c.fillTimeout,
+		Idle: c.idleTimeout, Recheck: c.leaseRecheck, Memory: c.mem, Busy: c.active.begin, Later: c.later,
+		Written: func(err error) { c.metrics.StoreWrites.WithLabelValues(resultOf(err)).Inc() }})
+	if err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -225,6 +229,8 @@ func (c *Cache) Wait() {
 	defer c.flushing.Add(-1)
 	c.active.begin()() // wakes write-behind waiters to look again
 	c.work.Wait()
+	c.fills.Wait()
+	c.work.Wait() // links of what the fills stored
 }
 
 func (c *Cache) closing() bool { return c.flushing.Load() > 0 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/regwarm/regwarm/internal/cache/fill"
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/metrics"
@@ -284,7 +285,7 @@ func TestUpstreamFaults(t *testing.T) {
 		{"slow loris", upstreamtest.Fault{StallAfter: 1000}},
 	}
 	for _, tt := range tests {
-		for _, size := range []int{2 << 20, memSpoolMax + 1} { // through memory, through a spool file
+		for _, size := range []int{2 << 20, fill.MemMax + 1} { // through memory, through a spool file
 			t.Run(fmt.Sprintf("%s/%d", tt.name, size), func(t *testing.T) {
 				t.Parallel()
 				upstreamFault(t, tt.name, tt.fault, size)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regwarm/regwarm/internal/cache/fill"
 	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/internal/upstreamtest"
 )
@@ -66,7 +67,7 @@ func (f *fixture) lyingUpstream(size int) *upstreamtest.Upstream {
 // it there.
 func TestNoCrossRegistryLinkOnUpstreamHEAD(t *testing.T) {
 	t.Parallel()
-	for _, size := range []int{2000, memSpoolMax + 1} { // through memory, through a spool file
+	for _, size := range []int{2000, fill.MemMax + 1} { // through memory, through a spool file
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t, shareConfig)

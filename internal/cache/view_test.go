@@ -2,9 +2,15 @@ package cache
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/regwarm/regwarm/internal/cache/fill"
 	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/store"
 )
 
 // TestViewsCount: a client request counts one cache result per kind (a
@@ -43,5 +49,48 @@ func TestViewsCount(t *testing.T) {
 	}
 	if hit := f.counter(metrics.KindManifest, metrics.ResultHit); hit != 1 {
 		t.Fatalf("second request: manifest hit %v, want 1", hit)
+	}
+}
+
+// lookups is the real filesystem store, counting blob lookups.
+type lookups struct {
+	*store.FS
+	has, stat, open atomic.Int32
+}
+
+func (s *lookups) HasBlob(ctx context.Context, d digest.Digest) (int64, error) {
+	s.has.Add(1)
+	return s.FS.HasBlob(ctx, d)
+}
+
+func (s *lookups) StatBlob(ctx context.Context, r store.Repo, d digest.Digest) (int64, error) {
+	s.stat.Add(1)
+	return s.FS.StatBlob(ctx, r, d)
+}
+
+func (s *lookups) OpenBlob(ctx context.Context, r store.Repo, d digest.Digest) (store.Blob, error) {
+	s.open.Add(1)
+	return s.FS.OpenBlob(ctx, r, d)
+}
+
+// TestColdBlobMissLooksOnce: a client's cold blob miss looks the blob up
+// (the lookup that missed), then the fill looks at the store once (is the
+// content stored for another repository?) before the upstream GET; it was
+// four lookups.
+func TestColdBlobMissLooksOnce(t *testing.T) {
+	t.Parallel()
+	var st *lookups
+	f := newWrappedFixture(t, "", func(fs *store.FS) store.Store { st = &lookups{FS: fs}; return st })
+	for _, size := range []int{2000, fill.MemMax + 1} { // through memory, through a spool file
+		img := f.up.AddImage(fmt.Sprintf("app%d", size), "v1", size)
+		st.has.Store(0)
+		st.stat.Store(0)
+		st.open.Store(0)
+		if err := f.readBlob(context.Background(), hub(fmt.Sprintf("app%d", size)), img.Layers[0]); err != nil {
+			t.Fatal(err)
+		}
+		if has, stat, open := st.has.Load(), st.stat.Load(), st.open.Load(); open != 1 || has != 1 || stat != 0 {
+			t.Errorf("size %d: OpenBlob %d, HasBlob %d, StatBlob %d; want 1, 1, 0", size, open, has, stat)
+		}
 	}
 }

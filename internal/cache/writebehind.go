@@ -108,26 +108,20 @@ func (a *activity) waitQuiet(ctx context.Context, urgent func() bool, asked <-ch
 	}
 }
 
-// verifiedThenStore gives readers the last byte of a verified fill in
-// memory, then runs write: for a fill a client started, once it is a good
-// moment (the fill's own upstream work is over).
-func (c *Cache) verifiedThenStore(ctx context.Context, f *fill, write func() error) error {
-	if f.foreground {
-		c.metrics.PendingWrites.Inc()
-		defer c.metrics.PendingWrites.Dec()
-	}
-	f.markVerified()
-	f.endActive()
-	if f.foreground {
-		c.writeSoon(ctx, nil)
-	}
+// later stores a verified blob a client's fill holds in memory: write
+// runs once it is a good moment (the fill's own upstream work is over;
+// fill.Config.Later).
+func (c *Cache) later(ctx context.Context, write func() error) error {
+	c.metrics.PendingWrites.Inc()
+	defer c.metrics.PendingWrites.Dec()
+	c.writeSoon(ctx, nil)
 	return write()
 }
 
 // writeSoon waits until no cold work ran for writeQuiet (at most
 // writeMaxDelay, or until asked is closed).
 func (c *Cache) writeSoon(ctx context.Context, asked <-chan struct{}) {
-	c.active.waitQuiet(ctx, func() bool { return c.mem.used.Load() > c.mem.max()/2 || c.closing() }, asked)
+	c.active.waitQuiet(ctx, func() bool { return c.fills.MemoryHigh() || c.closing() }, asked)
 }
 
 // pendingSet holds manifests (and the tags that name them) answered to

@@ -185,14 +185,13 @@ func TestConfigReadAhead(t *testing.T) {
 // file instead, with the same result.
 func TestMemoryBudgetFallsBackToSpool(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, "")
-	f.cache.mem.limit = 1 << 20
+	f := newFixture(t, "", func(c *Cache) error { c.mem = 1 << 20; return nil })
 	img := f.up.AddImage("app", "v1", 3<<20, 512<<10, 600<<10)
 	if err := f.pull(context.Background(), hub("app"), "v1", img); err != nil {
 		t.Fatal(err)
 	}
 	f.cache.Wait()
-	if used := f.cache.mem.used.Load(); used != 0 {
+	if used := f.cache.fills.MemoryHeld(); used != 0 {
 		t.Fatalf("%d bytes of memory still reserved", used)
 	}
 	for _, d := range append([]digest.Digest{img.Config}, img.Layers...) {

@@ -1,4 +1,4 @@
-package cache
+package fill
 
 import "syscall"
 

@@ -1,4 +1,4 @@
-package cache
+package fill
 
 import (
 	"io"
@@ -7,14 +7,15 @@ import (
 	"sync/atomic"
 )
 
-// Blobs of at most memSpoolMax bytes stream through memory instead of a
-// spool file, while no more than memBudget bytes are held that way at
-// once: the pull path then does no file I/O for them (they are written to
-// the store write-behind, see writebehind.go). Larger blobs, or any blob
-// while the budget is spent, use the store's spool.
+// Blobs of at most MemMax bytes stream through memory instead of a spool
+// file, while no more than the memory budget (64 MiB by default) is held
+// that way at once: the pull path then does no file I/O for them (a
+// client's are written to the store write-behind, see Config.Later).
+// Larger blobs, or any blob while the budget is spent, use the store's
+// spool.
 const (
-	memSpoolMax = 16 << 20
-	memBudget   = 64 << 20
+	MemMax    = 16 << 20
+	memBudget = 64 << 20
 )
 
 // budget counts bytes in memory spools against a limit (memBudget unless

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package cache
+package fill
 
 func mapBuf(int) ([]byte, bool) { return nil, false }
 
