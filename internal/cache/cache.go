@@ -40,9 +40,8 @@ type Cache struct {
 	leases  Leaser
 	now     func() time.Time
 
-	fillTimeout  time.Duration
-	idleTimeout  time.Duration
-	leaseRecheck time.Duration // bounds each wait for another process's lease (0: the engine's default)
+	fillTimeout time.Duration
+	idleTimeout time.Duration
 
 	calls inflight[string, *flight[any]] // manifests and tags
 	fills *fill.Engine                   // blobs, one fill per registry and digest
@@ -213,7 +212,7 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 	}
 	var err error
 	c.fills, err = fill.New(st, fill.Config{Leases: c.leases, Log: c.log, Timeout: c.fillTimeout,
-		Idle: c.idleTimeout, Recheck: c.leaseRecheck, Memory: c.mem, Busy: c.active.begin, Later: c.later,
+		Idle: c.idleTimeout, Memory: c.mem, Busy: c.active.begin, Later: c.later,
 		Written: func(err error) { c.metrics.StoreWrites.WithLabelValues(resultOf(err)).Inc() }})
 	if err != nil {
 		return nil, err

@@ -55,7 +55,15 @@ func (c *Cache) Serving() *Serving { return &Serving{c: c} }
 // Request returns the reads of one client request: its cache results are
 // counted once per kind and its misses carry id (may be "").
 func (s *Serving) Request(id string) store.Reader {
-	return &view{c: s.c, m: mode{client: true, tally: &tally{}, requestID: id}}
+	r := &request{}
+	r.view = view{c: s.c, m: mode{client: true, tally: &r.tally, requestID: id}}
+	return &r.view
+}
+
+// request is a client request's view and tally, allocated together.
+type request struct {
+	view  view
+	tally tally
 }
 
 // Warming is the cache as workers and scheduled jobs use it; get it with
