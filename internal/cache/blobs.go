@@ -45,13 +45,11 @@ func (c *Cache) statBlob(ctx context.Context, m mode, repo store.Repo, d digest.
 		return c.store.StatBlob(ctx, repo, d)
 	}
 	if f := c.fills.Get(fill.Key{Registry: repo.Registry, Digest: d}); f != nil {
-		select {
-		case <-f.Ready():
-			if size := f.Size(); size >= 0 {
-				return size, nil
-			}
-		case <-ctx.Done():
-			return 0, ctx.Err()
+		if err := f.WaitStarted(ctx); err != nil {
+			return 0, err
+		}
+		if size := f.Size(); size >= 0 {
+			return size, nil
 		}
 	}
 	size, _, err := c.headBlob(ctx, repo, d, sources)
@@ -115,10 +113,8 @@ func (c *Cache) openBlob(ctx context.Context, m mode, repo store.Repo, d digest.
 	if err != nil {
 		return nil, err
 	}
-	select {
-	case <-f.Ready():
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := f.WaitStarted(ctx); err != nil {
+		return nil, err
 	}
 	if r, ok := f.Reader(ctx.Done()); ok {
 		endActive, endReader := c.active.begin(), endClient

@@ -176,31 +176,8 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 	}
 	c.serving = view{c: c, m: mode{client: true}}
 	c.warming = &Warming{view{c: c}}
-	serving, warming := map[string]connector.Source{}, map[string]connector.Source{}
-	for _, cc := range cfg.Connectors {
-		if cc.Registry != "" {
-			f := connector.Filter{Include: cc.Include, Exclude: cc.Exclude}
-			serving[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, f, &c.serving)
-			warming[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, f, c.warming)
-			continue
-		}
-		up, err := connector.NewUpstream(cc, upstreamOpts...)
-		if err != nil {
-			return nil, err
-		}
-		serving[cc.Name], warming[cc.Name] = up, up
-	}
-	for _, r := range cfg.Registries {
-		reg := &registry{ttl: r.TagTTL.D(), push: r.Push}
-		for _, name := range r.Connectors {
-			s, ok := serving[name]
-			if !ok {
-				return nil, fmt.Errorf("cache: registry %s: unknown connector %s", r.Name, name)
-			}
-			reg.serving = append(reg.serving, s)
-			reg.warming = append(reg.warming, warming[name])
-		}
-		c.regs[r.Name] = reg
+	if err := c.addRegistries(cfg, upstreamOpts); err != nil {
+		return nil, err
 	}
 	for _, o := range opts {
 		if err := o(c); err != nil {
@@ -218,6 +195,39 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 		return nil, err
 	}
 	return c, nil
+}
+
+// addRegistries builds cfg's registries and their connectors: URLs
+// become regclient upstreams, local registries are read through this
+// cache (once per view).
+func (c *Cache) addRegistries(cfg *config.Config, upstreamOpts []connector.UpstreamOption) error {
+	serving, warming := map[string]connector.Source{}, map[string]connector.Source{}
+	for _, cc := range cfg.Connectors {
+		if cc.Registry != "" {
+			f := connector.Filter{Include: cc.Include, Exclude: cc.Exclude}
+			serving[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, f, &c.serving)
+			warming[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, f, c.warming)
+			continue
+		}
+		up, err := connector.NewUpstream(cc, upstreamOpts...)
+		if err != nil {
+			return err
+		}
+		serving[cc.Name], warming[cc.Name] = up, up
+	}
+	for _, r := range cfg.Registries {
+		reg := &registry{ttl: r.TagTTL.D(), push: r.Push}
+		for _, name := range r.Connectors {
+			s, ok := serving[name]
+			if !ok {
+				return fmt.Errorf("cache: registry %s: unknown connector %s", r.Name, name)
+			}
+			reg.serving = append(reg.serving, s)
+			reg.warming = append(reg.warming, warming[name])
+		}
+		c.regs[r.Name] = reg
+	}
+	return nil
 }
 
 // Wait blocks until every detached fill and flight has finished (they

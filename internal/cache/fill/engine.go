@@ -141,7 +141,7 @@ func (e *Engine) Join(ctx context.Context, j Job) (f *Fill, leader bool) {
 	if f := e.fills[key]; f != nil {
 		return f, false
 	}
-	f = newFill(j.Repo, j.Client)
+	f = newFill(j.Repo)
 	e.fills[key] = f
 	e.work.Add(1)
 	go func() { defer e.work.Done(); e.run(ctx, key, f, j) }()
@@ -175,7 +175,9 @@ func (e *Engine) run(reqCtx context.Context, key Key, f *Fill, j Job) {
 	defer cancel()
 	end := e.cfg.Busy()
 	defer end()
-	f.endBusy = end
+	// verified lets readers have the last byte and ends the fill's share
+	// of cold work: what follows is storing.
+	verified := func() { f.markVerified(); end() }
 	if e.cfg.Leases != nil {
 		release, finished := e.awaitLease(ctx, key, f, j)
 		if finished {
@@ -197,7 +199,7 @@ func (e *Engine) run(reqCtx context.Context, key Key, f *Fill, j Job) {
 		}
 		// The body is closed as soon as it is read (stream does that), so
 		// the connector's concurrency slot is free while the blob is stored.
-		err = blameUpstream(e.stream(ctx, cancel, f, j, rc, size))
+		err = blameUpstream(e.stream(ctx, cancel, f, verified, j, rc, size))
 		_ = rc.Close()
 		e.cfg.Written(err)
 		if err == nil {
@@ -290,12 +292,12 @@ func (e *Engine) waitLease(ctx context.Context, lease string) error {
 // stream copies rc into the store: through a spool that readers follow when
 // the store supports it and the size is known, else with a plain PutBlob.
 // A read that makes no progress for Idle cancels the fill.
-func (e *Engine) stream(ctx context.Context, cancel context.CancelFunc, f *Fill, j Job, rc io.ReadCloser, size int64) error {
+func (e *Engine) stream(ctx context.Context, cancel context.CancelFunc, f *Fill, verified func(), j Job, rc io.ReadCloser, size int64) error {
 	watchdog := time.AfterFunc(e.cfg.Idle, cancel)
 	defer watchdog.Stop()
 	src := &watchedBody{rc: rc, ctx: ctx, watchdog: watchdog, idle: e.cfg.Idle}
 	if size >= 0 && size <= MemMax && e.mem.take(size) {
-		return e.streamMem(ctx, f, j, src, size)
+		return e.streamMem(ctx, f, verified, j, src, size)
 	}
 	sp, ok := e.st.(store.Spooler)
 	if !ok || size < 0 {
@@ -318,14 +320,14 @@ func (e *Engine) stream(ctx context.Context, cancel context.CancelFunc, f *Fill,
 	if err := spool.Verify(); err != nil {
 		return err
 	}
-	f.markVerified()
+	verified()
 	return spool.Commit(ctx, j.Repo)
 }
 
 // streamMem receives a small blob into memory, hashing what arrived in a
 // second goroutine, then stores it once verified (a client's through
 // Config.Later).
-func (e *Engine) streamMem(ctx context.Context, f *Fill, j Job, src io.ReadCloser, size int64) error {
+func (e *Engine) streamMem(ctx context.Context, f *Fill, verified func(), j Job, src io.ReadCloser, size int64) error {
 	d := j.Digest
 	ms := newMemSpool(size, &e.mem)
 	f.start(ms, size)
@@ -338,32 +340,7 @@ func (e *Engine) streamMem(ctx context.Context, f *Fill, j Job, src io.ReadClose
 			h.Write(b)
 		}
 	}()
-	var written int64
-	err := func() error {
-		for written < size {
-			n, rerr := src.Read(ms.buf[written:size])
-			if n > 0 {
-				chunks <- ms.buf[written : written+int64(n)]
-				written += int64(n)
-				f.advance(int64(n))
-			}
-			if rerr == io.EOF {
-				break
-			}
-			if rerr != nil {
-				return readFailure(ctx, rerr)
-			}
-		}
-		if written < size {
-			return fmt.Errorf("%w: blob %s: got %d bytes, want %d", store.ErrSizeMismatch, d, written, size)
-		}
-		// One more byte would reveal a longer body.
-		var extra [1]byte
-		if n, _ := io.ReadFull(src, extra[:]); n > 0 {
-			return fmt.Errorf("%w: blob %s: more than %d bytes", store.ErrSizeMismatch, d, size)
-		}
-		return nil
-	}()
+	err := readAll(ctx, f, d, src, ms.buf[:size], chunks)
 	close(chunks)
 	_ = src.Close()
 	<-hashed
@@ -373,17 +350,47 @@ func (e *Engine) streamMem(ctx context.Context, f *Fill, j Job, src io.ReadClose
 	if got := digest.NewDigest(d.Algorithm(), h); got != d {
 		return fmt.Errorf("%w: got %s, want %s", store.ErrDigestMismatch, got, d)
 	}
-	f.markVerified()
+	verified()
 	write := func() error {
 		if vp, ok := e.st.(store.VerifiedPutter); ok {
 			return vp.PutVerifiedBlob(ctx, j.Repo, d, ms.buf)
 		}
 		return e.st.PutBlob(ctx, j.Repo, d, size, bytes.NewReader(ms.buf))
 	}
-	if f.client {
+	if j.Client {
 		return e.cfg.Later(ctx, write)
 	}
 	return write()
+}
+
+// readAll reads exactly len(buf) bytes of blob d from src into buf,
+// telling f and the hasher (chunks) of each piece as it arrives.
+func readAll(ctx context.Context, f *Fill, d digest.Digest, src io.Reader, buf []byte, chunks chan<- []byte) error {
+	size := int64(len(buf))
+	var written int64
+	for written < size {
+		n, rerr := src.Read(buf[written:])
+		if n > 0 {
+			chunks <- buf[written : written+int64(n)]
+			written += int64(n)
+			f.advance(int64(n))
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return readFailure(ctx, rerr)
+		}
+	}
+	if written < size {
+		return fmt.Errorf("%w: blob %s: got %d bytes, want %d", store.ErrSizeMismatch, d, written, size)
+	}
+	// One more byte would reveal a longer body.
+	var extra [1]byte
+	if n, _ := io.ReadFull(src, extra[:]); n > 0 {
+		return fmt.Errorf("%w: blob %s: more than %d bytes", store.ErrSizeMismatch, d, size)
+	}
+	return nil
 }
 
 // blameUpstream marks a body that failed verification as the upstream's

@@ -81,7 +81,7 @@ func (v *env) job(d digest.Digest) fill.Job {
 // read follows f to the end.
 func read(t *testing.T, f *fill.Fill) ([]byte, error) {
 	t.Helper()
-	<-f.Ready()
+	_ = f.WaitStarted(context.Background())
 	r, ok := f.Reader(nil)
 	if !ok {
 		<-f.Done()
@@ -146,7 +146,7 @@ func TestLastByteWaitsForVerification(t *testing.T) {
 		d := v.up.AddBlob("app", data)
 		v.up.SetFault(d.String(), upstreamtest.Fault{Corrupt: true})
 		f, _ := v.e.Join(context.Background(), v.job(d))
-		<-f.Ready()
+		_ = f.WaitStarted(context.Background())
 		ranged, ok := f.Reader(nil)
 		if !ok {
 			t.Fatal("no reader")

@@ -19,33 +19,29 @@ type Key struct {
 
 // Fill is one upstream blob download that any number of readers follow.
 //
-// Its life: started → ready (the size and the body readers read are known,
-// or it failed early) → every byte written → verified (the bytes hash to
-// the digest: readers may have the last byte) → done (stored, or failed).
-// A fill that found the blob stored already (Job.Adopt) is done without
-// ever having a body.
+// Its life: started (a source answered: fetched, with the size and the
+// body readers follow, when known) → every byte written → verified (the
+// bytes hash to the digest: readers may have the last byte) → ended
+// (stored, or failed: err). A fill that found the blob stored already
+// (Job.Adopt) ends without starting.
 //
 // Lock order: the engine's mutex before Fill.mu (never held together in
 // practice).
 type Fill struct {
-	repo   store.Repo    // the repository it stores into (others link it)
-	client bool          // started for a client: stored write-behind
-	ready  chan struct{} // closed when the body and size are known, or at the end
-	done   chan struct{} // closed when the fill ended
-	once   sync.Once     // closes ready
+	repo store.Repo    // the repository it stores into (others link it); fixed
+	done chan struct{} // closed once ended
 
 	mu       sync.Mutex
 	progress chan struct{} // closed and replaced whenever the state below changes
-	body     body          // what readers read: the store's spool or memory
-	size     int64         // -1 until known
+	fetched  bool          // started: the bytes come from upstream
+	body     body          // what readers follow: the store's spool or memory (nil: none)
+	size     int64         // -1 unless known
 	written  int64         // bytes in body
 	verified bool          // every byte is written and matches the digest
-	ended    bool          // the fill finished; err is its result
+	ended    bool          // err is the result
 	err      error
-	readers  int  // open readers; the body is closed when the last goes after the end
+	readers  int  // open readers; the last one closes the body once ended
 	handed   bool // a reader was given out: the source may not change under it
-	fetched  bool // the bytes came from upstream (not stored by someone else)
-	endBusy  func()
 }
 
 // body is what readers of a fill read while it arrives.
@@ -54,17 +50,30 @@ type body interface {
 	io.Closer
 }
 
-func newFill(repo store.Repo, client bool) *Fill {
-	return &Fill{repo: repo, client: client, ready: make(chan struct{}), done: make(chan struct{}),
-		progress: make(chan struct{}), size: -1, endBusy: func() {}}
+func newFill(repo store.Repo) *Fill {
+	return &Fill{repo: repo, done: make(chan struct{}), progress: make(chan struct{}), size: -1}
 }
 
 // Repo returns the repository the fill stores the blob into.
 func (f *Fill) Repo() store.Repo { return f.repo }
 
-// Ready is closed once Size and Reader can answer: the size is known, or
-// the fill ended.
-func (f *Fill) Ready() <-chan struct{} { return f.ready }
+// WaitStarted blocks until Size and Reader can answer (the fill started
+// or ended), or ctx ends (ctx's error).
+func (f *Fill) WaitStarted(ctx context.Context) error {
+	for {
+		f.mu.Lock()
+		ready, progress := f.fetched || f.ended, f.progress
+		f.mu.Unlock()
+		if ready {
+			return nil
+		}
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
 
 // Done is closed when the fill ended; Err then returns its result.
 func (f *Fill) Done() <-chan struct{} { return f.done }
@@ -101,8 +110,8 @@ func (f *Fill) wakeLocked() {
 func (f *Fill) start(b body, size int64) {
 	f.mu.Lock()
 	f.body, f.size, f.written, f.fetched = b, size, 0, true
+	f.wakeLocked()
 	f.mu.Unlock()
-	f.once.Do(func() { close(f.ready) })
 }
 
 func (f *Fill) advance(n int64) {
@@ -112,14 +121,12 @@ func (f *Fill) advance(n int64) {
 	f.mu.Unlock()
 }
 
-// markVerified lets readers have the final byte, and ends the fill's
-// share of cold work: what follows is storing.
+// markVerified lets readers have the final byte.
 func (f *Fill) markVerified() {
 	f.mu.Lock()
 	f.verified = true
 	f.wakeLocked()
 	f.mu.Unlock()
-	f.endBusy()
 }
 
 func (f *Fill) exposed() bool {
@@ -139,7 +146,6 @@ func (f *Fill) finish(err error, fetched bool) {
 	if release {
 		_ = f.body.Close()
 	}
-	f.once.Do(func() { close(f.ready) })
 	close(f.done)
 }
 
