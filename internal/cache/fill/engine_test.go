@@ -87,7 +87,7 @@ func read(t *testing.T, f *fill.Fill) ([]byte, error) {
 		<-f.Done()
 		return nil, f.Err()
 	}
-	defer r.Close()
+	defer func() { _ = r.Close() }()
 	return io.ReadAll(r)
 }
 
