@@ -18,7 +18,6 @@ import (
 
 	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
-	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/ref"
 	"github.com/regwarm/regwarm/internal/store"
@@ -70,9 +69,28 @@ func (t Target) Image() string {
 	return t.Repo.String() + ":" + t.Reference
 }
 
+// Request asks for an image to be synced, as a sync message or the CLI
+// names it.
+type Request struct {
+	Image     string   // <registry>/<repo>… or <upstream host>/<repo>…
+	Platforms []string // nil: the registry's sync.platforms
+	Referrers *bool    // nil: the registry's sync.referrers
+	Blob      string   // only this blob of Image's repository, when set
+}
+
+// Result is what one sync did.
+type Result struct {
+	Image        string // the target as Target.Image renders it
+	Digest       string // the top manifest's (or the blob's) digest
+	Manifests    int
+	BlobsFetched int
+	BlobsPresent int
+	Bytes        int64 // fetched
+}
+
 // Resolve maps a request to a target: an image names a local registry, or
 // an upstream host served by a registry's connector. Failures are permanent.
-func (s *Syncer) Resolve(req events.SyncRequest) (Target, error) {
+func (s *Syncer) Resolve(req Request) (Target, error) {
 	img, err := ref.ParseImage(req.Image)
 	if err != nil {
 		return Target{}, err
@@ -107,15 +125,28 @@ func (s *Syncer) Resolve(req events.SyncRequest) (Target, error) {
 	return t, nil
 }
 
+// MissTarget is the target of a cache miss: manifest (or, with blob, the
+// blob) d in repository name of the named registry.
+func (s *Syncer) MissTarget(registry, name string, d digest.Digest, blob bool) (Target, error) {
+	reg, ok := s.cfg.Registry(registry)
+	if !ok {
+		return Target{}, fmt.Errorf("%w: no registry named %q", ErrUnknownRegistry, registry)
+	}
+	t := NewTarget(reg, name, d.String())
+	if blob {
+		t.Blob = d
+	}
+	return t, nil
+}
+
 // maxDepth bounds referrers of referrers and nested indexes.
 const maxDepth = 4
 
 // Run syncs t and reports what it did. It is idempotent: content already
 // stored is only counted.
-func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
+func (s *Syncer) Run(ctx context.Context, t Target) (Result, error) {
 	ctx = cache.Background(ctx)
-	start := time.Now()
-	res := events.SyncResult{Image: t.Image()}
+	res := Result{Image: t.Image()}
 	w := &walk{s: s, t: t, seen: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}
 	var err error
 	if t.Blob != "" {
@@ -140,7 +171,6 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 	}
 	res.Manifests = w.manifests
 	res.BlobsFetched, res.BlobsPresent, res.Bytes = w.fetched, w.present, w.bytes
-	res.DurationMS = time.Since(start).Milliseconds()
 	return res, err
 }
 
