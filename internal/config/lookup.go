@@ -9,21 +9,18 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/regwarm/regwarm/internal/ref"
 )
 
-// dockerHubHost is the canonical name of Docker Hub for host matching.
-const dockerHubHost = "docker.io"
-
 // CanonicalHost returns host in the form used for matching connector
-// hosts: lower case, with Docker Hub's aliases index.docker.io and
-// registry-1.docker.io folded into docker.io.
+// hosts: lower case, with Docker Hub's aliases (ref.IsDockerHub) folded
+// into docker.io.
 func CanonicalHost(host string) string {
-	h := strings.ToLower(host)
-	switch h {
-	case "index.docker.io", "registry-1.docker.io":
-		return dockerHubHost
+	if ref.IsDockerHub(host) {
+		return ref.DockerHub
 	}
-	return h
+	return strings.ToLower(host)
 }
 
 // Registry returns the registry named name.

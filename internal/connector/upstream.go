@@ -26,6 +26,7 @@ import (
 
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/ref"
 )
 
 // Upstream is a connector to a remote registry, built on regclient.
@@ -130,9 +131,6 @@ func DefaultTransport() *http.Transport {
 	}
 }
 
-// dockerHubHosts are the names Docker Hub goes by.
-var dockerHubHosts = map[string]bool{"docker.io": true, "index.docker.io": true, "registry-1.docker.io": true}
-
 // NewUpstream builds the connector c (which must have a url).
 func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) {
 	o := upstreamOptions{log: slog.New(slog.DiscardHandler), userAgent: "regwarm", private: PrivateAddr}
@@ -148,7 +146,7 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		return nil, fmt.Errorf("connector %s: invalid url", c.Name)
 	}
-	hub := dockerHubHosts[strings.ToLower(u.Hostname())] || dockerHubHosts[strings.ToLower(c.Host)]
+	hub := ref.IsDockerHub(u.Hostname()) || ref.IsDockerHub(c.Host)
 	g := newGuard(u, hub, c.AuthHosts, o.private)
 	g.log = o.log.With("connector", c.Name)
 	if o.transport == nil {
