@@ -42,7 +42,8 @@ func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, syncer *jobs.S
 				return err
 			}
 			return jobs.NewVerifier(cfg, st, fetch, log, jobs.WithManifestFetch(fetchManifest),
-				jobs.WithUpstreamCheck(jobs.ConnectorCheck(cfg, c.Source))).Run(ctx)
+				jobs.WithUpstreamCheck(jobs.ConnectorCheck(cfg, c.Source)),
+				jobs.WithBytesPerSecond(cfg.Jobs.Verify.MaxBytesPerSecond), jobs.WithRepairAbsent(cfg.Jobs.Verify.Repair)).Run(ctx)
 		},
 		jobs.JobRefresh: func(ctx context.Context) (*jobs.Report, error) {
 			return jobs.NewRefresher(syncer, cfg.Jobs.Refresh.Images, log).Run(ctx)

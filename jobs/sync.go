@@ -26,13 +26,14 @@ import (
 // Syncer warms images: it resolves a manifest tree through the registry's
 // connectors and fetches every blob the store lacks, verified.
 type Syncer struct {
-	cfg   *config.Config
+	regs  Registries
 	cache *cache.Cache
 }
 
-// NewSyncer returns a Syncer over c, the pull-through cache.
-func NewSyncer(cfg *config.Config, c *cache.Cache) *Syncer {
-	return &Syncer{cfg: cfg, cache: c}
+// NewSyncer returns a Syncer of the registries regs over c, the
+// pull-through cache.
+func NewSyncer(regs Registries, c *cache.Cache) *Syncer {
+	return &Syncer{regs: regs, cache: c}
 }
 
 // Target is a resolved sync request.
@@ -97,13 +98,13 @@ func (s *Syncer) Resolve(req Request) (Target, error) {
 	}
 	var reg *config.Registry
 	if img.Host != "" {
-		r, ok := s.cfg.RegistryForHost(img.Host)
+		r, ok := s.regs.RegistryForHost(img.Host)
 		if !ok {
 			return Target{}, fmt.Errorf("%w: no connector has host %q", ErrUnknownRegistry, img.Host)
 		}
 		reg = r
 	} else {
-		r, ok := s.cfg.Registry(img.Registry)
+		r, ok := s.regs.Registry(img.Registry)
 		if !ok {
 			return Target{}, fmt.Errorf("%w: no registry named %q", ErrUnknownRegistry, img.Registry)
 		}
@@ -128,7 +129,7 @@ func (s *Syncer) Resolve(req Request) (Target, error) {
 // MissTarget is the target of a cache miss: manifest (or, with blob, the
 // blob) d in repository name of the named registry.
 func (s *Syncer) MissTarget(registry, name string, d digest.Digest, blob bool) (Target, error) {
-	reg, ok := s.cfg.Registry(registry)
+	reg, ok := s.regs.Registry(registry)
 	if !ok {
 		return Target{}, fmt.Errorf("%w: no registry named %q", ErrUnknownRegistry, registry)
 	}
@@ -137,6 +138,20 @@ func (s *Syncer) MissTarget(registry, name string, d digest.Digest, blob bool) (
 		t.Blob = d
 	}
 	return t, nil
+}
+
+// target is reference in repo with its registry's sync settings (none
+// for a registry not configured).
+func (s *Syncer) target(repo store.Repo, reference string) Target {
+	if reg, ok := s.regs.Registry(repo.Registry); ok {
+		return NewTarget(reg, repo.Name, reference)
+	}
+	return Target{Repo: repo, Reference: reference}
+}
+
+// tags lists the tags of repo, the connectors' included.
+func (s *Syncer) tags(ctx context.Context, repo store.Repo) ([]string, error) {
+	return s.cache.Tags(ctx, repo)
 }
 
 // maxDepth bounds referrers of referrers and nested indexes.
@@ -299,11 +314,11 @@ func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
 // limit is manifestLimit for a manifest of the target's registry from
 // source.
 func (w *walk) limit(source string) ([]string, int) {
-	reg, ok := w.s.cfg.Registry(w.t.Repo.Registry)
+	reg, ok := w.s.regs.Registry(w.t.Repo.Registry)
 	if !ok {
 		return nil, math.MaxInt
 	}
-	return manifestLimit(w.s.cfg, reg, source)
+	return manifestLimit(w.s.regs, reg, source)
 }
 
 // tooMany is the sync's error for manifest d listing n of what (index
@@ -357,8 +372,8 @@ func (w *walk) fetchBlobs(ctx context.Context) error {
 
 // parallelism is the first connector's concurrency (4 without connectors).
 func (s *Syncer) parallelism(registry string) int {
-	if r, ok := s.cfg.Registry(registry); ok && len(r.Connectors) > 0 {
-		if c, ok := s.cfg.Connector(r.Connectors[0]); ok && c.Concurrency > 0 {
+	if r, ok := s.regs.Registry(registry); ok && len(r.Connectors) > 0 {
+		if c, ok := s.regs.Connector(r.Connectors[0]); ok && c.Concurrency > 0 {
 			return c.Concurrency
 		}
 	}

@@ -23,6 +23,15 @@ func CanonicalHost(host string) string {
 	return strings.ToLower(host)
 }
 
+// RegistryNames returns the names of the registries, in file order.
+func (c *Config) RegistryNames() []string {
+	names := make([]string, len(c.Registries))
+	for i, r := range c.Registries {
+		names[i] = r.Name
+	}
+	return names
+}
+
 // Registry returns the registry named name.
 func (c *Config) Registry(name string) (*Registry, bool) {
 	for i := range c.Registries {
