@@ -167,7 +167,7 @@ type bus struct {
 func newBus(url string, cfg *config.Config, name string, log *slog.Logger, auth ...nats.Option) (*bus, error) {
 	b := &bus{url: url, log: log, ready: make(chan struct{})}
 	opts := append(auth, nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { b.dialErr.Store(&err) }))
-	nc, err := events.Connect(url, cfg.NATS, name, log, true, opts...)
+	nc, err := events.Connect(url, natsConnAuth(cfg.NATS), name, log, true, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +177,7 @@ func newBus(url string, cfg *config.Config, name string, log *slog.Logger, auth 
 		return nil, err
 	}
 	b.nc, b.js = nc, js
-	b.setup = events.SetupFor(cfg)
+	b.setup = natsSetup(cfg)
 	b.subj = b.setup.Subjects
 	return b, nil
 }

@@ -49,7 +49,7 @@ func Sync(ctx context.Context, cfg *config.Config, url string, images []string, 
 	if a := embeddedAuth(cfg, url); a != nil {
 		auth = append(auth, a)
 	}
-	nc, err := events.Connect(url, cfg.NATS, "regwarm sync", slog.New(slog.DiscardHandler), false, auth...)
+	nc, err := events.Connect(url, natsConnAuth(cfg.NATS), "regwarm sync", slog.New(slog.DiscardHandler), false, auth...)
 	if err != nil {
 		fmt.Fprintf(w, "regwarm sync: %v\n", err)
 		return ExitError
@@ -60,7 +60,7 @@ func Sync(ctx context.Context, cfg *config.Config, url string, images []string, 
 		fmt.Fprintf(w, "regwarm sync: %v\n", err)
 		return ExitError
 	}
-	setup := events.SetupFor(cfg)
+	setup := natsSetup(cfg)
 	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	_, _, err = setup.Apply(sctx, js)
 	cancel()
