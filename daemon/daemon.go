@@ -159,7 +159,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		if err != nil {
 			return err
 		}
-		api, err := registryapi.New(cfg, st, apiOptions(c, rec, log, m)...)
+		api, err := registryapi.New(apiConfig(cfg), st, apiOptions(c, rec, log, m)...)
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/events"
+	"github.com/regwarm/regwarm/registryapi"
 )
 
 // This file is where the config meets the packages: each package declares
@@ -26,4 +27,9 @@ func natsConnAuth(c config.NATS) events.Auth {
 		a.Password = os.Getenv(c.PasswordEnv)
 	}
 	return a
+}
+
+// apiConfig is what the registry API reads of cfg.
+func apiConfig(cfg *config.Config) registryapi.Config {
+	return registryapi.Config{Registries: cfg, Serve: cfg.Serve, Auth: cfg.Auth}
 }

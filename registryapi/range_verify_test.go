@@ -49,7 +49,7 @@ registries:
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := registryapi.New(cfg, st, registryapi.WithReader(c))
+	h, err := registryapi.New(registryapi.ConfigOf(cfg), st, registryapi.WithReader(c))
 	if err != nil {
 		t.Fatal(err)
 	}

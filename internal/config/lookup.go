@@ -23,6 +23,18 @@ func CanonicalHost(host string) string {
 	return strings.ToLower(host)
 }
 
+// ConnectorHosts returns the upstream hosts of the connectors that have
+// one, in file order.
+func (c *Config) ConnectorHosts() []string {
+	var hosts []string
+	for _, cn := range c.Connectors {
+		if cn.Host != "" {
+			hosts = append(hosts, cn.Host)
+		}
+	}
+	return hosts
+}
+
 // RegistryNames returns the names of the registries, in file order.
 func (c *Config) RegistryNames() []string {
 	names := make([]string, len(c.Registries))
