@@ -7,49 +7,14 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/metrics"
-	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/jobs"
 )
-
-// jobFuncs builds the scheduled jobs over a store and cache (refresh syncs
-// with syncer). repair, when not nil, queues a sync for what the dangling
-// scan finds fixable.
-func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, syncer *jobs.Syncer, log *slog.Logger, repair func(context.Context, string) error) map[string]JobFunc {
-	return map[string]JobFunc{
-		jobs.JobDanglingScan: func(ctx context.Context) (*jobs.Report, error) {
-			ctx = cache.Background(ctx)
-			var opts []jobs.ScanOption
-			if cfg.Jobs.DanglingScan.Repair && repair != nil {
-				opts = append(opts, jobs.WithRepair(repair))
-			}
-			return jobs.NewScanner(cfg, st, c.Source, log, opts...).Run(ctx)
-		},
-		jobs.JobVerify: func(ctx context.Context) (*jobs.Report, error) {
-			ctx = cache.Background(ctx)
-			fetch := func(ctx context.Context, repo store.Repo, d digest.Digest) error {
-				_, _, err := c.Fetch(ctx, repo, d)
-				return err
-			}
-			fetchManifest := func(ctx context.Context, repo store.Repo, d digest.Digest) error {
-				_, err := c.Manifest(ctx, repo, d)
-				return err
-			}
-			return jobs.NewVerifier(cfg, st, fetch, log, jobs.WithManifestFetch(fetchManifest),
-				jobs.WithUpstreamCheck(jobs.ConnectorCheck(cfg, c.Source)),
-				jobs.WithBytesPerSecond(cfg.Jobs.Verify.MaxBytesPerSecond), jobs.WithRepairAbsent(cfg.Jobs.Verify.Repair)).Run(ctx)
-		},
-		jobs.JobRefresh: func(ctx context.Context) (*jobs.Report, error) {
-			return jobs.NewRefresher(syncer, cfg.Jobs.Refresh.Images, log).Run(ctx)
-		},
-	}
-}
 
 // OneShot runs a scan or verification in this process, against the store
 // and connectors of cfg, and writes the report to output ("" for stdout)

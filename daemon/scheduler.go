@@ -64,6 +64,28 @@ func schedules(cfg *config.Config) map[string]string {
 	}
 }
 
+// Run waits for NATS, runs the cron jobs and answers on-demand job
+// requests until ctx ends, then waits for running jobs to end.
+func (s *scheduler) Run(ctx context.Context) error {
+	select {
+	case <-s.bus.ready:
+	case <-ctx.Done():
+		return nil
+	}
+	stopCron, err := s.start(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopCron()
+	stopReqs, err := s.serveRequests(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopReqs()
+	<-ctx.Done()
+	return nil
+}
+
 // start registers the schedules and starts cron; stop waits for running
 // jobs to end.
 func (s *scheduler) start(ctx context.Context) (stop func(), err error) {

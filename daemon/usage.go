@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
@@ -61,6 +63,33 @@ func registryStats(ctx context.Context, cfg *config.Config, st store.Store, m *m
 		case <-ctx.Done():
 			return
 		case <-time.After(every):
+		}
+	}
+}
+
+// storeStatsEvery is how often workers count the store's blobs and bytes.
+const storeStatsEvery = 5 * time.Minute
+
+// storeStats keeps regwarm_store_blobs and regwarm_store_bytes current by
+// walking the store now and then (workers only: serve stays lean).
+func storeStats(ctx context.Context, st store.Store, m *metrics.Set, log *slog.Logger) {
+	for {
+		var n, size int64
+		err := st.Blobs(ctx, func(_ digest.Digest, sz int64) error {
+			n++
+			size += sz
+			return nil
+		})
+		if err == nil {
+			m.StoreBlobs.Set(float64(n))
+			m.StoreBytes.Set(float64(size))
+		} else if ctx.Err() == nil {
+			log.Warn("counting the store failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(storeStatsEvery):
 		}
 	}
 }
