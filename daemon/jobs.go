@@ -3,9 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -16,57 +14,22 @@ import (
 	"github.com/regwarm/regwarm/jobs"
 )
 
-// OneShot runs a scan or verification in this process, against the store
-// and connectors of cfg, and writes the report to output ("" for stdout)
-// as text or JSON. It returns 0 clean, 1 problems found, 2 error.
-func OneShot(ctx context.Context, cfg *config.Config, job, format, output string, stdout, stderr io.Writer, log *slog.Logger) int {
-	if format != "text" && format != "json" {
-		fmt.Fprintf(stderr, "regwarm %s: --format must be text or json\n", job)
-		return ExitError
-	}
+// RunJob runs job (a scan or verification) once in this process, against
+// the store and connectors of cfg, without NATS, and returns its report.
+func RunJob(ctx context.Context, cfg *config.Config, job string, log *slog.Logger) (*jobs.Report, error) {
 	st, err := openStore(cfg)
 	if err != nil {
-		fmt.Fprintf(stderr, "regwarm %s: %v\n", job, err)
-		return ExitError
+		return nil, err
 	}
 	m := metrics.New(prometheus.NewRegistry(), labels(cfg))
 	c, err := cache.New(cfg, st, []connector.UpstreamOption{connector.WithMetrics(m), connector.WithLogger(log)},
 		cache.WithLogger(log), cache.WithMetrics(m))
 	if err != nil {
-		fmt.Fprintf(stderr, "regwarm %s: %v\n", job, err)
-		return ExitError
+		return nil, err
 	}
 	fn := jobFuncs(cfg, st, c, jobs.NewSyncer(cfg, c), log, nil)[job]
 	if fn == nil {
-		fmt.Fprintf(stderr, "regwarm: unknown job %q\n", job)
-		return ExitError
+		return nil, fmt.Errorf("unknown job %q", job)
 	}
-	rep, err := fn(ctx)
-	if err != nil {
-		fmt.Fprintf(stderr, "regwarm %s: %v\n", job, err)
-		return ExitError
-	}
-	w := stdout
-	if output != "" {
-		f, err := os.Create(output)
-		if err != nil {
-			fmt.Fprintf(stderr, "regwarm %s: %v\n", job, err)
-			return ExitError
-		}
-		defer f.Close()
-		w = f
-	}
-	if format == "json" {
-		err = rep.WriteJSON(w)
-	} else {
-		err = rep.WriteText(w)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "regwarm %s: writing report: %v\n", job, err)
-		return ExitError
-	}
-	if !rep.Clean() {
-		return ExitProblems
-	}
-	return ExitOK
+	return fn(ctx)
 }
