@@ -41,7 +41,7 @@ func TestEachTickRunsOnce(t *testing.T) {
 	}
 	var scheds []*scheduler
 	for _, b := range []*bus{e.bus, e.newBus("second")} {
-		scheds = append(scheds, &scheduler{cfg: e.cfg, bus: b, jobs: map[string]JobFunc{jobs.JobDanglingScan: job},
+		scheds = append(scheds, &scheduler{reports: e.cfg.ReportsDir(), bus: b, jobs: map[string]JobFunc{jobs.JobDanglingScan: job},
 			log: slog.New(slog.DiscardHandler), metrics: metrics.New(prometheus.NewRegistry(), metrics.Labels{}), running: map[string]bool{}})
 	}
 	base := time.Now().Truncate(time.Second).Add(time.Hour)
@@ -78,7 +78,7 @@ func TestJobRunFailsCleanlyOnUnwritableReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{})
-	s := &scheduler{cfg: e.cfg, bus: e.bus, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now, running: map[string]bool{},
+	s := &scheduler{reports: e.cfg.ReportsDir(), bus: e.bus, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now, running: map[string]bool{},
 		jobs: map[string]JobFunc{jobs.JobDanglingScan: func(context.Context) (*jobs.Report, error) {
 			return &jobs.Report{Version: 1, Job: jobs.JobDanglingScan, Started: time.Now(), Finished: time.Now()}, nil
 		}}}
@@ -106,7 +106,7 @@ func TestJobSkippedWhileRunningElsewhere(t *testing.T) {
 	}
 	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{})
 	mk := func(b *bus, fn JobFunc) *scheduler {
-		return &scheduler{cfg: e.cfg, bus: b, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now,
+		return &scheduler{reports: e.cfg.ReportsDir(), bus: b, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now,
 			running: map[string]bool{}, jobs: map[string]JobFunc{jobs.JobRefresh: fn}}
 	}
 	a := mk(e.bus, slow)
@@ -142,7 +142,7 @@ func TestRefreshWithoutImagesNotScheduled(t *testing.T) {
 		t.Errorf("refresh with images scheduled %q, want %q", got, cfg.Jobs.Refresh.Schedule)
 	}
 	var logs strings.Builder
-	s := &scheduler{cfg: config.Default(), jobs: map[string]JobFunc{jobs.JobRefresh: func(context.Context) (*jobs.Report, error) { return nil, nil }},
+	s := &scheduler{specs: schedules(config.Default()), jobs: map[string]JobFunc{jobs.JobRefresh: func(context.Context) (*jobs.Report, error) { return nil, nil }},
 		log: slog.New(slog.NewTextHandler(&logs, nil)), metrics: metrics.New(prometheus.NewRegistry(), metrics.Labels{}),
 		now: time.Now, running: map[string]bool{}}
 	stop, err := s.start(context.Background())

@@ -166,7 +166,7 @@ func wireBus(p *process, cfg *config.Config, mode Mode, log *slog.Logger) (*bus,
 	}
 	host, _ := os.Hostname()
 	owner := fmt.Sprintf("%s/%s/%d", mode, host, os.Getpid())
-	b, err := newBus(natsURL, cfg, "regwarm "+owner, log, natsAuth...)
+	b, err := newBus(natsURL, natsConnAuth(cfg.NATS), natsSetup(cfg), "regwarm "+owner, log, natsAuth...)
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +210,7 @@ func wireAPI(p *process, cfg *config.Config, st store.Store, c *cache.Cache, b *
 // wireWorker adds the worker, its scheduler and its readiness on NATS.
 func wireWorker(p *process, cfg *config.Config, st store.Store, c *cache.Cache, b *bus, m *metrics.Set, log *slog.Logger, mode Mode) {
 	syncer := jobs.NewSyncer(cfg, c)
-	w := &Worker{cfg: cfg, bus: b, syncer: syncer, log: log, metrics: m}
+	w := &Worker{conf: cfg.Worker, bus: b, syncer: syncer, log: log, metrics: m}
 	if mode == ModeWorker {
 		w.missDelay = missSettle // serve's pulls go first (docs/foreground.md)
 	}
@@ -218,7 +218,7 @@ func wireWorker(p *process, cfg *config.Config, st store.Store, c *cache.Cache, 
 		_, err := b.js.Publish(ctx, b.subj.Sync(), []byte(image))
 		return err
 	}
-	sch := &scheduler{cfg: cfg, bus: b, jobs: jobFuncs(cfg, st, c, syncer, log, repair), log: log, metrics: m,
+	sch := &scheduler{specs: schedules(cfg), reports: cfg.ReportsDir(), bus: b, jobs: jobFuncs(cfg, st, c, syncer, log, repair), log: log, metrics: m,
 		owner: fmt.Sprintf("%s/%d", mode, os.Getpid()), now: time.Now, running: map[string]bool{}}
 	p.health.SetProblem("nats", "not set up yet")
 	p.add(layerBus, runFunc(func(ctx context.Context) error {

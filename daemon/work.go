@@ -106,7 +106,7 @@ func (w *Worker) finish(msg jetstream.Msg, res events.SyncResult, err error, sta
 		log = w.log.With("image", repo, "kind", "blob", "seq", res.Seq, "request_id", res.RequestID)
 		manifests = nil
 	}
-	act, delay := settle(err, res.Deliveries, w.cfg.Worker.MaxDeliveries)
+	act, delay := settle(err, res.Deliveries, w.conf.MaxDeliveries)
 	switch act {
 	case ackDone:
 		if aerr := ackWithRetry(msg); aerr != nil {

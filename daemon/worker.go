@@ -20,7 +20,7 @@ import (
 // Worker consumes sync requests and cache misses from the work stream and
 // runs them as sync jobs, with bounded concurrency and explicit acks.
 type Worker struct {
-	cfg     *config.Config
+	conf    config.Worker // concurrency, ack wait, max deliveries
 	bus     *bus
 	syncer  *jobs.Syncer
 	log     *slog.Logger
@@ -49,7 +49,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	n := max(w.cfg.Worker.Concurrency, 1)
+	n := max(w.conf.Concurrency, 1)
 	go w.watchPending(ctx)
 
 	// Jobs get their own context: cancelled jobDrain after shutdown starts.
@@ -139,7 +139,7 @@ func (w *Worker) watchPending(ctx context.Context) {
 // are not redelivered to another worker.
 func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
 	done := make(chan struct{})
-	every := max(w.cfg.Worker.AckWait.D()/3, time.Second)
+	every := max(w.conf.AckWait.D()/3, time.Second)
 	go func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
