@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -195,7 +196,7 @@ func wireAPI(p *process, cfg *config.Config, st store.Store, c *cache.Cache, b *
 		if b != nil {
 			q = webhookQueue{js: b.js, subject: b.subj.Sync()}
 		}
-		handler = withWebhooks(api, webhook.New(cfg, q, webhook.WithLogger(log), webhook.WithMetrics(m), webhook.WithTags(c)))
+		handler = withWebhooks(api, webhook.New(webhookHooks(cfg), q, webhook.WithLogger(log), webhook.WithMetrics(m), webhook.WithTags(c)))
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: cfg.Serve.HeaderTimeout.D(), IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
@@ -376,6 +377,25 @@ func apiOptions(c *cache.Cache, rec *pull.Recorder, log *slog.Logger, m *metrics
 		opts = append(opts, registryapi.WithPulls(rec))
 	}
 	return opts
+}
+
+// webhookHooks are cfg's webhooks, each with the registries that use its
+// connector.
+func webhookHooks(cfg *config.Config) []webhook.Hook {
+	var hooks []webhook.Hook
+	for _, w := range cfg.Webhooks {
+		hk := webhook.Hook{Name: w.Name, Format: w.Format, Secret: w.Secret(), Actions: w.Actions}
+		if cn, ok := cfg.Connector(w.Connector); ok {
+			for _, r := range cfg.Registries {
+				if slices.Contains(r.Connectors, w.Connector) {
+					hk.Targets = append(hk.Targets, webhook.Target{Registry: r.Name,
+						Filter: connector.Filter{Include: cn.Include, Exclude: cn.Exclude}})
+				}
+			}
+		}
+		hooks = append(hooks, hk)
+	}
+	return hooks
 }
 
 // apiConfig is what the registry API reads of cfg.
