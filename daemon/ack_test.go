@@ -47,6 +47,21 @@ func TestPermanentFailure(t *testing.T) {
 			t.Errorf("%s: permanent = %v, want %v", tt.name, got, tt.term)
 		}
 	}
+	for _, tt := range []struct {
+		name       string
+		err        error
+		deliveries uint64
+		want       ackAction
+	}{
+		{"done", nil, 1, ackDone},
+		{"permanent", store.ErrManifestUnknown, 1, ackTerm},
+		{"temporary", &connector.Error{Status: 503, Temporary: true}, 1, ackNak},
+		{"temporary, last delivery", &connector.Error{Status: 503, Temporary: true}, 5, ackTerm},
+	} {
+		if got, _ := settle(tt.err, tt.deliveries, 5); got != tt.want {
+			t.Errorf("%s: settled %v, want %v", tt.name, got, tt.want)
+		}
+	}
 	if d := retryDelay(1, &connector.Error{Status: 429, RetryAfter: 10 * time.Minute}); d != 10*time.Minute {
 		t.Errorf("retry delay %v, want the upstream's 10m", d)
 	}
@@ -65,7 +80,8 @@ connectors:
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := jobs.NewSyncer(cfg, nil)
+	subj := events.Subjects{Prefix: "regwarm"}
+	w := &Worker{bus: &bus{subj: subj}, syncer: jobs.NewSyncer(cfg, nil)}
 	for _, tt := range []struct {
 		msg     string
 		resolve bool
@@ -75,11 +91,7 @@ connectors:
 		{"registry.invalid.example/app:v1", false},
 		{"nowhere/app:v1", false}, // no registry named "nowhere"
 	} {
-		req, err := events.ParseSyncRequest([]byte(tt.msg))
-		if err != nil {
-			t.Fatalf("%s: %v", tt.msg, err)
-		}
-		_, err = s.Resolve(req)
+		_, _, err := w.target(subj.Sync(), []byte(tt.msg), "")
 		if (err == nil) != tt.resolve {
 			t.Errorf("%s: resolve error %v, want resolved=%v", tt.msg, err, tt.resolve)
 		}

@@ -164,10 +164,10 @@ type bus struct {
 	ready  chan struct{}
 }
 
-func newBus(url string, cfg *config.Config, name string, log *slog.Logger, auth ...nats.Option) (*bus, error) {
+func newBus(url string, auth events.Auth, setup events.Setup, name string, log *slog.Logger, opts ...nats.Option) (*bus, error) {
 	b := &bus{url: url, log: log, ready: make(chan struct{})}
-	opts := append(auth, nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { b.dialErr.Store(&err) }))
-	nc, err := events.Connect(url, cfg.NATS, name, log, true, opts...)
+	opts = append(opts, nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { b.dialErr.Store(&err) }))
+	nc, err := events.Connect(url, auth, name, log, true, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +177,7 @@ func newBus(url string, cfg *config.Config, name string, log *slog.Logger, auth 
 		return nil, err
 	}
 	b.nc, b.js = nc, js
-	b.setup = events.SetupFor(cfg)
+	b.setup = setup
 	b.subj = b.setup.Subjects
 	return b, nil
 }

@@ -11,29 +11,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 
-	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
-	"github.com/regwarm/regwarm/internal/connector"
-	"github.com/regwarm/regwarm/internal/events"
-	"github.com/regwarm/regwarm/internal/metrics"
-	"github.com/regwarm/regwarm/internal/pull"
-	"github.com/regwarm/regwarm/internal/store"
-	"github.com/regwarm/regwarm/internal/webhook"
-	"github.com/regwarm/regwarm/jobs"
-	"github.com/regwarm/regwarm/registryapi"
 )
 
 // Mode selects what a process runs.
@@ -63,320 +50,100 @@ func NewLogger(c config.Log, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// labels lists the label values known from the config.
-func labels(cfg *config.Config) metrics.Labels {
-	var l metrics.Labels
-	for _, r := range cfg.Registries {
-		l.Registries = append(l.Registries, r.Name)
-	}
-	for _, c := range cfg.Connectors {
-		l.Connectors = append(l.Connectors, c.Name)
-	}
-	for _, w := range cfg.Webhooks {
-		l.Webhooks = append(l.Webhooks, w.Name)
-	}
-	return l
+// Runtime is one part of a process (the API server, the worker, the
+// scheduler, …): Run works until ctx ends, then winds down and returns; an
+// error stops the whole process.
+type Runtime interface {
+	Run(ctx context.Context) error
 }
 
-// Run runs a process in mode until ctx is cancelled, then shuts down
-// gracefully. It returns nil on a clean shutdown.
+// runFunc adapts a function to Runtime.
+type runFunc func(ctx context.Context) error
+
+func (f runFunc) Run(ctx context.Context) error { return f(ctx) }
+
+// Run runs a process in mode until ctx is cancelled or a runtime fails,
+// then shuts down gracefully. It returns nil on a clean shutdown.
 func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := metrics.New(reg, labels(cfg))
-
-	if mode == ModeRun {
-		// One `regwarm run` per data_dir (and embedded NATS store).
-		locks, err := lockRun(cfg)
-		if err != nil {
-			return err
-		}
-		defer func() {
-			for _, l := range locks {
-				l.unlock()
-			}
-		}()
-	}
-	st, err := openStore(cfg)
-	if err != nil {
-		return fmt.Errorf("opening store: %w", err)
-	}
-	health := &Health{}
-
-	// NATS: embedded for run, external when nats.url is set.
-	natsURL := cfg.NATS.URL
-	var natsAuth []nats.Option
-	if mode == ModeRun && natsURL == "" {
-		ns, url, auth, err := StartEmbeddedNATS(cfg, log)
-		if err != nil {
-			return err
-		}
-		defer ns.Shutdown()
-		natsURL = url
-		natsAuth = append(natsAuth, auth)
-		log.Info("embedded nats started", "url", url, "store_dir", cfg.NATSStoreDir())
-	}
-	if mode == ModeWorker && natsURL == "" {
-		return errors.New("the worker needs NATS: set nats.url or --nats-url")
-	}
-	var b *bus
-	busCtx, stopBus := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBus()
-	if natsURL != "" {
-		host, _ := os.Hostname()
-		owner := fmt.Sprintf("%s/%s/%d", mode, host, os.Getpid())
-		if b, err = newBus(natsURL, cfg, "regwarm "+owner, log, natsAuth...); err != nil {
-			return err
-		}
-		defer b.close()
-		go b.run(busCtx, owner)
-	} else {
-		log.Warn("no nats.url: cache misses are not published and no worker warms images")
-	}
-
-	var servers []*httpServer
-	admin := &http.Server{Handler: adminHandler(reg, health), ReadHeaderTimeout: 10 * time.Second}
-	servers = append(servers, &httpServer{name: "metrics", addr: cfg.Metrics.Listen, srv: admin})
-
-	cacheOpts := []cache.Option{cache.WithLogger(log), cache.WithMetrics(m)}
-	var pub *events.Publisher
-	if b != nil {
-		cacheOpts = append(cacheOpts, cache.WithLeases(b))
-		if mode != ModeWorker {
-			pub = events.NewPublisher(b.js, b.subj, log, m, events.DefaultBuffer)
-			cacheOpts = append(cacheOpts, cache.WithMissHook(missHook(pub)))
-		}
-	}
-	c, err := cache.New(cfg, st,
-		[]connector.UpstreamOption{connector.WithMetrics(m), connector.WithLogger(log), connector.WithUserAgent("regwarm/" + Version)},
-		cacheOpts...)
+	p, err := wire(cfg, mode, log)
 	if err != nil {
 		return err
 	}
-	var rec *pull.Recorder
-	if mode == ModeRun || mode == ModeServe {
-		rec, err = newPullRecorder(st, m, log)
-		if err != nil {
-			return err
-		}
-		api, err := registryapi.New(cfg, st, apiOptions(c, rec, log, m)...)
-		if err != nil {
-			return err
-		}
-		var handler http.Handler = api
-		if len(cfg.Webhooks) > 0 {
-			var q webhook.Queue
-			if b != nil {
-				q = webhookQueue{js: b.js, subject: b.subj.Sync()}
-			}
-			handler = withWebhooks(api, webhook.New(cfg, q, webhook.WithLogger(log), webhook.WithMetrics(m), webhook.WithTags(c)))
-		}
-		srv := &http.Server{Handler: handler, ReadHeaderTimeout: cfg.Serve.HeaderTimeout.D(), IdleTimeout: 2 * time.Minute,
-			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-		servers = append(servers, &httpServer{name: "api", addr: cfg.Serve.Listen, srv: srv,
-			certFile: cfg.Serve.TLS.CertFile, keyFile: cfg.Serve.TLS.KeyFile,
-			wrap: func(ln net.Listener) net.Listener {
-				return registryapi.LimitListener(ln, cfg.Serve.MaxConnections, cfg.Serve.MaxConnectionsPerClient,
-					cfg.Serve.TLS.CertFile == "", m)
-			}})
-	}
-
-	// Bind every listener before reporting ready, so a port clash fails fast.
-	for _, s := range servers {
-		if err := s.listen(); err != nil {
-			for _, o := range servers {
-				o.close()
-			}
-			return err
-		}
-		log.Info("listening", "server", s.name, "addr", s.ln.Addr().String())
-	}
-	errc := make(chan error, len(servers))
-	var wg sync.WaitGroup
-	for _, s := range servers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("%s server: %w", s.name, err)
-			}
-		}()
-	}
-	pullsCtx, stopPulls := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopPulls()
-	var pullsWG sync.WaitGroup
-	if rec != nil {
-		pullsWG.Add(1)
-		go func() { defer pullsWG.Done(); rec.Run(pullsCtx) }()
-	}
-	var pubWG sync.WaitGroup
-	if pub != nil {
-		pubWG.Add(1)
-		go func() { defer pubWG.Done(); pub.Run(busCtx) }()
-	}
-	workerCtx, stopWorker := context.WithCancel(ctx)
-	defer stopWorker()
-	var workerWG sync.WaitGroup
-	if mode == ModeRun || mode == ModeWorker {
-		syncer := jobs.NewSyncer(cfg, c)
-		w := &Worker{cfg: cfg, bus: b, syncer: syncer, log: log, metrics: m}
-		if mode == ModeWorker {
-			w.missDelay = missSettle // serve's pulls go first (docs/foreground.md)
-		}
-		health.SetProblem("nats", "not set up yet")
-		go func() {
-			select {
-			case <-b.ready:
-				health.SetProblem("nats", "")
-			case <-busCtx.Done():
-			}
-		}()
-		workerWG.Add(1)
-		go func() {
-			defer workerWG.Done()
-			if err := w.Run(workerCtx); err != nil {
-				errc <- err
-			}
-		}()
-		repair := func(ctx context.Context, image string) error {
-			_, err := b.js.Publish(ctx, b.subj.Sync(), []byte(image))
-			return err
-		}
-		sch := &scheduler{cfg: cfg, bus: b, jobs: jobFuncs(cfg, st, c, syncer, log, repair), log: log, metrics: m,
-			owner: fmt.Sprintf("%s/%d", mode, os.Getpid()), now: time.Now, running: map[string]bool{}}
-		workerWG.Add(1)
-		go func() {
-			defer workerWG.Done()
-			select {
-			case <-b.ready:
-			case <-workerCtx.Done():
-				return
-			}
-			stopCron, err := sch.start(workerCtx)
-			if err != nil {
-				errc <- err
-				return
-			}
-			stopReqs, err := sch.serveRequests(workerCtx)
-			if err != nil {
-				stopCron()
-				errc <- err
-				return
-			}
-			<-workerCtx.Done()
-			stopReqs()
-			stopCron()
-		}()
-	}
-	if mode != ModeServe {
-		workerWG.Add(1)
-		go func() { defer workerWG.Done(); storeStats(workerCtx, st, m, log) }()
-		workerWG.Add(1)
-		go func() { defer workerWG.Done(); registryStats(workerCtx, cfg, st, m, log, storeStatsEvery) }()
-	}
-	if mode == ModeRun || mode == ModeServe {
-		j := &uploadJanitor{store: st, expiry: cfg.Serve.UploadExpiry.D(), now: time.Now, log: log, metrics: m}
-		workerWG.Go(func() { j.run(workerCtx) })
-	}
-	health.SetReady(true)
+	defer p.close()
+	p.health.SetReady(true)
 	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot(), "version", Version)
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case runErr = <-errc:
-		log.Error("regwarm failed", "error", runErr)
-	}
-	health.SetReady(false)
-	stopWorker()
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
-	defer cancel()
-	// The API drains first; the admin endpoint stays up until the end.
-	for i := len(servers) - 1; i >= 0; i-- {
-		if err := servers[i].srv.Shutdown(sctx); err != nil {
-			log.Warn("shutdown incomplete", "server", servers[i].name, "error", err)
+	err = runLayers(ctx, p.layers[:], func() {
+		p.health.SetReady(false)
+		if ctx.Err() != nil {
+			log.Info("shutting down")
 		}
-	}
-	wg.Wait()
-	stopPulls() // the API has drained: record its last pulls
-	pullsWG.Wait()
-	workerWG.Wait()
-	// Let detached upstream fills finish what clients already received.
-	fillsDone := make(chan struct{})
-	go func() { c.Wait(); close(fillsDone) }()
-	select {
-	case <-fillsDone:
-	case <-sctx.Done():
-		log.Warn("upstream fills still running at shutdown; their temporary files are discarded")
-	}
-	stopBus()
-	pubWG.Wait()
-	return runErr
-}
-
-// lockRun locks data_dir and, when it lies outside, the embedded NATS
-// store (only used without nats.url).
-func lockRun(cfg *config.Config) ([]*dirLock, error) {
-	l, err := lockDir(cfg.DataDir, "data_dir")
+	})
 	if err != nil {
-		return nil, err
+		log.Error("regwarm failed", "error", err)
 	}
-	locks := []*dirLock{l}
-	storeDir := cfg.NATSStoreDir()
-	if rel, rerr := filepath.Rel(cfg.DataDir, storeDir); cfg.NATS.URL == "" && (rerr != nil || strings.HasPrefix(rel, "..")) {
-		l, err := lockDir(storeDir, "nats.embedded.store_dir")
-		if err != nil {
-			locks[0].unlock()
-			return nil, err
-		}
-		locks = append(locks, l)
-	}
-	return locks, nil
+	return err
 }
 
-// missHook publishes the cache's misses, with the request id of the pull
-// that caused them, so one pull can be followed into the worker.
-func missHook(pub *events.Publisher) func(context.Context, cache.Miss) {
-	return func(_ context.Context, ms cache.Miss) {
-		pub.Miss(events.MissEvent{Registry: ms.Registry, Repository: ms.Repository, Reference: ms.Reference,
-			Digest: ms.Digest.String(), Kind: ms.Kind, Connector: ms.Connector, Time: time.Now().UTC(), RequestID: ms.RequestID})
-	}
-}
-
-// storeStatsEvery is how often workers count the store's blobs and bytes.
-const storeStatsEvery = 5 * time.Minute
-
-// storeStats keeps regwarm_store_blobs and regwarm_store_bytes current by
-// walking the store now and then (workers only: serve stays lean).
-func storeStats(ctx context.Context, st store.Store, m *metrics.Set, log *slog.Logger) {
-	for {
-		var n, size int64
-		err := st.Blobs(ctx, func(_ digest.Digest, sz int64) error {
-			n++
-			size += sz
-			return nil
-		})
-		if err == nil {
-			m.StoreBlobs.Set(float64(n))
-			m.StoreBytes.Set(float64(size))
-		} else if ctx.Err() == nil {
-			log.Warn("counting the store failed", "error", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(storeStatsEvery):
+// runLayers runs every runtime of every layer under one errgroup until ctx
+// ends or one fails; then, after stopping, it stops the layers from the
+// last to the first, each once the layers after it returned, so that what
+// a runtime relies on outlives it. It returns the first failure.
+func runLayers(ctx context.Context, layers [][]Runtime, stopping func()) error {
+	g, gctx := errgroup.WithContext(ctx)
+	stops := make([]context.CancelFunc, len(layers))
+	running := make([]sync.WaitGroup, len(layers))
+	for i, layer := range layers {
+		lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stops[i] = cancel
+		for _, r := range layer {
+			running[i].Add(1)
+			g.Go(func() error {
+				defer running[i].Done()
+				return r.Run(lctx)
+			})
 		}
 	}
+	g.Go(func() error {
+		<-gctx.Done()
+		stopping()
+		for i := len(layers) - 1; i >= 0; i-- {
+			stops[i]()
+			running[i].Wait()
+		}
+		return nil
+	})
+	return g.Wait()
 }
 
+// httpServer is an HTTP server runtime: bound by listen, run by Run.
 type httpServer struct {
 	name, addr        string
 	certFile, keyFile string
 	srv               *http.Server
 	ln                net.Listener
 	wrap              func(net.Listener) net.Listener // limits; nil: none
+	log               *slog.Logger
+}
+
+// Run serves until ctx ends, then shuts down: requests in flight get
+// ShutdownTimeout to finish.
+func (s *httpServer) Run(ctx context.Context) error {
+	served := make(chan error, 1)
+	go func() { served <- s.serve() }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("%s server: %w", s.name, err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	if err := s.srv.Shutdown(sctx); err != nil {
+		s.log.Warn("shutdown incomplete", "server", s.name, "error", err)
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s server: %w", s.name, err)
+	}
+	return nil
 }
 
 func (s *httpServer) listen() error {
@@ -458,14 +225,4 @@ func adminHandler(reg *prometheus.Registry, health *Health) http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	return mux
-}
-
-// openStore creates data_dir readable by regwarm's user only (when it does
-// not exist yet) and opens the store with the configured modes.
-func openStore(cfg *config.Config) (*store.FS, error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data_dir: %w", err)
-	}
-	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable),
-		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()))
 }

@@ -55,7 +55,7 @@ func TestColdPlatformPullQueuesOneJob(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	w := &Worker{cfg: e.cfg, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, c), log: slog.New(slog.DiscardHandler), metrics: e.m}
+	w := &Worker{conf: e.cfg.Worker, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, c), log: slog.New(slog.DiscardHandler), metrics: e.m}
 	wctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = w.Run(wctx) }()
@@ -94,7 +94,7 @@ func TestWorkerDelaysMissJobs(t *testing.T) {
 	img := e.up.AddImage("app", "v1", 1000)
 	r := e.watch()
 	const delay = 400 * time.Millisecond
-	w := &Worker{cfg: e.cfg, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache), log: slog.New(slog.DiscardHandler),
+	w := &Worker{conf: e.cfg.Worker, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache), log: slog.New(slog.DiscardHandler),
 		metrics: e.m, missDelay: delay}
 	wctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/regwarm/regwarm/internal/config"
-	"github.com/regwarm/regwarm/internal/events"
 )
 
 // embeddedEnv starts the embedded server of a config with data_dir in a
@@ -43,7 +42,7 @@ func embeddedEnv(t *testing.T, extra string) (*config.Config, string, *nats.Conn
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, _, err := events.SetupFor(cfg).Apply(ctx, js); err != nil {
+	if _, _, err := natsSetup(cfg).Apply(ctx, js); err != nil {
 		t.Fatal(err)
 	}
 	return cfg, url, nc
@@ -197,7 +196,7 @@ func TestEmbeddedNATSKeepsOlderStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
-	if _, _, err := events.SetupFor(cfg).Apply(ctx, js); err != nil {
+	if _, _, err := natsSetup(cfg).Apply(ctx, js); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := js.Publish(ctx, "regwarm.sync", []byte("local/queued:v1")); err != nil {

@@ -50,7 +50,7 @@ connectors:
 	if err != nil || rec == nil {
 		t.Fatalf("recorder: %v, %v", rec, err)
 	}
-	api, err := registryapi.New(cfg, st, apiOptions(c, rec, log, m)...)
+	api, err := registryapi.New(apiConfig(cfg), st, apiOptions(c, rec, log, m)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,8 @@ type ReportEvent struct {
 // run of the same job is still going (a held lease), and SkipIfStillRunning
 // within the process.
 type scheduler struct {
-	cfg     *config.Config
+	specs   map[string]string // job → schedule ("" = disabled), see schedules
+	reports string            // where scans and verifications save reports
 	bus     *bus
 	jobs    map[string]JobFunc
 	log     *slog.Logger
@@ -64,12 +65,34 @@ func schedules(cfg *config.Config) map[string]string {
 	}
 }
 
+// Run waits for NATS, runs the cron jobs and answers on-demand job
+// requests until ctx ends, then waits for running jobs to end.
+func (s *scheduler) Run(ctx context.Context) error {
+	select {
+	case <-s.bus.ready:
+	case <-ctx.Done():
+		return nil
+	}
+	stopCron, err := s.start(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopCron()
+	stopReqs, err := s.serveRequests(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopReqs()
+	<-ctx.Done()
+	return nil
+}
+
 // start registers the schedules and starts cron; stop waits for running
 // jobs to end.
 func (s *scheduler) start(ctx context.Context) (stop func(), err error) {
 	// Schedules come parsed (config.ParseSchedule): no cron parser here.
 	c := cron.New(cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)), cron.WithLocation(time.UTC))
-	for job, spec := range schedules(s.cfg) {
+	for job, spec := range s.specs {
 		if spec == "" || s.jobs[job] == nil {
 			continue
 		}
@@ -152,7 +175,7 @@ func (s *scheduler) run(ctx context.Context, job string, publish bool) ReportEve
 	start := time.Now()
 	rep, err := fn(ctx)
 	if err == nil && (job == jobs.JobDanglingScan || job == jobs.JobVerify) {
-		err = rep.Save(s.cfg.ReportsDir())
+		err = rep.Save(s.reports)
 	}
 	s.metrics.JobDuration.WithLabelValues(job).Observe(time.Since(start).Seconds())
 	ev.Finished = s.now().UTC()

@@ -18,44 +18,46 @@ import (
 	"github.com/regwarm/regwarm/jobs"
 )
 
-// TestEachTickRunsOnce runs two workers' schedulers on one NATS: every tick
-// of a job runs on exactly one of them.
+// TestEachTickRunsOnce runs two workers' schedulers on one NATS, their
+// clocks a little apart: every tick of a job runs on exactly one of them.
+// The ticks are driven with an injected clock, not by waiting for cron.
 func TestEachTickRunsOnce(t *testing.T) {
 	t.Parallel()
 	e := newWorkerEnv(t, "")
-	e.cfg.Jobs.DanglingScan.Schedule = "@every 1s"
-	e.cfg.Jobs.Verify.Schedule = ""
-	e.cfg.Jobs.Refresh.Schedule = ""
 	e.cfg.DataDir = t.TempDir()
+	_, grain, err := config.ParseSchedule("@every 1s")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var mu sync.Mutex
-	runs := map[int64]int{} // tick second → runs
+	tick := 0
+	runs := map[int]int{} // tick → runs
 	job := func(ctx context.Context) (*jobs.Report, error) {
 		mu.Lock()
-		runs[time.Now().Round(time.Second).Unix()]++
+		runs[tick]++
 		mu.Unlock()
 		now := time.Now()
 		return &jobs.Report{Version: 1, Job: jobs.JobDanglingScan, Started: now, Finished: now}, nil
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var stops []func()
+	var scheds []*scheduler
 	for _, b := range []*bus{e.bus, e.newBus("second")} {
-		s := &scheduler{cfg: e.cfg, bus: b, jobs: map[string]JobFunc{jobs.JobDanglingScan: job}, log: slog.New(slog.DiscardHandler),
-			metrics: metrics.New(prometheus.NewRegistry(), metrics.Labels{}), now: time.Now, running: map[string]bool{}}
-		stop, err := s.start(ctx)
-		if err != nil {
-			t.Fatal(err)
+		scheds = append(scheds, &scheduler{reports: e.cfg.ReportsDir(), bus: b, jobs: map[string]JobFunc{jobs.JobDanglingScan: job},
+			log: slog.New(slog.DiscardHandler), metrics: metrics.New(prometheus.NewRegistry(), metrics.Labels{}), running: map[string]bool{}})
+	}
+	base := time.Now().Truncate(time.Second).Add(time.Hour)
+	const ticks = 5
+	for tick = range ticks {
+		at := base.Add(time.Duration(tick) * grain)
+		var wg sync.WaitGroup
+		for i, s := range scheds {
+			skew := time.Duration(2*i-1) * 100 * time.Millisecond // one clock early, one late
+			s.now = func() time.Time { return at.Add(skew) }
+			wg.Go(func() { s.tick(context.Background(), jobs.JobDanglingScan, grain) })
 		}
-		stops = append(stops, stop)
+		wg.Wait()
 	}
-	time.Sleep(5500 * time.Millisecond)
-	cancel()
-	for _, stop := range stops {
-		stop()
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(runs) < 4 {
-		t.Fatalf("only %d ticks ran in 5.5s", len(runs))
+	if len(runs) != ticks {
+		t.Fatalf("%d of %d ticks ran", len(runs), ticks)
 	}
 	for tick, n := range runs {
 		if n != 1 {
@@ -76,7 +78,7 @@ func TestJobRunFailsCleanlyOnUnwritableReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{})
-	s := &scheduler{cfg: e.cfg, bus: e.bus, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now, running: map[string]bool{},
+	s := &scheduler{reports: e.cfg.ReportsDir(), bus: e.bus, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now, running: map[string]bool{},
 		jobs: map[string]JobFunc{jobs.JobDanglingScan: func(context.Context) (*jobs.Report, error) {
 			return &jobs.Report{Version: 1, Job: jobs.JobDanglingScan, Started: time.Now(), Finished: time.Now()}, nil
 		}}}
@@ -104,7 +106,7 @@ func TestJobSkippedWhileRunningElsewhere(t *testing.T) {
 	}
 	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{})
 	mk := func(b *bus, fn JobFunc) *scheduler {
-		return &scheduler{cfg: e.cfg, bus: b, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now,
+		return &scheduler{reports: e.cfg.ReportsDir(), bus: b, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now,
 			running: map[string]bool{}, jobs: map[string]JobFunc{jobs.JobRefresh: fn}}
 	}
 	a := mk(e.bus, slow)
@@ -140,7 +142,7 @@ func TestRefreshWithoutImagesNotScheduled(t *testing.T) {
 		t.Errorf("refresh with images scheduled %q, want %q", got, cfg.Jobs.Refresh.Schedule)
 	}
 	var logs strings.Builder
-	s := &scheduler{cfg: config.Default(), jobs: map[string]JobFunc{jobs.JobRefresh: func(context.Context) (*jobs.Report, error) { return nil, nil }},
+	s := &scheduler{specs: schedules(config.Default()), jobs: map[string]JobFunc{jobs.JobRefresh: func(context.Context) (*jobs.Report, error) { return nil, nil }},
 		log: slog.New(slog.NewTextHandler(&logs, nil)), metrics: metrics.New(prometheus.NewRegistry(), metrics.Labels{}),
 		now: time.Now, running: map[string]bool{}}
 	stop, err := s.start(context.Background())

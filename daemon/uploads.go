@@ -26,14 +26,15 @@ func janitorInterval(expiry time.Duration) time.Duration {
 	return min(max(expiry/10, time.Second), 10*time.Minute)
 }
 
-func (j *uploadJanitor) run(ctx context.Context) {
+// Run expires idle sessions now and every janitorInterval until ctx ends.
+func (j *uploadJanitor) Run(ctx context.Context) error {
 	t := time.NewTicker(janitorInterval(j.expiry))
 	defer t.Stop()
 	for {
 		j.once(ctx)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 	}

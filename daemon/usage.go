@@ -2,46 +2,16 @@ package daemon
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"log/slog"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/jobs"
 )
-
-// Usage prints `regwarm usage`: bytes per registry and repository, tags
-// and last pull, of every registry or the one named. It returns the exit
-// code: 0, or ExitError.
-func Usage(ctx context.Context, cfg *config.Config, registry, format string, stdout, stderr io.Writer) int {
-	if format != "text" && format != "json" {
-		fmt.Fprintln(stderr, "regwarm usage: --format must be text or json")
-		return ExitError
-	}
-	st, err := store.NewFS(cfg.StoreRoot())
-	if err != nil {
-		fmt.Fprintf(stderr, "regwarm usage: %v\n", err)
-		return ExitError
-	}
-	rep, err := jobs.Usage(ctx, cfg, st, registry)
-	if err != nil {
-		fmt.Fprintf(stderr, "regwarm usage: %v\n", err)
-		return ExitError
-	}
-	if format == "json" {
-		err = rep.WriteJSON(stdout)
-	} else {
-		err = rep.WriteText(stdout)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "regwarm usage: %v\n", err)
-		return ExitError
-	}
-	return 0
-}
 
 // registryStats keeps regwarm_registry_bytes current by taking each
 // registry's inventory now and then (workers only: serve stays lean).
@@ -61,6 +31,33 @@ func registryStats(ctx context.Context, cfg *config.Config, st store.Store, m *m
 		case <-ctx.Done():
 			return
 		case <-time.After(every):
+		}
+	}
+}
+
+// storeStatsEvery is how often workers count the store's blobs and bytes.
+const storeStatsEvery = 5 * time.Minute
+
+// storeStats keeps regwarm_store_blobs and regwarm_store_bytes current by
+// walking the store now and then (workers only: serve stays lean).
+func storeStats(ctx context.Context, st store.Store, m *metrics.Set, log *slog.Logger) {
+	for {
+		var n, size int64
+		err := st.Blobs(ctx, func(_ digest.Digest, sz int64) error {
+			n++
+			size += sz
+			return nil
+		})
+		if err == nil {
+			m.StoreBlobs.Set(float64(n))
+			m.StoreBytes.Set(float64(size))
+		} else if ctx.Err() == nil {
+			log.Warn("counting the store failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(storeStatsEvery):
 		}
 	}
 }

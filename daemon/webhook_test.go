@@ -40,7 +40,7 @@ func newWebhookEnv(t *testing.T, ttl time.Duration) (*workerEnv, http.Handler) {
 		e.cfg.Registries[0].TagTTL = config.Duration(ttl)
 		e.cache = e.newCache(e.bus)
 	}
-	h := webhook.New(e.cfg, webhookQueue{js: e.bus.js, subject: e.bus.subj.Sync()}, webhook.WithTags(e.cache))
+	h := webhook.New(webhookHooks(e.cfg), webhookQueue{js: e.bus.js, subject: e.bus.subj.Sync()}, webhook.WithTags(e.cache))
 	return e, h
 }
 
@@ -217,7 +217,7 @@ func TestWebhookDeleteRevalidates(t *testing.T) {
 func BenchmarkWebhookHandlerNATS(b *testing.B) {
 	b.Setenv("REGWARM_DAEMON_WEBHOOK_SECRET", webhookSecret)
 	e := newWorkerEnvExtra(b, webhookExtra)
-	h := webhook.New(e.cfg, webhookQueue{js: e.bus.js, subject: e.bus.subj.Sync()})
+	h := webhook.New(webhookHooks(e.cfg), webhookQueue{js: e.bus.js, subject: e.bus.subj.Sync()})
 	body, err := os.ReadFile("../internal/webhook/testdata/harbor_push.json")
 	if err != nil {
 		b.Fatal(err)

@@ -93,7 +93,7 @@ connectors:
 
 func (e *workerEnv) newBus(owner string) *bus {
 	e.t.Helper()
-	b, err := newBus(e.ns.ClientURL(), e.cfg, owner, slog.New(slog.DiscardHandler))
+	b, err := newBus(e.ns.ClientURL(), events.Auth{}, natsSetup(e.cfg), owner, slog.New(slog.DiscardHandler))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func (e *workerEnv) newCache(b *bus, opts ...cache.Option) *cache.Cache {
 // startWorker runs a worker until the test ends.
 func (e *workerEnv) startWorker() {
 	e.t.Helper()
-	w := &Worker{cfg: e.cfg, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache),
+	w := &Worker{conf: e.cfg.Worker, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache),
 		log: slog.New(slog.DiscardHandler), metrics: e.m}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -389,7 +389,7 @@ func TestPublisherSurvivesNATSOutage(t *testing.T) {
 	ns := runNATS(t, dir, -1)
 	url := ns.ClientURL()
 	cfg := config.Default()
-	b, err := newBus(url, cfg, "pub", slog.New(slog.DiscardHandler))
+	b, err := newBus(url, events.Auth{}, natsSetup(cfg), "pub", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -473,7 +473,7 @@ func TestWorkerLogsBlobSync(t *testing.T) {
 	img := e.up.AddImage("team/blob", "v1", 10<<10)
 	layer := img.Layers[0]
 	var logs lockedBuffer
-	w := &Worker{cfg: e.cfg, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache),
+	w := &Worker{conf: e.cfg.Worker, bus: e.bus, syncer: jobs.NewSyncer(e.cfg, e.cache),
 		log: slog.New(slog.NewTextHandler(&logs, nil)), metrics: e.m}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

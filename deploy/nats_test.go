@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/events"
 )
 
@@ -63,7 +62,7 @@ func checkNATSPermissions(t *testing.T, conf string) {
 	}
 	defer own.Close()
 	js, _ := jetstream.New(own)
-	setup := events.SetupFor(&config.Config{NATS: config.NATS{SubjectPrefix: "regwarm"}})
+	setup := events.Setup{Subjects: events.Subjects{Prefix: "regwarm"}}
 	if _, _, err := setup.Apply(ctx, js); err != nil {
 		t.Fatalf("user regwarm cannot set up JetStream: %v", err)
 	}

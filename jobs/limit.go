@@ -19,14 +19,14 @@ var ErrTooManyReferences = fmt.Errorf("%w: too many references", ErrPermanent)
 // smallest of the registry's connectors for a pushed manifest. Without a
 // connector to ask there is no limit (nothing is asked upstream;
 // manifest.MaxReferences still bounds the manifest).
-func manifestLimit(cfg *config.Config, reg *config.Registry, source string) ([]string, int) {
+func manifestLimit(regs Registries, reg *config.Registry, source string) ([]string, int) {
 	names := reg.Connectors
 	if source != "" {
 		names = []string{source}
 	}
 	limit := -1
 	for _, name := range names {
-		cn, ok := cfg.Connector(name)
+		cn, ok := regs.Connector(name)
 		if ok && slices.Contains(reg.Connectors, name) && (limit < 0 || cn.MaxManifestEntries < limit) {
 			limit = cn.MaxManifestEntries
 		}

@@ -37,10 +37,9 @@ func (r *Refresher) Run(ctx context.Context) (*Report, error) {
 			rep.Problems = append(rep.Problems, Problem{Reason: "invalid", Detail: err.Error()})
 			continue
 		}
-		reg, known := r.syncer.cfg.Registry(repo.Registry)
 		tags := []string{pattern}
 		if strings.ContainsAny(pattern, "*?[") {
-			all, err := r.syncer.cache.Tags(ctx, repo)
+			all, err := r.syncer.tags(ctx, repo)
 			if err != nil {
 				rep.Problems = append(rep.Problems, Problem{Registry: repo.Registry, Repository: repo.Name, Reason: "refresh-failed", Detail: err.Error()})
 				continue
@@ -56,11 +55,7 @@ func (r *Refresher) Run(ctx context.Context) (*Report, error) {
 			if ctx.Err() != nil {
 				return rep, ctx.Err()
 			}
-			t := Target{Repo: repo, Reference: tag}
-			if known {
-				t = NewTarget(reg, repo.Name, tag)
-			}
-			res, err := r.syncer.Run(ctx, t)
+			res, err := r.syncer.Run(ctx, r.syncer.target(repo, tag))
 			rep.Summary.Manifests++
 			if err != nil {
 				rep.Problems = append(rep.Problems, Problem{Registry: repo.Registry, Repository: repo.Name, Tags: []string{tag},

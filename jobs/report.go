@@ -9,8 +9,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/regwarm/regwarm/internal/config"
 )
 
 // Job names, as in reports, metrics and schedules.
@@ -51,14 +49,15 @@ type Report struct {
 }
 
 // newReport starts the report of a job run, with a zero count for every
-// configured registry (cfg may be nil).
-func newReport(job string, started time.Time, cfg *config.Config) *Report {
+// configured registry (regs may be nil).
+func newReport(job string, started time.Time, regs Registries) *Report {
 	rep := &Report{Version: ReportVersion, Job: job, Started: started, Problems: []Problem{},
 		Summary: Summary{ByRegistry: map[string]int{}}}
-	if cfg != nil {
-		rep.Summary.Registries = len(cfg.Registries)
-		for _, r := range cfg.Registries {
-			rep.Summary.ByRegistry[r.Name] = 0
+	if regs != nil {
+		names := regs.RegistryNames()
+		rep.Summary.Registries = len(names)
+		for _, name := range names {
+			rep.Summary.ByRegistry[name] = 0
 		}
 	}
 	return rep

@@ -50,7 +50,7 @@ var errScanNoSource = errors.New("connector not available to the scan")
 // are in flight), plus the problems found. Run may be called more than
 // once, also concurrently.
 type Scanner struct {
-	cfg   *config.Config
+	regs  Registries
 	store store.Store
 	src   func(name string) (connector.Source, bool)
 	log   *slog.Logger
@@ -96,17 +96,17 @@ func WithScanClock(now func() time.Time) ScanOption {
 	}
 }
 
-// NewScanner returns a scan of st for the registries and connectors of cfg.
+// NewScanner returns a scan of st for the registries and connectors regs.
 // src returns a connector by name (normally (*cache.Cache).Source). An
 // invalid option makes Run fail.
-func NewScanner(cfg *config.Config, st store.Store, src func(name string) (connector.Source, bool), log *slog.Logger, opts ...ScanOption) *Scanner {
+func NewScanner(regs Registries, st store.Store, src func(name string) (connector.Source, bool), log *slog.Logger, opts ...ScanOption) *Scanner {
 	if src == nil {
 		src = func(string) (connector.Source, bool) { return nil, false }
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Scanner{cfg: cfg, store: st, src: src, log: log,
+	s := &Scanner{regs: regs, store: st, src: src, log: log,
 		concurrency: DefaultScanConcurrency, now: time.Now, maxRetryWait: scanMaxRetryWait}
 	for _, o := range opts {
 		if err := o(s); err != nil && s.err == nil {
@@ -124,7 +124,7 @@ func (s *Scanner) Run(ctx context.Context) (*Report, error) {
 	if s.err != nil {
 		return nil, s.err
 	}
-	rep := newReport(JobDanglingScan, s.now().UTC(), s.cfg)
+	rep := newReport(JobDanglingScan, s.now().UTC(), s.regs)
 	run := &scanRun{s: s, rep: rep}
 	// A failing walk cancels the lookups in flight; a failing lookup task
 	// cancels the walk (errgroup).
@@ -134,7 +134,7 @@ func (s *Scanner) Run(ctx context.Context) (*Report, error) {
 	g.SetLimit(s.concurrency)
 	skipped := ""
 	werr := s.store.Repositories(gctx, "", func(repo store.Repo) error {
-		reg, ok := s.cfg.Registry(repo.Registry)
+		reg, ok := s.regs.Registry(repo.Registry)
 		if !ok {
 			if skipped != repo.Registry {
 				skipped = repo.Registry
@@ -350,7 +350,7 @@ func (rs *scanRepoState) scanManifest(ctx context.Context, d digest.Digest) erro
 
 // limit is manifestLimit for a manifest of the repository from source.
 func (rs *scanRepoState) limit(source string) ([]string, int) {
-	return manifestLimit(rs.run.s.cfg, rs.reg, source)
+	return manifestLimit(rs.run.s.regs, rs.reg, source)
 }
 
 // references yields what a manifest depends on and how each is checked:
@@ -415,7 +415,7 @@ func (rs *scanRepoState) plan(kind scanKind, desc ocispec.Descriptor, source str
 	mr := scanMissing{desc: ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest}}
 	names := rs.reg.Connectors
 	if source != "" {
-		_, defined := rs.run.s.cfg.Connector(source)
+		_, defined := rs.run.s.regs.Connector(source)
 		if !defined || !slices.Contains(rs.reg.Connectors, source) {
 			mr.reason, mr.connector = ReasonConnectorRemoved, source
 			return mr

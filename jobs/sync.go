@@ -18,7 +18,6 @@ import (
 
 	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
-	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/ref"
 	"github.com/regwarm/regwarm/internal/store"
@@ -27,14 +26,14 @@ import (
 // Syncer warms images: it resolves a manifest tree through the registry's
 // connectors and fetches every blob the store lacks, verified.
 type Syncer struct {
-	cfg   *config.Config
+	regs  Registries
 	cache *cache.Warming
 }
 
-// NewSyncer returns a Syncer over c, the pull-through cache, as background
-// work (c's warming view). A Syncer without a cache only resolves targets.
-func NewSyncer(cfg *config.Config, c *cache.Cache) *Syncer {
-	s := &Syncer{cfg: cfg}
+// NewSyncer returns a Syncer of the registries regs over c, the
+// pull-through cache.
+func NewSyncer(regs Registries, c *cache.Cache) *Syncer {
+	s := &Syncer{regs: regs}
 	if c != nil {
 		s.cache = c.Warming()
 	}
@@ -75,22 +74,41 @@ func (t Target) Image() string {
 	return t.Repo.String() + ":" + t.Reference
 }
 
+// Request asks for an image to be synced, as a sync message or the CLI
+// names it.
+type Request struct {
+	Image     string   // <registry>/<repo>… or <upstream host>/<repo>…
+	Platforms []string // nil: the registry's sync.platforms
+	Referrers *bool    // nil: the registry's sync.referrers
+	Blob      string   // only this blob of Image's repository, when set
+}
+
+// Result is what one sync did.
+type Result struct {
+	Image        string // the target as Target.Image renders it
+	Digest       string // the top manifest's (or the blob's) digest
+	Manifests    int
+	BlobsFetched int
+	BlobsPresent int
+	Bytes        int64 // fetched
+}
+
 // Resolve maps a request to a target: an image names a local registry, or
 // an upstream host served by a registry's connector. Failures are permanent.
-func (s *Syncer) Resolve(req events.SyncRequest) (Target, error) {
+func (s *Syncer) Resolve(req Request) (Target, error) {
 	img, err := ref.ParseImage(req.Image)
 	if err != nil {
 		return Target{}, err
 	}
 	var reg *config.Registry
 	if img.Host != "" {
-		r, ok := s.cfg.RegistryForHost(img.Host)
+		r, ok := s.regs.RegistryForHost(img.Host)
 		if !ok {
 			return Target{}, fmt.Errorf("%w: no connector has host %q", ErrUnknownRegistry, img.Host)
 		}
 		reg = r
 	} else {
-		r, ok := s.cfg.Registry(img.Registry)
+		r, ok := s.regs.Registry(img.Registry)
 		if !ok {
 			return Target{}, fmt.Errorf("%w: no registry named %q", ErrUnknownRegistry, img.Registry)
 		}
@@ -112,14 +130,41 @@ func (s *Syncer) Resolve(req events.SyncRequest) (Target, error) {
 	return t, nil
 }
 
+// MissTarget is the target of a cache miss: manifest (or, with blob, the
+// blob) d in repository name of the named registry.
+func (s *Syncer) MissTarget(registry, name string, d digest.Digest, blob bool) (Target, error) {
+	reg, ok := s.regs.Registry(registry)
+	if !ok {
+		return Target{}, fmt.Errorf("%w: no registry named %q", ErrUnknownRegistry, registry)
+	}
+	t := NewTarget(reg, name, d.String())
+	if blob {
+		t.Blob = d
+	}
+	return t, nil
+}
+
+// target is reference in repo with its registry's sync settings (none
+// for a registry not configured).
+func (s *Syncer) target(repo store.Repo, reference string) Target {
+	if reg, ok := s.regs.Registry(repo.Registry); ok {
+		return NewTarget(reg, repo.Name, reference)
+	}
+	return Target{Repo: repo, Reference: reference}
+}
+
+// tags lists the tags of repo, the connectors' included.
+func (s *Syncer) tags(ctx context.Context, repo store.Repo) ([]string, error) {
+	return s.cache.Tags(ctx, repo)
+}
+
 // maxDepth bounds referrers of referrers and nested indexes.
 const maxDepth = 4
 
 // Run syncs t and reports what it did. It is idempotent: content already
 // stored is only counted.
-func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
-	start := time.Now()
-	res := events.SyncResult{Image: t.Image()}
+func (s *Syncer) Run(ctx context.Context, t Target) (Result, error) {
+	res := Result{Image: t.Image()}
 	w := &walk{s: s, t: t, seen: map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}
 	var err error
 	if t.Blob != "" {
@@ -144,7 +189,6 @@ func (s *Syncer) Run(ctx context.Context, t Target) (events.SyncResult, error) {
 	}
 	res.Manifests = w.manifests
 	res.BlobsFetched, res.BlobsPresent, res.Bytes = w.fetched, w.present, w.bytes
-	res.DurationMS = time.Since(start).Milliseconds()
 	return res, err
 }
 
@@ -273,11 +317,11 @@ func (w *walk) visit(ctx context.Context, d digest.Digest, depth int) error {
 // limit is manifestLimit for a manifest of the target's registry from
 // source.
 func (w *walk) limit(source string) ([]string, int) {
-	reg, ok := w.s.cfg.Registry(w.t.Repo.Registry)
+	reg, ok := w.s.regs.Registry(w.t.Repo.Registry)
 	if !ok {
 		return nil, math.MaxInt
 	}
-	return manifestLimit(w.s.cfg, reg, source)
+	return manifestLimit(w.s.regs, reg, source)
 }
 
 // tooMany is the sync's error for manifest d listing n of what (index
@@ -331,8 +375,8 @@ func (w *walk) fetchBlobs(ctx context.Context) error {
 
 // parallelism is the first connector's concurrency (4 without connectors).
 func (s *Syncer) parallelism(registry string) int {
-	if r, ok := s.cfg.Registry(registry); ok && len(r.Connectors) > 0 {
-		if c, ok := s.cfg.Connector(r.Connectors[0]); ok && c.Concurrency > 0 {
+	if r, ok := s.regs.Registry(registry); ok && len(r.Connectors) > 0 {
+		if c, ok := s.regs.Connector(r.Connectors[0]); ok && c.Concurrency > 0 {
 			return c.Concurrency
 		}
 	}

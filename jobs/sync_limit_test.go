@@ -10,7 +10,6 @@ import (
 
 	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
-	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/internal/upstreamtest"
@@ -76,7 +75,7 @@ func TestSyncTooManyReferences(t *testing.T) {
 				t.Fatal(err)
 			}
 			s := NewSyncer(cfg, c)
-			tgt, err := s.Resolve(events.SyncRequest{Image: "hub/app:v1"})
+			tgt, err := s.Resolve(Request{Image: "hub/app:v1"})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -12,7 +12,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/time/rate"
 
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/store"
@@ -52,7 +51,7 @@ const verifyBurst = 1 << 20
 // hundred bytes each), never with content: blobs are streamed and each
 // manifest is dropped once its references are recorded.
 type Verifier struct {
-	cfg           *config.Config
+	regs          Registries
 	store         store.Store
 	fetchBlob     verifyFetch
 	fetchManifest verifyFetch
@@ -68,13 +67,13 @@ type Verifier struct {
 // nil error when none has it, or the error that kept it from telling.
 type UpstreamCheck func(ctx context.Context, repo store.Repo, d digest.Digest, isManifest bool) (bool, error)
 
-// ConnectorCheck is the UpstreamCheck of cfg's connectors (src finds one by
+// ConnectorCheck is the UpstreamCheck of the connectors of regs (src finds one by
 // name, like cache.Source): content is available when a connector of the
 // repository's registry answers a HEAD for it, in order; a 404 from all is
 // false; another failure is returned when no connector has it.
-func ConnectorCheck(cfg *config.Config, src func(name string) (connector.Source, bool)) UpstreamCheck {
+func ConnectorCheck(regs Registries, src func(name string) (connector.Source, bool)) UpstreamCheck {
 	return func(ctx context.Context, repo store.Repo, d digest.Digest, isManifest bool) (bool, error) {
-		reg, ok := cfg.Registry(repo.Registry)
+		reg, ok := regs.Registry(repo.Registry)
 		if !ok {
 			return false, nil
 		}
@@ -112,7 +111,7 @@ func WithUpstreamCheck(fn UpstreamCheck) VerifyOption {
 
 // WithRepairAbsent makes verify fetch the remote_only content (through the
 // blob or manifest fetcher) so that it is local again, like the dangling
-// scan's repair; it overrides jobs.verify.repair of the config. It needs
+// scan's repair (jobs.verify.repair; off by default). It needs
 // WithUpstreamCheck.
 func WithRepairAbsent(on bool) VerifyOption {
 	return func(v *Verifier) { v.repair = on }
@@ -122,8 +121,8 @@ func WithRepairAbsent(on bool) VerifyOption {
 type VerifyOption func(*Verifier)
 
 // WithBytesPerSecond limits how fast content is read for hashing; 0 (or a
-// negative value) means no limit. It overrides
-// jobs.verify.max_bytes_per_second of the config. The limit applies to the
+// negative value, the default) means no limit
+// (jobs.verify.max_bytes_per_second). The limit applies to the
 // content pass, which reads every byte of the store; the reference pass
 // reads manifests (small, and hashed again by the content pass) unlimited.
 func WithBytesPerSecond(n int64) VerifyOption {
@@ -148,16 +147,12 @@ func WithManifestFetch(fetch func(ctx context.Context, repo store.Repo, d digest
 
 // NewVerifier returns a Verifier of st. fetch brings a corrupt blob again
 // from upstream (a wrapper around cache.Fetch); nil means blobs are not
-// re-fetched. The rate limit defaults to cfg's
-// jobs.verify.max_bytes_per_second; cfg and log may be nil.
-func NewVerifier(cfg *config.Config, st store.Store, fetch func(ctx context.Context, repo store.Repo, d digest.Digest) error, log *slog.Logger, opts ...VerifyOption) *Verifier {
-	v := &Verifier{cfg: cfg, store: st, fetchBlob: fetch, log: log, now: time.Now}
+// re-fetched. regs names the registries the report counts; regs and log
+// may be nil.
+func NewVerifier(regs Registries, st store.Store, fetch func(ctx context.Context, repo store.Repo, d digest.Digest) error, log *slog.Logger, opts ...VerifyOption) *Verifier {
+	v := &Verifier{regs: regs, store: st, fetchBlob: fetch, log: log, now: time.Now}
 	if v.log == nil {
 		v.log = slog.New(slog.DiscardHandler)
-	}
-	if cfg != nil {
-		v.bytesPerSec = max(cfg.Jobs.Verify.MaxBytesPerSecond, 0)
-		v.repair = cfg.Jobs.Verify.Repair
 	}
 	for _, o := range opts {
 		o(v)
@@ -190,7 +185,7 @@ func (v *Verifier) Run(ctx context.Context) (*Report, error) {
 		remote:  map[digest.Digest]verifyRemote{},
 		damaged: map[digest.Digest]bool{},
 		buf:     make([]byte, verifyBurst),
-		report:  newReport(JobVerify, v.now(), v.cfg),
+		report:  newReport(JobVerify, v.now(), v.regs),
 	}
 	if v.bytesPerSec > 0 {
 		r.limiter = rate.NewLimiter(rate.Limit(v.bytesPerSec), int(min(v.bytesPerSec, verifyBurst)))

@@ -449,7 +449,8 @@ func TestVerifyRateLimit(t *testing.T) {
 		opts []jobs.VerifyOption
 	}{
 		{name: "option", opts: []jobs.VerifyOption{jobs.WithBytesPerSecond(1 << 20)}},
-		{name: "config", yaml: "jobs:\n  verify: {max_bytes_per_second: 1048576}\n"},
+		// jobs.verify.max_bytes_per_second reaches the job as this option
+		// (daemon.jobFuncs).
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -21,7 +21,8 @@ import (
 // Handler is the registry API. Reads go through a store.Reader (the local
 // store, or the pull-through cache wrapping it); writes go to the store.
 type Handler struct {
-	cfg     *config.Config
+	regs    Registries
+	serve   config.Serve
 	store   store.Store
 	read    Reader
 	log     *slog.Logger
@@ -99,12 +100,12 @@ func WithMetrics(m *metrics.Set) Option {
 	}
 }
 
-// New returns the API handler for cfg's registries over st.
-func New(cfg *config.Config, st store.Store, opts ...Option) (*Handler, error) {
-	if cfg == nil || st == nil {
-		return nil, errors.New("registryapi: config and store are required")
+// New returns the API handler for the registries of cfg over st.
+func New(cfg Config, st store.Store, opts ...Option) (*Handler, error) {
+	if cfg.Registries == nil || st == nil {
+		return nil, errors.New("registryapi: registries and store are required")
 	}
-	h := &Handler{cfg: cfg, store: st, read: storeReader{st}, log: slog.New(slog.DiscardHandler)}
+	h := &Handler{regs: cfg.Registries, serve: cfg.Serve, store: st, read: storeReader{st}, log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		if err := o(h); err != nil {
 			return nil, err
@@ -114,7 +115,7 @@ func New(cfg *config.Config, st store.Store, opts ...Option) (*Handler, error) {
 		h.metrics = metrics.New(prometheus.NewRegistry(), metrics.Labels{})
 	}
 	if cfg.Auth != nil {
-		a, err := newAuthenticator(cfg, h.log, h.metrics)
+		a, err := newAuthenticator(cfg.Auth, cfg.Serve, h.log, h.metrics)
 		if err != nil {
 			return nil, err
 		}

@@ -49,7 +49,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := New(cfg, st)
+	h, err := New(ConfigOf(cfg), st)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,8 +73,7 @@ type authenticator struct {
 
 // newAuthenticator loads the htpasswd file and the token signing key,
 // which every serve replica shares (auth.token.key_file).
-func newAuthenticator(cfg *config.Config, log *slog.Logger, m *metrics.Set) (*authenticator, error) {
-	ac := cfg.Auth
+func newAuthenticator(ac *config.Auth, serve config.Serve, log *slog.Logger, m *metrics.Set) (*authenticator, error) {
 	a := &authenticator{
 		rules: ac.Rules, htpasswd: ac.HtpasswdFile, now: time.Now, log: log, logins: m.Limits.Logins,
 		compare: bcrypt.CompareHashAndPassword, verified: map[string]time.Time{},
@@ -93,7 +92,7 @@ func newAuthenticator(cfg *config.Config, log *slog.Logger, m *metrics.Set) (*au
 		service: ac.Token.Service, ttl: ac.Token.TTL.D()}
 	now := func() time.Time { return a.now() }
 	a.own = &verifier{keys: []crypto.PublicKey{key.Public()}, issuer: ac.Token.Issuer, service: ac.Token.Service, now: now}
-	base, err := externalBase(cfg.Serve)
+	base, err := externalBase(serve)
 	if err != nil {
 		return nil, err
 	}
@@ -487,18 +486,18 @@ func (h *Handler) scopeRegistries(name string) []string {
 		return nil
 	}
 	first, rest, _ := strings.Cut(name, "/")
-	if _, ok := h.cfg.Registry(first); ok {
+	if _, ok := h.regs.Registry(first); ok {
 		if rest == "" {
 			return nil
 		}
 		return []string{first}
 	}
 	var regs []string
-	if reg, ok := h.cfg.DefaultRegistry(); ok {
+	if reg, ok := h.regs.DefaultRegistry(); ok {
 		regs = append(regs, reg.Name)
 	}
-	for _, c := range h.cfg.Connectors {
-		if reg, ok := h.cfg.RegistryForHost(c.Host); c.Host != "" && ok && !slices.Contains(regs, reg.Name) {
+	for _, host := range h.regs.ConnectorHosts() {
+		if reg, ok := h.regs.RegistryForHost(host); ok && !slices.Contains(regs, reg.Name) {
 			regs = append(regs, reg.Name)
 		}
 	}

@@ -35,7 +35,7 @@ auth:
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := New(cfg, st)
+	h, err := New(ConfigOf(cfg), st)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,7 +78,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h, err := registryapi.New(cfg, st, registryapi.WithReader(c.Serving()))
+	h, err := registryapi.New(registryapi.ConfigOf(cfg), st, registryapi.WithReader(c.Serving()))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -326,7 +326,7 @@ func BenchmarkColdBlobGet(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		h, err := registryapi.New(cfg, st, registryapi.WithReader(c.Serving()))
+		h, err := registryapi.New(registryapi.ConfigOf(cfg), st, registryapi.WithReader(c.Serving()))
 		if err != nil {
 			b.Fatal(err)
 		}

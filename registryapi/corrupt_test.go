@@ -105,7 +105,7 @@ connectors:
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := registryapi.New(cfg, st, registryapi.WithReader(c.Serving()), registryapi.WithLogger(log))
+	h, err := registryapi.New(registryapi.ConfigOf(cfg), st, registryapi.WithReader(c.Serving()), registryapi.WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}

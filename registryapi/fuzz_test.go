@@ -24,7 +24,7 @@ connectors: [{name: dockerhub, url: "https://registry-1.docker.io", host: docker
 	if err != nil {
 		f.Fatal(err)
 	}
-	h := &Handler{cfg: cfg}
+	h := &Handler{regs: cfg}
 	d := "sha256:" + strings.Repeat("c", 64)
 	for _, s := range []string{
 		"/v2/", "/v2/_catalog", "/v2/library/alpine/manifests/3.20", "/v2/release/app/blobs/" + d,

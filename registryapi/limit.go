@@ -162,7 +162,7 @@ func (b *idleBody) Read(p []byte) (int, error) {
 
 // limitBody puts r's body under serve.body_idle_timeout.
 func (h *Handler) limitBody(w http.ResponseWriter, r *http.Request) {
-	idle := h.cfg.Serve.BodyIdleTimeout.D()
+	idle := h.serve.BodyIdleTimeout.D()
 	if idle <= 0 || r.Body == nil || r.Body == http.NoBody {
 		return
 	}

@@ -33,7 +33,7 @@ func limitServer(t *testing.T, total, perClient int, serve string) (string, *met
 		t.Fatal(err)
 	}
 	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{})
-	h, err := New(cfg, st, WithMetrics(m))
+	h, err := New(ConfigOf(cfg), st, WithMetrics(m))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 
 // checkWrite refuses writes to registries without push.
 func (h *Handler) checkWrite(rt route) *apiError {
-	reg, ok := h.cfg.Registry(rt.repo.Registry)
+	reg, ok := h.regs.Registry(rt.repo.Registry)
 	if !ok || !reg.Push {
 		return errorf(CodeDenied, "registry %q does not accept pushes", rt.repo.Registry)
 	}

@@ -57,7 +57,7 @@ func pullEnv(t testing.TB, opts ...registryapi.Option) (http.Handler, *store.FS,
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := registryapi.New(cfg, st, opts...)
+	h, err := registryapi.New(registryapi.ConfigOf(cfg), st, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,7 +49,7 @@ registries:
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := registryapi.New(cfg, st, registryapi.WithReader(c.Serving()))
+	h, err := registryapi.New(registryapi.ConfigOf(cfg), st, registryapi.WithReader(c.Serving()))
 	if err != nil {
 		t.Fatal(err)
 	}

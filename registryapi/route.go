@@ -93,18 +93,18 @@ func (h *Handler) resolveName(name, ns string) (store.Repo, *apiError) {
 		return store.Repo{}, errorf(CodeNameInvalid, "invalid repository name")
 	}
 	first, rest, _ := strings.Cut(name, "/")
-	if _, ok := h.cfg.Registry(first); ok {
+	if _, ok := h.regs.Registry(first); ok {
 		if rest == "" {
 			return store.Repo{}, errorf(CodeNameUnknown, "a repository name is required after the registry %q", first)
 		}
 		return store.Repo{Registry: first, Name: rest}, nil
 	}
 	if ns != "" {
-		if reg, ok := h.cfg.RegistryForHost(ns); ok {
+		if reg, ok := h.regs.RegistryForHost(ns); ok {
 			return store.Repo{Registry: reg.Name, Name: name}, nil
 		}
 	}
-	if reg, ok := h.cfg.DefaultRegistry(); ok {
+	if reg, ok := h.regs.DefaultRegistry(); ok {
 		return store.Repo{Registry: reg.Name, Name: name}, nil
 	}
 	return store.Repo{}, errorf(CodeNameUnknown, "no registry named %q and no default registry", first)

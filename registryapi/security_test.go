@@ -68,7 +68,7 @@ auth:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.h, err = New(cfg, st); err != nil {
+	if e.h, err = New(ConfigOf(cfg), st); err != nil {
 		t.Fatal(err)
 	}
 	return e
@@ -537,7 +537,7 @@ auth:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.h, err = New(cfg, st); err != nil {
+	if e.h, err = New(ConfigOf(cfg), st); err != nil {
 		t.Fatal(err)
 	}
 	tok := e.token("", "repository:org/app:pull,push")

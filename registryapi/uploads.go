@@ -62,11 +62,11 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 		blobCreated(w, rt, d)
 		return nil
 	}
-	limit := h.cfg.Serve.MaxUploads
+	limit := h.serve.MaxUploads
 	st, err := h.store.StartUpload(ctx, rt.repo, store.StartUploadOptions{Owner: h.uploadUser(r), MaxPerRepo: limit, MaxPerOwner: limit})
 	if errors.Is(err, store.ErrTooManyUploads) {
 		return errorf(CodeTooManyRequests, "too many open upload sessions (serve.max_uploads: %d per repository and per user); "+
-			"finish or cancel (DELETE) one, or wait for idle ones to expire after %s", limit, h.cfg.Serve.UploadExpiry)
+			"finish or cancel (DELETE) one, or wait for idle ones to expire after %s", limit, h.serve.UploadExpiry)
 	}
 	if err != nil {
 		return h.fail(r, rt, err)

@@ -144,25 +144,25 @@ func syncCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(images) == 0 {
 		fmt.Fprint(stderr, "usage: regwarm sync [--config F] [--nats-url U] [--timeout D] IMAGE…\n")
-		return daemon.ExitError
+		return exitError
 	}
 	cfg, err := loadConfig(*cfgPath, config.Overrides{})
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
-		return daemon.ExitError
+		return exitError
 	}
 	good, bad := syncArgs(cfg, images)
 	for _, b := range bad {
 		fmt.Fprintf(stdout, "error   %s: %v\n", b.image, b.err)
 	}
 	if len(good) == 0 {
-		return daemon.ExitProblems
+		return exitProblems
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	code = daemon.Sync(ctx, cfg, daemon.NATSURL(cfg, *natsURL), good, *timeout, stdout)
+	code = syncImages(ctx, cfg, daemon.NATSURL(cfg, *natsURL), good, *timeout, stdout)
 	if len(bad) > 0 {
-		code = max(code, daemon.ExitProblems)
+		code = max(code, exitProblems)
 	}
 	return code
 }
@@ -189,7 +189,7 @@ func oneShot(name, job string, args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return daemon.OneShot(ctx, cfg, job, *format, *output, stdout, stderr, daemon.NewLogger(cfg.Log, stderr))
+	return runJobOnce(ctx, cfg, job, *format, *output, stdout, stderr, daemon.NewLogger(cfg.Log, stderr))
 }
 
 func configCheck(args []string, stdout, stderr io.Writer) int {
@@ -294,7 +294,7 @@ func usageCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return daemon.Usage(ctx, cfg, *registry, *format, stdout, stderr)
+	return printUsage(ctx, cfg, *registry, *format, stdout, stderr)
 }
 
 // parseAndLoad parses a one-shot command's flags and loads its config; when
@@ -306,7 +306,7 @@ func parseAndLoad(fs *flag.FlagSet, args []string, cfgPath *string, o *config.Ov
 	cfg, err := loadConfig(*cfgPath, *o)
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm: invalid config:\n%v\n", err)
-		return nil, daemon.ExitError, false
+		return nil, exitError, false
 	}
 	return cfg, 0, true
 }

@@ -9,21 +9,39 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/regwarm/regwarm/internal/ref"
 )
 
-// dockerHubHost is the canonical name of Docker Hub for host matching.
-const dockerHubHost = "docker.io"
-
 // CanonicalHost returns host in the form used for matching connector
-// hosts: lower case, with Docker Hub's aliases index.docker.io and
-// registry-1.docker.io folded into docker.io.
+// hosts: lower case, with Docker Hub's aliases (ref.IsDockerHub) folded
+// into docker.io.
 func CanonicalHost(host string) string {
-	h := strings.ToLower(host)
-	switch h {
-	case "index.docker.io", "registry-1.docker.io":
-		return dockerHubHost
+	if ref.IsDockerHub(host) {
+		return ref.DockerHub
 	}
-	return h
+	return strings.ToLower(host)
+}
+
+// ConnectorHosts returns the upstream hosts of the connectors that have
+// one, in file order.
+func (c *Config) ConnectorHosts() []string {
+	var hosts []string
+	for _, cn := range c.Connectors {
+		if cn.Host != "" {
+			hosts = append(hosts, cn.Host)
+		}
+	}
+	return hosts
+}
+
+// RegistryNames returns the names of the registries, in file order.
+func (c *Config) RegistryNames() []string {
+	names := make([]string, len(c.Registries))
+	for i, r := range c.Registries {
+		names[i] = r.Name
+	}
+	return names
 }
 
 // Registry returns the registry named name.

@@ -213,7 +213,7 @@ func (v *validator) shadowedLibrary(names map[string]int, def int) {
 		return
 	}
 	for _, name := range v.c.Registries[def].Connectors {
-		if cn, ok := v.c.Connector(name); ok && cn.Host != "" && CanonicalHost(cn.Host) == dockerHubHost {
+		if cn, ok := v.c.Connector(name); ok && cn.Host != "" && ref.IsDockerHub(cn.Host) {
 			v.add(fmt.Sprintf("registries[%d].name", i), "library", "shadows Docker Hub's official images on the default registry %q", v.c.Registries[def].Name)
 			return
 		}

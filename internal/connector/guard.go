@@ -14,14 +14,15 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/regwarm/regwarm/internal/ref"
 )
 
-// knownAuthHosts are the token realms of well-known registries, allowed
-// to receive the credentials of a connector to that registry.
+// knownAuthHosts are the token realms of well-known registries (by
+// canonical host), allowed to receive the credentials of a connector to
+// that registry.
 var knownAuthHosts = map[string][]string{
-	"docker.io":            {"auth.docker.io"},
-	"index.docker.io":      {"auth.docker.io"},
-	"registry-1.docker.io": {"auth.docker.io"},
+	ref.DockerHub: {"auth.docker.io"},
 }
 
 // PrivateAddr reports whether ip is in a range an upstream must not send
@@ -74,7 +75,7 @@ func newGuard(u *url.URL, hub bool, authHosts []string, private func(netip.Addr)
 	if hub {
 		g.authHosts = append(g.authHosts, "auth.docker.io")
 	}
-	g.authHosts = append(g.authHosts, knownAuthHosts[g.hostname]...)
+	g.authHosts = append(g.authHosts, knownAuthHosts[canonicalHost(g.hostname)]...)
 	if ip, err := netip.ParseAddr(strings.Trim(g.hostname, "[]")); (err == nil && private(ip)) || g.hostname == "localhost" {
 		g.ownPrivate.Store(true)
 	}
@@ -163,4 +164,12 @@ func (g *guard) dialContext(ctx context.Context, network, addr string) (net.Conn
 		return fmt.Errorf("%w: %s resolves to %s, a private address", ErrRefused, host, ap.Addr())
 	}
 	return d.DialContext(ctx, network, addr)
+}
+
+// canonicalHost folds Docker Hub's aliases into ref.DockerHub.
+func canonicalHost(host string) string {
+	if ref.IsDockerHub(host) {
+		return ref.DockerHub
+	}
+	return host
 }

@@ -24,8 +24,8 @@ import (
 	"github.com/regclient/regclient/types/errs"
 	rcref "github.com/regclient/regclient/types/ref"
 
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/metrics"
+	"github.com/regwarm/regwarm/internal/ref"
 )
 
 // Upstream is a connector to a remote registry, built on regclient.
@@ -130,11 +130,20 @@ func DefaultTransport() *http.Transport {
 	}
 }
 
-// dockerHubHosts are the names Docker Hub goes by.
-var dockerHubHosts = map[string]bool{"docker.io": true, "index.docker.io": true, "registry-1.docker.io": true}
+// Config is what an upstream connector needs to know.
+type Config struct {
+	Name        string // the connector's name, in logs, metrics and errors
+	URL         string // http(s)://host[:port] of the upstream registry
+	Host        string // the upstream host it serves, when not URL's
+	Username    string // credentials for the upstream, with Password
+	Password    string
+	Filter      Filter   // which upstream repositories may be asked for
+	Concurrency int      // requests at once; 0: 4
+	AuthHosts   []string // other hosts that may receive the credentials
+}
 
-// NewUpstream builds the connector c (which must have a url).
-func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) {
+// New builds the upstream connector c (which must have a url).
+func New(c Config, opts ...UpstreamOption) (*Upstream, error) {
 	o := upstreamOptions{log: slog.New(slog.DiscardHandler), userAgent: "regwarm", private: PrivateAddr}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -148,7 +157,7 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		return nil, fmt.Errorf("connector %s: invalid url", c.Name)
 	}
-	hub := dockerHubHosts[strings.ToLower(u.Hostname())] || dockerHubHosts[strings.ToLower(c.Host)]
+	hub := ref.IsDockerHub(u.Hostname()) || ref.IsDockerHub(c.Host)
 	g := newGuard(u, hub, c.AuthHosts, o.private)
 	g.log = o.log.With("connector", c.Name)
 	if o.transport == nil {
@@ -157,15 +166,11 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 		o.transport = t
 	}
 	g.next = o.transport
-	pass, err := c.Password()
-	if err != nil {
-		return nil, err
-	}
 	up := &Upstream{
 		name:   c.Name,
 		host:   u.Host,
 		hub:    hub,
-		filter: Filter{Include: c.Include, Exclude: c.Exclude},
+		filter: c.Filter,
 	}
 	tls := rcconfig.TLSEnabled
 	if u.Scheme == "http" {
@@ -177,7 +182,7 @@ func NewUpstream(c config.Connector, opts ...UpstreamOption) (*Upstream, error) 
 	}
 	host := rcconfig.Host{
 		Name: u.Host, Hostname: u.Host, TLS: tls,
-		User: c.Username, Pass: pass,
+		User: c.Username, Pass: c.Password,
 		ReqConcurrent: int64(conc),
 		APIOpts:       map[string]string{},
 	}

@@ -4,15 +4,10 @@
 package events
 
 import (
-	"bytes"
-	"encoding/json"
-	"fmt"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/regwarm/regwarm/internal/fault"
-	"github.com/regwarm/regwarm/internal/ref"
 )
 
 // Subjects derives every subject from the configured prefix.
@@ -61,13 +56,19 @@ const RequestIDHeader = "Regwarm-Request-Id"
 // MaxMessageSize bounds a sync request; larger ones fail without retries.
 const MaxMessageSize = 16 << 10
 
+// Kinds of content a MissEvent names.
+const (
+	KindManifest = "manifest"
+	KindBlob     = "blob"
+)
+
 // MissEvent is published by serve on every cache miss.
 type MissEvent struct {
 	Registry   string    `json:"registry"`
 	Repository string    `json:"repository"`
 	Reference  string    `json:"reference"`
 	Digest     string    `json:"digest"`
-	Kind       string    `json:"kind"` // manifest | blob
+	Kind       string    `json:"kind"` // KindManifest or KindBlob
 	Connector  string    `json:"connector"`
 	Time       time.Time `json:"time"`
 	RequestID  string    `json:"request_id,omitempty"`
@@ -100,73 +101,6 @@ type SyncResult struct {
 
 // ErrBadMessage is returned for a message that can never be processed.
 var ErrBadMessage = fault.New(fault.Invalid, "malformed sync request")
-
-// ParseMissEvent decodes a miss event (at most MaxMessageSize bytes).
-func ParseMissEvent(data []byte) (MissEvent, error) {
-	var ev MissEvent
-	if len(data) > MaxMessageSize {
-		return ev, fmt.Errorf("%w: miss event of %d bytes", ErrBadMessage, len(data))
-	}
-	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&ev); err != nil {
-		return ev, fmt.Errorf("%w: miss event: %v", ErrBadMessage, err)
-	}
-	return ev, nil
-}
-
-// ParseSyncRequest decodes a sync message: a plain image name, or a JSON
-// object {"image": …, "platforms": […], "referrers": bool}.
-func ParseSyncRequest(data []byte) (SyncRequest, error) {
-	if len(data) > MaxMessageSize {
-		return SyncRequest{}, fmt.Errorf("%w: %d bytes, the limit is %d", ErrBadMessage, len(data), MaxMessageSize)
-	}
-	if !utf8.Valid(data) {
-		return SyncRequest{}, fmt.Errorf("%w: not UTF-8 text", ErrBadMessage)
-	}
-	trimmed := bytes.TrimSpace(data)
-	if len(trimmed) == 0 {
-		return SyncRequest{}, fmt.Errorf("%w: empty message", ErrBadMessage)
-	}
-	var req SyncRequest
-	if trimmed[0] == '{' {
-		dec := json.NewDecoder(bytes.NewReader(trimmed))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			return SyncRequest{}, fmt.Errorf("%w: %v", ErrBadMessage, err)
-		}
-		if dec.More() {
-			return SyncRequest{}, fmt.Errorf("%w: trailing data after the JSON object", ErrBadMessage)
-		}
-	} else {
-		req.Image = string(trimmed)
-	}
-	if _, err := ref.ParseImage(req.Image); err != nil {
-		return SyncRequest{}, fmt.Errorf("%w: image: %v", ErrBadMessage, err)
-	}
-	for i, p := range req.Platforms {
-		if !validPlatform(p) {
-			return SyncRequest{}, fmt.Errorf("%w: platforms[%d]: %q is not os/arch[/variant]", ErrBadMessage, i, p)
-		}
-	}
-	if req.Blob != "" {
-		if _, err := ref.ParseDigest(req.Blob); err != nil {
-			return SyncRequest{}, fmt.Errorf("%w: blob: %v", ErrBadMessage, err)
-		}
-	}
-	return req, nil
-}
-
-func validPlatform(p string) bool {
-	parts := strings.Split(p, "/")
-	if len(parts) < 2 || len(parts) > 3 {
-		return false
-	}
-	for _, s := range parts {
-		if s == "" || len(s) > 32 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
-			return false
-		}
-	}
-	return true
-}
 
 // Events matches every event subject (sync results and reports).
 func (s Subjects) Events() string { return s.Prefix + ".events.>" }

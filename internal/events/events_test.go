@@ -2,8 +2,11 @@ package events_test
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/regwarm/regwarm/internal/events"
 	"github.com/regwarm/regwarm/internal/fault"
@@ -61,28 +64,39 @@ func TestParseSyncRequest(t *testing.T) {
 	}
 }
 
-func TestParseMissEvent(t *testing.T) {
+// TestDecode: the one decoder of the work stream picks the message type
+// by subject and checks a miss event's fields.
+func TestDecode(t *testing.T) {
+	subj := events.Subjects{Prefix: "regwarm"}
+	d := "sha256:" + strings.Repeat("b", 64)
+	miss := subj.Miss("hub")
 	for _, tt := range []struct {
-		name string
-		data string
-		want events.MissEvent
-		bad  bool
+		name    string
+		subject string
+		data    string
+		want    events.Message
+		bad     string // part of the error text; "" when valid
 	}{
-		{"valid", `{"registry":"hub","repository":"app","reference":"v1","digest":"sha256:` + strings.Repeat("b", 64) +
+		{"sync request", subj.Sync(), "hub/app:v1", events.Message{Sync: &events.SyncRequest{Image: "hub/app:v1"}}, ""},
+		{"bad sync request", subj.Sync(), "", events.Message{}, "empty"},
+		{"manifest miss", miss, `{"registry":"hub","repository":"app","reference":"v1","digest":"` + d +
 			`","kind":"manifest","connector":"up","request_id":"r1"}`,
-			events.MissEvent{Registry: "hub", Repository: "app", Reference: "v1", Digest: "sha256:" + strings.Repeat("b", 64),
-				Kind: "manifest", Connector: "up", RequestID: "r1"}, false},
+			events.Message{Miss: &events.Miss{Registry: "hub", Repository: "app", Digest: digest.Digest(d), RequestID: "r1"}}, ""},
 		// Which registries exist is the consumer's business.
-		{"unknown registry decodes", `{"registry":"nowhere","repository":"app","kind":"blob"}`,
-			events.MissEvent{Registry: "nowhere", Repository: "app", Kind: "blob"}, false},
-		{"not json", `hub/app:v1`, events.MissEvent{}, true},
-		{"wrong type", `{"registry":7}`, events.MissEvent{}, true},
-		{"too large", `{"registry":"` + strings.Repeat("x", events.MaxMessageSize) + `"}`, events.MissEvent{}, true},
+		{"blob miss of an unknown registry", miss, `{"registry":"nowhere","repository":"app","digest":"` + d + `","kind":"blob"}`,
+			events.Message{Miss: &events.Miss{Registry: "nowhere", Repository: "app", Digest: digest.Digest(d), Blob: true}}, ""},
+		{"miss without digest", miss, `{"registry":"hub","repository":"app","kind":"blob"}`, events.Message{}, "digest"},
+		{"miss with a bad name", miss, `{"registry":"hub","repository":"App","digest":"` + d + `","kind":"blob"}`, events.Message{}, "miss event"},
+		{"miss of an unknown kind", miss, `{"registry":"hub","repository":"app","digest":"` + d + `","kind":"tag"}`, events.Message{}, "kind"},
+		{"not json", miss, `hub/app:v1`, events.Message{}, "miss event"},
+		{"wrong type", miss, `{"registry":7}`, events.Message{}, "miss event"},
+		{"too large", miss, `{"registry":"` + strings.Repeat("x", events.MaxMessageSize) + `"}`, events.Message{}, "bytes"},
+		{"other subject", "regwarm.events.sync.done", "hub/app:v1", events.Message{}, "unexpected subject"},
 	} {
-		got, err := events.ParseMissEvent([]byte(tt.data))
-		if tt.bad {
-			if err == nil || !errors.Is(err, events.ErrBadMessage) || fault.Of(err) != fault.Invalid {
-				t.Errorf("%s: err %v, want ErrBadMessage", tt.name, err)
+		got, err := subj.Decode(tt.subject, []byte(tt.data))
+		if tt.bad != "" {
+			if err == nil || !errors.Is(err, events.ErrBadMessage) || fault.Of(err) != fault.Invalid || !strings.Contains(err.Error(), tt.bad) {
+				t.Errorf("%s: err %v, want ErrBadMessage with %q", tt.name, err, tt.bad)
 			}
 			continue
 		}
@@ -90,7 +104,7 @@ func TestParseMissEvent(t *testing.T) {
 			t.Errorf("%s: %v", tt.name, err)
 			continue
 		}
-		if got != tt.want {
+		if !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("%s: %+v, want %+v", tt.name, got, tt.want)
 		}
 	}

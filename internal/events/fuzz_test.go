@@ -65,20 +65,28 @@ func FuzzParseSyncRequest(f *testing.F) {
 	})
 }
 
-// FuzzParseMissEvent: a miss event is decoded or refused with
-// ErrBadMessage, never a panic; a decoded one survives a JSON round trip.
-// (The worker validates its fields before acting on it.)
-func FuzzParseMissEvent(f *testing.F) {
+// FuzzDecode: whatever arrives on the work stream, under either subject,
+// is a checked message or ErrBadMessage, never a panic; a decoded miss
+// survives a JSON round trip.
+func FuzzDecode(f *testing.F) {
+	subj := Subjects{Prefix: "regwarm"}
+	d := "sha256:" + strings.Repeat("b", 64)
 	for _, s := range []string{
-		`{"registry":"hub","repository":"library/alpine","reference":"3.20","digest":"sha256:` + strings.Repeat("b", 64) +
+		`{"registry":"hub","repository":"library/alpine","reference":"3.20","digest":"` + d +
 			`","kind":"manifest","connector":"dockerhub","time":"2025-01-02T03:04:05.123Z","request_id":"r1"}`,
+		`{"registry":"hub","repository":"a/b","digest":"` + d + `","kind":"blob"}`,
 		`{"kind":"blob","time":"2025-01-02T03:04:05+02:00"}`, `{"time":"yesterday"}`, `[]`, `null`, "",
-		strings.Repeat(`{"registry":"`, 100),
+		strings.Repeat(`{"registry":"`, 100), "hub/app:v1", `{"image":"hub/x:1","blob":"` + d + `"}`,
 	} {
-		f.Add([]byte(s))
+		f.Add(false, []byte(s))
+		f.Add(true, []byte(s))
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		ev, err := ParseMissEvent(data)
+	f.Fuzz(func(t *testing.T, sync bool, data []byte) {
+		subject := subj.Miss("hub")
+		if sync {
+			subject = subj.Sync()
+		}
+		msg, err := subj.Decode(subject, data)
 		if err != nil {
 			if !errors.Is(err, ErrBadMessage) {
 				t.Fatalf("error %v is not ErrBadMessage", err)
@@ -88,20 +96,34 @@ func FuzzParseMissEvent(f *testing.F) {
 		if len(data) > MaxMessageSize {
 			t.Fatalf("accepted %d bytes", len(data))
 		}
-		enc, err := json.Marshal(ev)
-		if err != nil {
-			return // a time json cannot write (a year past 9999) is the worker's to refuse
+		if (msg.Sync == nil) == (msg.Miss == nil) || (msg.Sync != nil) != sync {
+			t.Fatalf("subject %s decoded as %+v", subject, msg)
 		}
-		again, err := ParseMissEvent(enc)
+		m := msg.Miss
+		if m == nil {
+			return
+		}
+		if _, err := ref.ParseDigest(m.Digest.String()); err != nil {
+			t.Fatalf("accepted digest %q", m.Digest)
+		}
+		if err := ref.ValidName(m.Repository); err != nil {
+			t.Fatalf("accepted repository %q", m.Repository)
+		}
+		kind := KindManifest
+		if m.Blob {
+			kind = KindBlob
+		}
+		enc, err := json.Marshal(MissEvent{Registry: m.Registry, Repository: m.Repository, Digest: m.Digest.String(),
+			Kind: kind, RequestID: m.RequestID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := subj.Decode(subject, enc)
 		if err != nil {
 			t.Fatalf("re-encoded event %s: %v", enc, err)
 		}
-		if !again.Time.Equal(ev.Time) {
-			t.Fatalf("time %v -> %v", ev.Time, again.Time)
-		}
-		again.Time = ev.Time
-		if again != ev {
-			t.Fatalf("round trip: %+v -> %s -> %+v", ev, enc, again)
+		if !reflect.DeepEqual(again, msg) {
+			t.Fatalf("round trip: %+v -> %s -> %+v", m, enc, again.Miss)
 		}
 	})
 }

@@ -6,22 +6,30 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/regwarm/regwarm/internal/config"
 )
 
-// Connect opens a NATS connection to url with the config's credentials
-// and TLS settings, then extra options. It keeps reconnecting forever once
+// Auth is how a connection to NATS authenticates: a credentials file, or
+// a user and password, and the TLS files. The zero Auth is anonymous,
+// without client TLS.
+type Auth struct {
+	CredentialsFile string
+	Username        string
+	Password        string
+	CAFile          string // trusted roots for the server's certificate
+	CertFile        string // client certificate, with KeyFile
+	KeyFile         string
+}
+
+// Connect opens a NATS connection to url with auth, then extra options. It keeps reconnecting forever once
 // connected; with retryOnFailedConnect it also starts without a reachable
 // server. A failure names the URL (without credentials) and the cause.
-func Connect(url string, c config.NATS, name string, log *slog.Logger, retryOnFailedConnect bool, extra ...nats.Option) (*nats.Conn, error) {
+func Connect(url string, c Auth, name string, log *slog.Logger, retryOnFailedConnect bool, extra ...nats.Option) (*nats.Conn, error) {
 	dialer := &dialRecorder{d: net.Dialer{Timeout: 5 * time.Second}}
 	opts := []nats.Option{
 		nats.SetCustomDialer(dialer),
@@ -43,17 +51,13 @@ func Connect(url string, c config.NATS, name string, log *slog.Logger, retryOnFa
 		opts = append(opts, nats.UserCredentials(c.CredentialsFile))
 	}
 	if c.Username != "" {
-		pass := ""
-		if c.PasswordEnv != "" {
-			pass = os.Getenv(c.PasswordEnv)
-		}
-		opts = append(opts, nats.UserInfo(c.Username, pass))
+		opts = append(opts, nats.UserInfo(c.Username, c.Password))
 	}
-	if c.TLS.CAFile != "" {
-		opts = append(opts, nats.RootCAs(c.TLS.CAFile))
+	if c.CAFile != "" {
+		opts = append(opts, nats.RootCAs(c.CAFile))
 	}
-	if c.TLS.CertFile != "" {
-		opts = append(opts, nats.ClientCert(c.TLS.CertFile, c.TLS.KeyFile))
+	if c.CertFile != "" {
+		opts = append(opts, nats.ClientCert(c.CertFile, c.KeyFile))
 	}
 	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
@@ -115,12 +119,6 @@ type Setup struct {
 	Replicas      int
 	MaxDeliveries int
 	AckWait       time.Duration
-}
-
-// SetupFor is the JetStream setup cfg asks for.
-func SetupFor(cfg *config.Config) Setup {
-	return Setup{Subjects: Subjects{Prefix: cfg.NATS.SubjectPrefix}, Replicas: cfg.NATS.Replicas,
-		MaxDeliveries: cfg.Worker.MaxDeliveries, AckWait: cfg.Worker.AckWait.D()}
 }
 
 // StreamConfig is the work stream: sync requests and misses, kept until a

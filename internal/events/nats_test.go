@@ -6,8 +6,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-
-	"github.com/regwarm/regwarm/internal/config"
 )
 
 func TestRedactURL(t *testing.T) {
@@ -28,7 +26,7 @@ func TestRedactURL(t *testing.T) {
 // its credentials, and the dial error instead of "no servers available".
 func TestConnectNamesURLAndCause(t *testing.T) {
 	t.Parallel()
-	_, err := Connect("nats://bob:s3cret@127.0.0.1:1", config.NATS{}, "test", slog.New(slog.DiscardHandler), false)
+	_, err := Connect("nats://bob:s3cret@127.0.0.1:1", Auth{}, "test", slog.New(slog.DiscardHandler), false)
 	if err == nil {
 		t.Fatal("connected to port 1")
 	}

@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"testing"
 	"time"
@@ -120,7 +121,8 @@ func TestPublisherDropsWhenFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, err := events.ParseMissEvent(msg.Data)
+	var ev events.MissEvent
+	err = json.Unmarshal(msg.Data, &ev)
 	if err != nil || ev.Repository != "a" || msg.Subject != subj.Miss("hub") {
 		t.Errorf("first message %s %q: %+v %v", msg.Subject, msg.Data, ev, err)
 	}

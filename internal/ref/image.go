@@ -2,6 +2,7 @@ package ref
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -94,7 +95,7 @@ func ParseImage(s string) (Image, error) {
 		if !validHost(img.Host) {
 			return bad("invalid host")
 		}
-		if isDockerHub(img.Host) && !strings.Contains(repo, "/") {
+		if IsDockerHub(img.Host) && !strings.Contains(repo, "/") {
 			repo = "library/" + repo
 		}
 	} else {
@@ -113,8 +114,18 @@ func ParseImage(s string) (Image, error) {
 	return img, nil
 }
 
-func isDockerHub(host string) bool {
-	return host == "docker.io" || host == "index.docker.io" || host == "registry-1.docker.io"
+// DockerHub is Docker Hub's canonical host name.
+const DockerHub = "docker.io"
+
+// dockerHubAliases are the other names Docker Hub goes by; this is the one
+// list of them.
+var dockerHubAliases = []string{"index.docker.io", "registry-1.docker.io"}
+
+// IsDockerHub reports whether host, in any case, is one of Docker Hub's
+// names.
+func IsDockerHub(host string) bool {
+	h := strings.ToLower(host)
+	return h == DockerHub || slices.Contains(dockerHubAliases, h)
 }
 
 func validHost(h string) bool {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
@@ -45,7 +44,6 @@ type Tags interface {
 
 // Handler serves POST /webhooks/<name> for every configured webhook.
 type Handler struct {
-	cfg     *config.Config
 	queue   Queue
 	tags    Tags
 	log     *slog.Logger
@@ -53,16 +51,26 @@ type Handler struct {
 	hooks   map[string]*hook
 }
 
-type hook struct {
-	cfg    config.Webhook
-	secret [sha256.Size]byte
-	// targets are the registries that use the webhook's connector.
-	targets []target
+// Hook is one webhook as the handler needs it.
+type Hook struct {
+	Name    string
+	Format  string   // a format Parse reads (config.WebhookDistribution, …)
+	Secret  string   // the shared secret senders present
+	Actions []string // what it acts on: ActionPush, ActionDelete
+	// Targets are the registries that use the webhook's connector, with
+	// that connector's filter.
+	Targets []Target
 }
 
-type target struct {
-	registry string
-	filter   connector.Filter
+// Target is a registry a webhook's images are synced into.
+type Target struct {
+	Registry string
+	Filter   connector.Filter
+}
+
+type hook struct {
+	Hook
+	secret [sha256.Size]byte
 }
 
 // Option configures a Handler.
@@ -77,22 +85,15 @@ func WithMetrics(m *metrics.Set) Option { return func(h *Handler) { h.metrics = 
 // WithTags lets delete notifications mark cached tags stale.
 func WithTags(t Tags) Option { return func(h *Handler) { h.tags = t } }
 
-// New returns the handler of cfg's webhooks. A nil queue (serve without
-// NATS) answers every notification 503.
-func New(cfg *config.Config, q Queue, opts ...Option) *Handler {
-	h := &Handler{cfg: cfg, queue: q, log: slog.New(slog.DiscardHandler), hooks: map[string]*hook{}}
+// New returns the handler of hooks. A nil queue (serve without NATS)
+// answers every notification 503.
+func New(hooks []Hook, q Queue, opts ...Option) *Handler {
+	h := &Handler{queue: q, log: slog.New(slog.DiscardHandler), hooks: map[string]*hook{}}
 	for _, o := range opts {
 		o(h)
 	}
-	for _, w := range cfg.Webhooks {
-		hk := &hook{cfg: w, secret: sha256.Sum256([]byte(w.Secret()))}
-		cn, _ := cfg.Connector(w.Connector)
-		for _, r := range cfg.Registries {
-			if cn != nil && slices.Contains(r.Connectors, w.Connector) {
-				hk.targets = append(hk.targets, target{registry: r.Name, filter: connector.Filter{Include: cn.Include, Exclude: cn.Exclude}})
-			}
-		}
-		h.hooks[w.Name] = hk
+	for _, hk := range hooks {
+		h.hooks[hk.Name] = &hook{Hook: hk, secret: sha256.Sum256([]byte(hk.Secret))}
 	}
 	return h
 }
@@ -136,11 +137,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "BAD_REQUEST", "reading the payload failed")
 		return
 	}
-	n, err := Parse(hk.cfg.Format, data)
+	n, err := Parse(hk.Format, data)
 	if err != nil {
 		h.request(name, "bad_request")
-		h.log.Warn("webhook payload refused", "webhook", name, "format", hk.cfg.Format, "error", err)
-		writeError(w, http.StatusBadRequest, "BAD_REQUEST", "unreadable "+hk.cfg.Format+" payload: "+err.Error())
+		h.log.Warn("webhook payload refused", "webhook", name, "format", hk.Format, "error", err)
+		writeError(w, http.StatusBadRequest, "BAD_REQUEST", "unreadable "+hk.Format+" payload: "+err.Error())
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), queueTimeout)
@@ -189,18 +190,18 @@ type summary struct {
 // apply queues a push (one job per admitting registry) or marks a
 // deleted tag stale.
 func (h *Handler) apply(ctx context.Context, hk *hook, ev Event, sum *summary) error {
-	if !hk.cfg.Wants(ev.Action) || (ev.Action == ActionDelete && h.tags == nil) {
+	if !slices.Contains(hk.Actions, ev.Action) || (ev.Action == ActionDelete && h.tags == nil) {
 		sum.Ignored++
 		return nil
 	}
 	admitted := false
-	for _, t := range hk.targets {
-		if !t.filter.Allowed(ev.Repository) {
+	for _, t := range hk.Targets {
+		if !t.Filter.Allowed(ev.Repository) {
 			continue
 		}
 		admitted = true
 		if ev.Action == ActionDelete {
-			k, err := h.tags.ExpireTags(ctx, store.Repo{Registry: t.registry, Name: ev.Repository}, ev.Tag, ev.Digest)
+			k, err := h.tags.ExpireTags(ctx, store.Repo{Registry: t.Registry, Name: ev.Repository}, ev.Tag, ev.Digest)
 			if err != nil {
 				sum.Failed++
 				return err
@@ -208,7 +209,7 @@ func (h *Handler) apply(ctx context.Context, hk *hook, ev Event, sum *summary) e
 			sum.Revalidated += k
 			continue
 		}
-		dup, err := h.queue.Sync(ctx, Image(t.registry, ev), JobID(t.registry, ev))
+		dup, err := h.queue.Sync(ctx, Image(t.Registry, ev), JobID(t.Registry, ev))
 		switch {
 		case err != nil:
 			sum.Failed++

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/regwarm/regwarm/internal/config"
+	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
 )
@@ -74,24 +75,16 @@ type env struct {
 
 func newEnv(t testing.TB, withQueue bool) *env {
 	t.Helper()
-	t.Setenv("REGWARM_TEST_HOOK_SECRET", secret)
-	cfg, err := config.Parse([]byte(`version: 1
-registries:
-  - {name: hub, default: true, connectors: [up]}
-  - {name: mirror, connectors: [other, up]}
-  - {name: other, connectors: [other]}
-  - {name: local, push: true}
-connectors:
-  - {name: up, url: "https://up.example", exclude: ["private/**"]}
-  - {name: other, url: "https://other.example"}
-webhooks:
-  - {name: dist, format: distribution, connector: up, secret_env: REGWARM_TEST_HOOK_SECRET, actions: [push, delete]}
-  - {name: harbor, format: harbor, connector: up, secret_env: REGWARM_TEST_HOOK_SECRET}
-  - {name: hub, format: dockerhub, connector: up, secret_env: REGWARM_TEST_HOOK_SECRET}
-  - {name: ce, format: cloudevents, connector: up, secret_env: REGWARM_TEST_HOOK_SECRET, actions: [push, delete]}
-`))
-	if err != nil {
-		t.Fatal(err)
+	// The registries hub and mirror use connector up, which excludes
+	// private/**; other and local do not.
+	up := []Target{{Registry: "hub", Filter: connector.Filter{Exclude: []string{"private/**"}}},
+		{Registry: "mirror", Filter: connector.Filter{Exclude: []string{"private/**"}}}}
+	both := []string{ActionPush, ActionDelete}
+	hooks := []Hook{
+		{Name: "dist", Format: config.WebhookDistribution, Secret: secret, Actions: both, Targets: up},
+		{Name: "harbor", Format: config.WebhookHarbor, Secret: secret, Actions: []string{ActionPush}, Targets: up},
+		{Name: "hub", Format: config.WebhookDockerHub, Secret: secret, Actions: []string{ActionPush}, Targets: up},
+		{Name: "ce", Format: config.WebhookCloudEvents, Secret: secret, Actions: both, Targets: up},
 	}
 	e := &env{q: &fakeQueue{}, tags: &fakeTags{}}
 	e.m = metrics.New(prometheus.NewRegistry(), metrics.Labels{Webhooks: []string{"dist", "harbor", "hub", "ce"}})
@@ -99,7 +92,7 @@ webhooks:
 	if withQueue {
 		q = e.q
 	}
-	e.h = New(cfg, q, WithMetrics(e.m), WithTags(e.tags))
+	e.h = New(hooks, q, WithMetrics(e.m), WithTags(e.tags))
 	return e
 }
 
