@@ -95,6 +95,7 @@ func (f *FS) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 		}
 	}
 	if opts.Tag != "" {
+		f.untagging(repo, opts.Tag, m.Digest)
 		tag := tagFile{Digest: m.Digest, Source: opts.Source, Checked: now}
 		if err := f.writeJSON(f.tagPath(repo, opts.Tag), tag); err != nil {
 			return err
