@@ -467,5 +467,11 @@ func openStore(cfg *config.Config) (*store.FS, error) {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable),
-		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()))
+		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()), store.WithTouchGrain(touchGrain(cfg)))
+}
+
+// touchGrain is how stale a blob's last use may get before a use records
+// itself: well below the gc delay (a quarter), at most the store default.
+func touchGrain(cfg *config.Config) time.Duration {
+	return min(cfg.Jobs.GC.Delay.D()/4, store.DefaultTouchGrain)
 }

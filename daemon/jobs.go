@@ -47,7 +47,37 @@ func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, syncer *jobs.S
 		jobs.JobRefresh: func(ctx context.Context) (*jobs.Report, error) {
 			return jobs.NewRefresher(syncer, cfg.Jobs.Refresh.Images, log).Run(ctx)
 		},
+		jobs.JobGC: func(ctx context.Context) (*jobs.Report, error) {
+			return runGC(ctx, cfg, st, log)
+		},
 	}
+}
+
+// runGC runs retention and garbage collection once; free space below the
+// disk watermark asks it to evict the difference.
+func runGC(ctx context.Context, cfg *config.Config, st store.Store, log *slog.Logger, opts ...jobs.GCOption) (*jobs.Report, error) {
+	if w := int64(cfg.Jobs.GC.DiskWatermark); w > 0 {
+		if free, err := freeBytes(cfg.StoreRoot()); err == nil && free < w {
+			opts = append(opts, jobs.WithGCFree(w-free))
+		}
+	}
+	g, err := jobs.NewGC(cfg, st, log, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return g.Run(ctx)
+}
+
+// recordGC counts a gc report's removals in the metrics (nothing for a
+// dry run).
+func recordGC(m *metrics.Set, rep *jobs.Report) {
+	if rep == nil || rep.Job != jobs.JobGC || rep.DryRun || rep.GC == nil {
+		return
+	}
+	for _, e := range rep.Removed {
+		m.GCRemoved.WithLabelValues(e.Registry, e.Kind(), e.Reason).Inc()
+	}
+	m.GCFreed.Add(float64(rep.GC.BytesFreed))
 }
 
 // OneShot runs a scan or verification in this process, against the store

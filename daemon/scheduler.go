@@ -32,6 +32,23 @@ type ReportEvent struct {
 	Worker   string       `json:"worker,omitempty"`
 	Error    string       `json:"error,omitempty"`
 	Skipped  bool         `json:"skipped,omitempty"`
+	// GC is a gc run's summary: the "summary" of its event (with
+	// "dry_run") instead of Summary.
+	GC     *jobs.GCSummary `json:"-"`
+	DryRun bool            `json:"-"`
+}
+
+// MarshalJSON writes the event; a gc run's summary has the gc shape.
+func (e ReportEvent) MarshalJSON() ([]byte, error) {
+	type plain ReportEvent
+	if e.GC == nil {
+		return json.Marshal(plain(e))
+	}
+	return json.Marshal(struct {
+		plain
+		Summary *jobs.GCSummary `json:"summary"`
+		DryRun  bool            `json:"dry_run"`
+	}{plain(e), e.GC, e.DryRun})
 }
 
 // scheduler runs the cron jobs of a worker. Each tick runs on exactly one
@@ -61,6 +78,7 @@ func schedules(cfg *config.Config) map[string]string {
 		jobs.JobDanglingScan: cfg.Jobs.DanglingScan.Schedule,
 		jobs.JobVerify:       cfg.Jobs.Verify.Schedule,
 		jobs.JobRefresh:      refresh,
+		jobs.JobGC:           cfg.Jobs.GC.Schedule,
 	}
 }
 
@@ -151,7 +169,7 @@ func (s *scheduler) run(ctx context.Context, job string, publish bool) ReportEve
 	s.log.Info("job started", "job", job)
 	start := time.Now()
 	rep, err := fn(ctx)
-	if err == nil && (job == jobs.JobDanglingScan || job == jobs.JobVerify) {
+	if err == nil && (job == jobs.JobDanglingScan || job == jobs.JobVerify || job == jobs.JobGC) {
 		err = rep.Save(s.cfg.ReportsDir())
 	}
 	s.metrics.JobDuration.WithLabelValues(job).Observe(time.Since(start).Seconds())
@@ -162,6 +180,8 @@ func (s *scheduler) run(ctx context.Context, job string, publish bool) ReportEve
 		s.log.Error("job failed", "job", job, "error", err)
 	} else {
 		ev.Summary, ev.Problems, ev.Path = rep.Summary, rep.Summary.Problems, rep.Path
+		ev.GC, ev.DryRun = rep.GC, rep.DryRun
+		recordGC(s.metrics, rep)
 		s.metrics.JobRuns.WithLabelValues(job, metrics.ResultOK).Inc()
 		s.metrics.JobLastSuccess.WithLabelValues(job).Set(float64(ev.Finished.Unix()))
 		if job == jobs.JobDanglingScan {
