@@ -178,8 +178,17 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if want != "" && d != want {
 		return errorf(CodeDigestInvalid, "manifest digest %s does not match the reference", d)
 	}
-	if ae := h.checkReferences(r, rt, p); ae != nil {
-		return ae
+	// A reference garbage collection is putting back (found in use while
+	// being removed) is missing for a moment: look again before refusing.
+	for i := 0; ; i++ {
+		ae := h.checkReferences(r, rt, p)
+		if ae == nil {
+			break
+		}
+		if ae.code != CodeManifestBlobUnknown || i == recheckTries-1 || r.Context().Err() != nil {
+			return ae
+		}
+		time.Sleep(recheckWait)
 	}
 	opts := store.PutManifestOptions{Tag: tag, Subject: p.Subject, Referrer: ocispec.Descriptor{
 		MediaType: p.MediaType, ArtifactType: p.EffectiveArtifactType(), Annotations: p.Annotations,
