@@ -217,6 +217,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 	workerCtx, stopWorker := context.WithCancel(ctx)
 	defer stopWorker()
 	var workerWG sync.WaitGroup
+	var early *earlyGC // workers: gc before its schedule
 	if mode == ModeRun || mode == ModeWorker {
 		syncer := jobs.NewSyncer(cfg, c)
 		w := &Worker{cfg: cfg, bus: b, syncer: syncer, log: log, metrics: m}
@@ -244,6 +245,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		}
 		sch := &scheduler{cfg: cfg, bus: b, jobs: jobFuncs(cfg, st, c, syncer, log, repair), log: log, metrics: m,
 			owner: fmt.Sprintf("%s/%d", mode, os.Getpid()), now: time.Now, running: map[string]bool{}}
+		early = &earlyGC{sch: sch}
 		workerWG.Add(1)
 		go func() {
 			defer workerWG.Done()
@@ -272,7 +274,10 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		workerWG.Add(1)
 		go func() { defer workerWG.Done(); storeStats(workerCtx, st, m, log) }()
 		workerWG.Add(1)
-		go func() { defer workerWG.Done(); registryStats(workerCtx, cfg, st, m, log, storeStatsEvery) }()
+		go func() {
+			defer workerWG.Done()
+			registryStats(workerCtx, cfg, st, m, log, cfg.Jobs.GC.CheckEvery.D(), early)
+		}()
 	}
 	if mode == ModeRun || mode == ModeServe {
 		j := &uploadJanitor{store: st, expiry: cfg.Serve.UploadExpiry.D(), now: time.Now, log: log, metrics: m}

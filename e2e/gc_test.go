@@ -654,3 +654,93 @@ jobs:
 		t.Errorf("regwarm verify: exit %d\n%s", res.code, res.stdout)
 	}
 }
+
+// TestGCEarly: a cache registry that passes its max_bytes starts a gc run
+// before its schedule (jobs.gc.schedule is off here), which brings it
+// back under budget; a disk below jobs.gc.disk_watermark makes a run
+// evict the least recently pulled images of registries with retention.
+func TestGCEarly(t *testing.T) {
+	requireRegwarm(t)
+	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
+	opts := func(seed int64) harness.ImageOptions {
+		return harness.ImageOptions{Seed: seed, Platforms: []string{hostPlatform()}, Layers: 1, LayerSize: 200 << 10}
+	}
+	a := pushNewImage(t, up, "team/a:v1", opts(1901))
+	b := pushNewImage(t, up, "team/b:v1", opts(1902))
+	const budget = 600_000 // one image fits, two do not
+	rw := harness.StartRegwarm(t, "run", harness.ConfigHeader+fmt.Sprintf(`registries:
+  - name: hub
+    default: true
+    connectors: [up]
+    retention: {max_bytes: %d}
+connectors:
+  - {name: up, url: %q}
+jobs:
+  dangling_scan: {schedule: ""}
+  verify: {schedule: ""}
+  refresh: {schedule: ""}
+  gc: {schedule: "", delay: 1s, check_every: 1s}
+`, budget, up.URL()))
+	if err := skopeoPull(t.TempDir(), rw.Addr+"/team/a:v1"); err != nil {
+		t.Fatal(err)
+	}
+	waitWritten(t, rw)
+	waitBlobs(t, rw.DataDir, 30*time.Second, "team/a", imageDigests(a))
+	time.Sleep(2 * time.Second) // older than the delay, and pulled in an earlier second
+	if err := skopeoPull(t.TempDir(), rw.Addr+"/team/b:v1"); err != nil {
+		t.Fatal(err)
+	}
+	waitWritten(t, rw)
+	waitBlobs(t, rw.DataDir, 30*time.Second, "team/b", imageDigests(b))
+	if size := storedBytes(t, rw.DataDir, append(imageDigests(a), imageDigests(b)...)...); size <= budget {
+		t.Fatalf("two images are %d bytes, not over the budget %d", size, budget)
+	}
+	harness.Eventually(t, 30*time.Second, "an early gc run removing team/a", func() error {
+		m := harness.ScrapeMetrics(t, rw.MetricsAddr)
+		if n := m.Value("regwarm_gc_early_runs_total", "trigger", "budget"); n != 1 {
+			return fmt.Errorf("%v early runs", n)
+		}
+		if n := m.Value("regwarm_gc_removed_total", "registry", "hub", "kind", "tag", "reason", "over-budget"); n != 1 {
+			return fmt.Errorf("%v tags removed", n)
+		}
+		return nil
+	})
+	rep, _ := readGCReport(t, filepath.Join(rw.DataDir, "reports", "gc-latest.json"))
+	if hub := rep.Summary.ByRegistry["hub"]; hub.BytesAfter > budget || rep.Summary.TagsRemoved != 1 {
+		t.Errorf("early run: %+v", rep.Summary)
+	}
+	if st, _ := manifestDigest(t, rw, "/v2/team/b/manifests/v1"); st != http.StatusOK {
+		t.Errorf("team/b after the early run: %d", st)
+	}
+	if m := missingBlobs(rw.DataDir, imageDigests(a)); len(m) != len(imageDigests(a)) {
+		t.Errorf("team/a: %d blobs still stored", len(imageDigests(a))-len(m))
+	}
+
+	// A disk below the watermark (here: always) evicts what retention
+	// manages, least recently pulled first, even under budget.
+	data, err := os.ReadFile(rw.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(t.TempDir(), "watermark.yaml")
+	writeFile(t, cfgPath, strings.Replace(string(data), "check_every: 1s", "check_every: 1s, disk_watermark: 1000TiB", 1))
+	time.Sleep(1100 * time.Millisecond)
+	wm := runGC(t, cfgPath)
+	if wm.Summary.TagsRemoved != 1 || len(wm.Removed) == 0 || wm.Removed[0].Reason != "over-budget" || wm.Removed[0].Repository != "team/b" {
+		t.Errorf("run below the watermark: %+v %+v", wm.Summary, wm.Removed)
+	}
+}
+
+// readGCReport reads a saved gc report.
+func readGCReport(t *testing.T, path string) (gcReport, []byte) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep gcReport
+	if err := json.Unmarshal(b, &rep); err != nil || rep.Job != "gc" {
+		t.Fatalf("%s: %v (job %q)", path, err, rep.Job)
+	}
+	return rep, b
+}

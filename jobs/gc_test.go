@@ -268,3 +268,52 @@ func TestGCRecoversInterruptedRemovals(t *testing.T) {
 		t.Errorf("layer after recovery: %v", err)
 	}
 }
+
+// TestGCFree: the disk watermark's extra eviction takes retention-managed
+// images least recently used first, across registries, until enough is
+// freed; kept images and registries without retention stay.
+func TestGCFree(t *testing.T) {
+	t.Parallel()
+	f := newScanFixture(t)
+	ctx := context.Background()
+	now := time.Now()
+	seed := func(reg, name string, hoursAgo int, o scanObject) {
+		repo := scanRepoOf(reg, name)
+		f.seed(repo, nil, "up", o, "v1")
+		if err := f.st.RecordPulls(ctx, repo, map[digest.Digest]time.Time{o.digest: now.Add(-time.Duration(hoursAgo) * time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, mid, recent, kept, other := newScanImage(1, nil), newScanImage(1, nil), newScanImage(1, nil), newScanImage(1, nil), newScanImage(1, nil)
+	seed("hub", "team/old", 48, old)
+	seed("mirror", "team/mid", 10, mid)
+	seed("hub", "team/recent", 0, recent)
+	seed("hub", "team/kept", 100, kept)
+	seed("plain", "team/other", 200, other)
+	cfg := f.config(`
+registries:
+  - {name: hub, connectors: [up], retention: {keep: ["team/kept:*"]}}
+  - {name: mirror, connectors: [up], retention: {}}
+  - {name: plain, connectors: [up]}
+connectors: [{name: up, url: "http://127.0.0.1:1"}]
+`)
+	rep := f.runGC(cfg, WithGCFree(objSize(old)+1))
+	var tags []string
+	for _, e := range rep.Removed {
+		if e.Kind() == "tag" {
+			tags = append(tags, e.Registry+"/"+e.Repository+" "+e.Reason)
+		}
+	}
+	if want := []string{"hub/team/old over-budget", "mirror/team/mid over-budget"}; !slices.Equal(tags, want) {
+		t.Errorf("tags removed %q, want %q", tags, want)
+	}
+	for _, o := range []scanObject{recent, kept, other} {
+		if !f.hasContent(o.digest) {
+			t.Errorf("%s removed", o.digest)
+		}
+	}
+	// Without a watermark nothing is over any budget: nothing goes.
+	if again := f.runGC(cfg); again.GC.TagsRemoved != 0 {
+		t.Errorf("run without watermark removed %q", removedList(again))
+	}
+}

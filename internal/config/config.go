@@ -226,6 +226,11 @@ type GC struct {
 	// free space than this, a run starts early and evicts retention-managed
 	// images, least recently pulled first, until it would not. 0: off.
 	DiskWatermark ByteSize `yaml:"disk_watermark"`
+	// CheckEvery (an extension) is how often workers measure each
+	// registry against its max_bytes and the disk against the watermark;
+	// a registry over budget starts a run early (at most one per 5
+	// minutes across the cluster). Default 5m.
+	CheckEvery Duration `yaml:"check_every"`
 
 	scheduleSet bool // the file gave schedule; "" then means disabled
 	delaySet    bool // the file gave delay; 0 then means none

@@ -111,6 +111,9 @@ func (c *Config) ApplyDefaults() {
 	if !c.Jobs.GC.delaySet && c.Jobs.GC.Delay == 0 {
 		c.Jobs.GC.Delay = defaultGCDelay
 	}
+	if c.Jobs.GC.CheckEvery == 0 {
+		c.Jobs.GC.CheckEvery = Duration(5 * time.Minute)
+	}
 }
 
 // storeRoot is the default storage root below dataDir.

@@ -396,6 +396,9 @@ func (v *validator) jobs() {
 	if j.GC.Delay < 0 {
 		v.add("jobs.gc.delay", j.GC.Delay.String(), "must not be negative (0: no delay)")
 	}
+	if j.GC.CheckEvery < Duration(time.Second) {
+		v.add("jobs.gc.check_every", j.GC.CheckEvery.String(), "must be at least 1s")
+	}
 	if j.GC.DiskWatermark < 0 {
 		v.add("jobs.gc.disk_watermark", int64(j.GC.DiskWatermark), "must not be negative (0: off)")
 	}
