@@ -263,7 +263,7 @@ func (r *gcRun) registries(ctx context.Context) error {
 }
 
 // registry marks and sweeps one registry's repositories and records its
-// bytes before and after.
+// bytes before and after. Memory: two digest sets of the registry.
 func (r *gcRun) registry(ctx context.Context, name string, repos []store.Repo) error {
 	before, after := set{}, set{}
 	for _, repo := range repos {
@@ -278,7 +278,13 @@ func (r *gcRun) registry(ctx context.Context, name string, repos []store.Repo) e
 		return n
 	}
 	if _, ok := r.rep.GC.ByRegistry[name]; ok || len(repos) > 0 {
-		r.rep.GC.ByRegistry[name] = RegistryBytes{BytesBefore: sum(before), BytesAfter: sum(after)}
+		// before holds what only removed manifests reached; what stays
+		// was there before too.
+		for k := range after {
+			delete(before, k)
+		}
+		n := sum(after)
+		r.rep.GC.ByRegistry[name] = RegistryBytes{BytesBefore: n + sum(before), BytesAfter: n}
 	}
 	return nil
 }
@@ -417,9 +423,6 @@ func (r *gcRun) repo(ctx context.Context, repo store.Repo, before, after set) er
 				}
 			}
 		}
-	}
-	for k := range after {
-		before[k] = struct{}{}
 	}
 
 	// Blob links nothing remaining in repo references.
