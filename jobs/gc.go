@@ -3,6 +3,7 @@ package jobs
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -76,17 +77,18 @@ func NewGC(cfg *config.Config, st store.Store, log *slog.Logger, opts ...GCOptio
 	return g, nil
 }
 
-// dkey is a digest as a compact map key: the raw 32 bytes of a sha256,
-// the digest string otherwise.
-type dkey string
+// dkey is a digest as a compact, fixed-size map key: the raw bytes of a
+// sha256, the sha256 of the digest string for other algorithms.
+type dkey [32]byte
 
 func key(d digest.Digest) dkey {
+	var k dkey
 	if d.Algorithm() == digest.SHA256 {
-		if b, err := hex.DecodeString(d.Encoded()); err == nil && len(b) == 32 {
-			return dkey(b)
+		if n, err := hex.Decode(k[:], []byte(d.Encoded())); err == nil && n == len(k) {
+			return k
 		}
 	}
-	return dkey(d)
+	return sha256.Sum256([]byte(d))
 }
 
 type set map[dkey]struct{}
@@ -106,7 +108,13 @@ type gcRun struct {
 	cutoff     time.Time
 	rep        *Report
 	blobs      map[dkey]content
-	referenced set             // what remaining manifests reach, every registry
+	// referenced is what remaining manifests reach, in every registry,
+	// with the number (from 1) of the last registry that reached it: a
+	// registry's distinct bytes are counted as it marks, without a set
+	// of its own.
+	referenced map[dkey]int32
+	regNum     int32 // number of the registry being marked
+	regAfter   int64 // its distinct bytes so far
 	reasons    map[dkey]string // content of images retention removed: their reason
 	owner      map[dkey]string // registry a removed blob was last linked or referenced in
 	removedMan set             // manifests removed (their content is not listed again)
@@ -126,7 +134,7 @@ type regPlan struct {
 // Run runs gc once and returns its report.
 func (g *GC) Run(ctx context.Context) (*Report, error) {
 	started := g.now().UTC()
-	r := &gcRun{GC: g, cutoff: started.Add(-g.delay), blobs: map[dkey]content{}, referenced: set{},
+	r := &gcRun{GC: g, cutoff: started.Add(-g.delay), blobs: map[dkey]content{}, referenced: map[dkey]int32{},
 		reasons: map[dkey]string{}, owner: map[dkey]string{}, removedMan: set{}, plans: map[string]*regPlan{}}
 	r.rep = &Report{Version: ReportVersion, Job: JobGC, Started: started, Problems: []Problem{},
 		GC: &GCSummary{ByRegistry: map[string]RegistryBytes{}}, Removed: []Removed{}, DryRun: g.dryRun}
@@ -263,30 +271,38 @@ func (r *gcRun) registries(ctx context.Context) error {
 }
 
 // registry marks and sweeps one registry's repositories and records its
-// bytes before and after. Memory: two digest sets of the registry.
+// bytes before and after. Memory: the run's sets, plus a set of what the
+// registry's removed manifests reach.
 func (r *gcRun) registry(ctx context.Context, name string, repos []store.Repo) error {
-	before, after := set{}, set{}
+	r.regNum++
+	r.regAfter = 0
+	before := set{} // what candidates for removal reach
 	for _, repo := range repos {
-		if err := r.repo(ctx, repo, before, after); err != nil {
+		if err := r.repo(ctx, repo, before); err != nil {
 			return fmt.Errorf("%s: %w", repo, err)
 		}
 	}
-	sum := func(s set) (n int64) {
-		for k := range s {
-			n += r.blobs[k].size
+	// What removed manifests reached and nothing remaining does was there
+	// before only.
+	only := int64(0)
+	for k := range before {
+		if r.referenced[k] != r.regNum {
+			only += r.blobs[k].size
 		}
-		return n
 	}
 	if _, ok := r.rep.GC.ByRegistry[name]; ok || len(repos) > 0 {
-		// before holds what only removed manifests reached; what stays
-		// was there before too.
-		for k := range after {
-			delete(before, k)
-		}
-		n := sum(after)
-		r.rep.GC.ByRegistry[name] = RegistryBytes{BytesBefore: n + sum(before), BytesAfter: n}
+		r.rep.GC.ByRegistry[name] = RegistryBytes{BytesBefore: r.regAfter + only, BytesAfter: r.regAfter}
 	}
 	return nil
+}
+
+// reach records that the registry being marked keeps d.
+func (r *gcRun) reach(d digest.Digest) {
+	k := key(d)
+	if r.referenced[k] != r.regNum {
+		r.referenced[k] = r.regNum
+		r.regAfter += r.blobs[k].size
+	}
 }
 
 // node is a manifest's references, read once per repository.
@@ -297,7 +313,7 @@ type gcNode struct {
 
 // repo marks what stays in repo, removes the rest and adds the linked
 // content before and after to the registry's sets.
-func (r *gcRun) repo(ctx context.Context, repo store.Repo, before, after set) error {
+func (r *gcRun) repo(ctx context.Context, repo store.Repo, before set) error {
 	plan := r.plans[repo.Registry]
 	// Roots: tags (minus retention's), manifests pulled (minus
 	// retention's), and anything written or used within the delay.
@@ -353,7 +369,7 @@ func (r *gcRun) repo(ctx context.Context, repo store.Repo, before, after set) er
 	nodes := map[dkey]*gcNode{}
 	kept := set{}     // manifests that stay
 	repoRefs := set{} // content the remaining manifests reach
-	if err := r.mark(ctx, repo, roots, nodes, kept, repoRefs, after); err != nil {
+	if err := r.mark(ctx, repo, roots, nodes, kept, repoRefs); err != nil {
 		return err
 	}
 
@@ -401,7 +417,7 @@ func (r *gcRun) repo(ctx context.Context, repo store.Repo, before, after set) er
 		if !ok {
 			// In use after all: it and what it reaches stay.
 			r.rep.GC.InUse++
-			if err := r.mark(ctx, repo, []digest.Digest{d}, nodes, kept, repoRefs, after); err != nil {
+			if err := r.mark(ctx, repo, []digest.Digest{d}, nodes, kept, repoRefs); err != nil {
 				return err
 			}
 			continue
@@ -486,9 +502,9 @@ func (r *gcRun) removeTag(ctx context.Context, repo store.Repo, tag string, rm R
 }
 
 // mark adds roots and everything they reach in repo (index children,
-// referrers, config and layers) to kept, repoRefs, after and the run's
-// referenced set.
-func (r *gcRun) mark(ctx context.Context, repo store.Repo, roots []digest.Digest, nodes map[dkey]*gcNode, kept, repoRefs, after set) error {
+// referrers, config and layers) to kept, repoRefs and the run's referenced
+// set.
+func (r *gcRun) mark(ctx context.Context, repo store.Repo, roots []digest.Digest, nodes map[dkey]*gcNode, kept, repoRefs set) error {
 	stack := slices.Clone(roots)
 	for len(stack) > 0 {
 		d := stack[len(stack)-1]
@@ -498,8 +514,7 @@ func (r *gcRun) mark(ctx context.Context, repo store.Repo, roots []digest.Digest
 		}
 		kept.add(d)
 		repoRefs.add(d)
-		after.add(d)
-		r.referenced.add(d)
+		r.reach(d)
 		n, err := r.node(ctx, repo, d, nodes)
 		if err != nil {
 			return err
@@ -512,8 +527,7 @@ func (r *gcRun) mark(ctx context.Context, repo store.Repo, roots []digest.Digest
 		} else {
 			for _, b := range n.refs {
 				repoRefs.add(b)
-				after.add(b)
-				r.referenced.add(b)
+				r.reach(b)
 			}
 		}
 		refs, err := r.st.Referrers(ctx, repo, d)
