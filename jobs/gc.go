@@ -105,16 +105,16 @@ type content struct {
 // gcRun is one run's state: digest sets and sizes, no manifest bodies.
 type gcRun struct {
 	*GC
-	cutoff     time.Time
-	rep        *Report
-	blobs      map[dkey]content
+	cutoff time.Time
+	rep    *Report
+	blobs  map[dkey]content
 	// referenced is what remaining manifests reach, in every registry,
 	// with the number (from 1) of the last registry that reached it: a
 	// registry's distinct bytes are counted as it marks, without a set
 	// of its own.
 	referenced map[dkey]int32
-	regNum     int32 // number of the registry being marked
-	regAfter   int64 // its distinct bytes so far
+	regNum     int32           // number of the registry being marked
+	regAfter   int64           // its distinct bytes so far
 	reasons    map[dkey]string // content of images retention removed: their reason
 	owner      map[dkey]string // registry a removed blob was last linked or referenced in
 	removedMan set             // manifests removed (their content is not listed again)
