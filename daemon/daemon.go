@@ -66,8 +66,12 @@ func NewLogger(c config.Log, w io.Writer) *slog.Logger {
 // labels lists the label values known from the config.
 func labels(cfg *config.Config) metrics.Labels {
 	var l metrics.Labels
+	l.Budgets = map[string]int64{}
 	for _, r := range cfg.Registries {
 		l.Registries = append(l.Registries, r.Name)
+		if r.Retention != nil {
+			l.Budgets[r.Name] = int64(r.Retention.MaxBytes)
+		}
 	}
 	for _, c := range cfg.Connectors {
 		l.Connectors = append(l.Connectors, c.Name)

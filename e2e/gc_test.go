@@ -58,6 +58,7 @@ func runGC(t *testing.T, cfgPath string, args ...string) gcReport {
 	t.Helper()
 	res := runRegwarmCLI(t, append([]string{"gc", "--config", cfgPath, "--format", "json"}, args...)...)
 	res.wantCode(t, 0)
+	t.Logf("gc report:\n%s", res.stdout)
 	var rep gcReport
 	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil {
 		t.Fatalf("gc report: %v in %q", err, res.stdout)

@@ -33,6 +33,8 @@ type Labels struct {
 	Registries []string
 	Connectors []string
 	Webhooks   []string
+	// Budgets are the registries' retention.max_bytes (absent or 0: none).
+	Budgets map[string]int64
 }
 
 // Set holds every regwarm collector.
@@ -72,6 +74,7 @@ type Set struct {
 	RegistryBytes   *prometheus.GaugeVec   // distinct blobs and manifests per registry
 	PullsDropped    prometheus.Counter     // client pulls not recorded: buffer full
 	PullFlushErrors prometheus.Counter     // failed writes of recorded pulls
+	RegistryBudget  *prometheus.GaugeVec   // retention.max_bytes per registry (0: none)
 	GCRemoved       *prometheus.CounterVec // tags, manifests, blobs gc removed, by registry, kind, reason
 	GCFreed         prometheus.Counter     // bytes of content gc removed
 	GCEarlyRuns     *prometheus.CounterVec // gc runs started early, by trigger (budget/watermark)
