@@ -108,6 +108,7 @@ type gcRun struct {
 	cutoff time.Time
 	rep    *Report
 	blobs  map[dkey]content
+	other  map[dkey]digest.Digest // digests of blobs not in sha256, by key
 	// referenced is what remaining manifests reach, in every registry,
 	// with the number (from 1) of the last registry that reached it: a
 	// registry's distinct bytes are counted as it marks, without a set
@@ -134,7 +135,7 @@ type regPlan struct {
 // Run runs gc once and returns its report.
 func (g *GC) Run(ctx context.Context) (*Report, error) {
 	started := g.now().UTC()
-	r := &gcRun{GC: g, cutoff: started.Add(-g.delay), blobs: map[dkey]content{}, referenced: map[dkey]int32{},
+	r := &gcRun{GC: g, cutoff: started.Add(-g.delay), blobs: map[dkey]content{}, other: map[dkey]digest.Digest{}, referenced: map[dkey]int32{},
 		reasons: map[dkey]string{}, owner: map[dkey]string{}, removedMan: set{}, plans: map[string]*regPlan{}}
 	r.rep = &Report{Version: ReportVersion, Job: JobGC, Started: started, Problems: []Problem{},
 		GC: &GCSummary{ByRegistry: map[string]RegistryBytes{}}, Removed: []Removed{}, DryRun: g.dryRun}
@@ -146,7 +147,11 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 		r.rep.GC.Recovered = n
 	}
 	if err := g.col.CollectBlobs(ctx, func(e store.Entry) error {
-		r.blobs[key(e.Digest)] = content{size: e.Size, lastUsed: e.LastUsed.UnixNano()}
+		k := key(e.Digest)
+		r.blobs[k] = content{size: e.Size, lastUsed: e.LastUsed.UnixNano()}
+		if e.Digest.Algorithm() != digest.SHA256 {
+			r.other[k] = e.Digest
+		}
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("list blobs: %w", err)
@@ -442,15 +447,16 @@ func (r *gcRun) repo(ctx context.Context, repo store.Repo, before set) error {
 	}
 
 	// Blob links nothing remaining in repo references.
+	// (RemoveBlobLink checks the link's own last use.)
 	var stale []digest.Digest
-	if err := r.col.CollectBlobLinks(ctx, repo, func(e store.Entry) error {
-		if repoRefs.has(e.Digest) || !e.LastUsed.Before(r.cutoff) {
+	if err := r.col.CollectBlobLinks(ctx, repo, func(d digest.Digest) error {
+		if repoRefs.has(d) {
 			return nil
 		}
-		if c, ok := r.blobs[key(e.Digest)]; ok && c.lastUsed >= r.cutoff.UnixNano() {
+		if c, ok := r.blobs[key(d)]; ok && c.lastUsed >= r.cutoff.UnixNano() {
 			return nil
 		}
-		stale = append(stale, e.Digest)
+		stale = append(stale, d)
 		return nil
 	}); err != nil {
 		return err
@@ -469,6 +475,14 @@ func (r *gcRun) repo(ctx context.Context, repo store.Repo, before set) error {
 		}
 	}
 	return nil
+}
+
+// digestOf returns the digest of a stored blob's key.
+func (r *gcRun) digestOf(k dkey) digest.Digest {
+	if d, ok := r.other[k]; ok {
+		return d
+	}
+	return digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(k[:]))
 }
 
 // claim attributes d to registry, for metrics, unless already attributed.
@@ -586,20 +600,15 @@ func (r *gcRun) sweepBlobs(ctx context.Context) error {
 	}
 	cut := r.cutoff.UnixNano()
 	var ds []digest.Digest
-	// The map holds keys only; walk the store again for the digests.
-	if err := r.col.CollectBlobs(ctx, func(e store.Entry) error {
-		k := key(e.Digest)
-		c, ok := r.blobs[k]
-		if !ok || c.lastUsed >= cut {
-			return nil // new since the start, or recently used
+	for k, c := range r.blobs {
+		if c.lastUsed >= cut {
+			continue // recently used
 		}
 		if _, ref := r.referenced[k]; !ref {
-			ds = append(ds, e.Digest)
+			ds = append(ds, r.digestOf(k))
 		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("list blobs: %w", err)
 	}
+	slices.Sort(ds)
 	for _, d := range ds {
 		k := key(d)
 		size, ok := r.blobs[k].size, true

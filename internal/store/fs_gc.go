@@ -104,23 +104,13 @@ func (f *FS) CollectManifests(ctx context.Context, repo Repo, fn func(Entry) err
 	})
 }
 
-// CollectBlobLinks calls fn for each blob link of repo with the link's
-// modification time.
-func (f *FS) CollectBlobLinks(ctx context.Context, repo Repo, fn func(Entry) error) error {
+// CollectBlobLinks calls fn for each blob link of repo.
+func (f *FS) CollectBlobLinks(ctx context.Context, repo Repo, fn func(digest.Digest) error) error {
 	if err := check(ctx, repo); err != nil {
 		return err
 	}
 	dir := filepath.Join(f.repoDir(repo), "_blobs")
-	return walkDigests(ctx, dir, false, func(d digest.Digest, e fs.DirEntry) error {
-		info, err := e.Info()
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("stat blob link %s: %w", d, err)
-		}
-		return fn(Entry{Digest: d, LastUsed: info.ModTime()})
-	})
+	return walkDigests(ctx, dir, false, func(d digest.Digest, _ fs.DirEntry) error { return fn(d) })
 }
 
 // RemoveTag removes tag of repo if it still points at d.
@@ -145,6 +135,9 @@ func (f *FS) RemoveManifest(ctx context.Context, repo Repo, d digest.Digest, cut
 		return false, err
 	}
 	content := f.blobPath(d)
+	if used(f.manifestLink(repo, d), cutoff) || used(content, cutoff) {
+		return false, nil
+	}
 	var link manifestLink
 	ok, err := f.remove(f.manifestLink(repo, d), func(trashed string) bool {
 		if used(trashed, cutoff) || used(content, cutoff) {
@@ -178,6 +171,9 @@ func (f *FS) RemoveBlobLink(ctx context.Context, repo Repo, d digest.Digest, cut
 		return false, err
 	}
 	content := f.blobPath(d)
+	if used(f.blobLink(repo, d), cutoff) || used(content, cutoff) {
+		return false, nil
+	}
 	return f.remove(f.blobLink(repo, d), func(trashed string) bool {
 		return !used(trashed, cutoff) && !used(content, cutoff)
 	})
@@ -191,6 +187,9 @@ func (f *FS) RemoveBlob(ctx context.Context, d digest.Digest, cutoff time.Time) 
 	}
 	if err := checkDigest(d); err != nil {
 		return 0, false, err
+	}
+	if used(f.blobPath(d), cutoff) {
+		return 0, false, nil
 	}
 	var size int64
 	ok, err := f.remove(f.blobPath(d), func(trashed string) bool {

@@ -263,8 +263,8 @@ type Collector interface {
 	// is the later of the link's and the content's.
 	CollectManifests(ctx context.Context, repo Repo, fn func(Entry) error) error
 	// CollectBlobLinks calls fn for each blob link of repo (manifests are
-	// linked as blobs too), with the link's own last use.
-	CollectBlobLinks(ctx context.Context, repo Repo, fn func(Entry) error) error
+	// linked as blobs too). RemoveBlobLink checks the link's last use.
+	CollectBlobLinks(ctx context.Context, repo Repo, fn func(digest.Digest) error) error
 	// RemoveTag removes tag if it still points at d.
 	RemoveTag(ctx context.Context, repo Repo, tag string, d digest.Digest) (bool, error)
 	// RemoveManifest removes repo's link of manifest d, its referrers entry,
