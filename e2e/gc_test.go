@@ -160,10 +160,8 @@ jobs:
 		}
 	}
 	waitWritten(t, rw)
-	var all []string
 	size := map[string]int64{}
 	for n, im := range ims {
-		all = append(all, imageDigests(im)...)
 		waitBlobs(t, rw.DataDir, 30*time.Second, n, imageDigests(im))
 		size[n] = storedBytes(t, rw.DataDir, imageDigests(im)...)
 	}
