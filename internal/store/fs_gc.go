@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regwarm/regwarm/internal/ref"
 )
 
 // DefaultTouchGrain is how stale a last-use time may get before a use
@@ -58,6 +61,38 @@ func (f *FS) touchPath(path string) error {
 func (f *FS) forceTouch(path string) error {
 	now := f.now()
 	return os.Chtimes(path, now, now)
+}
+
+// maxTouched bounds the references touchReferences marks as used.
+const maxTouched = 10000
+
+// touchReferences records a use of the stored content a manifest names:
+// its config, layers and (for an index) child manifests. Unreadable
+// manifests and absent content are ignored.
+func (f *FS) touchReferences(data []byte) {
+	type desc struct {
+		Digest string `json:"digest"`
+	}
+	var m struct {
+		Config    *desc  `json:"config"`
+		Layers    []desc `json:"layers"`
+		Manifests []desc `json:"manifests"`
+	}
+	if json.Unmarshal(data, &m) != nil {
+		return
+	}
+	refs := append(m.Layers, m.Manifests...)
+	if m.Config != nil {
+		refs = append(refs, *m.Config)
+	}
+	for i, r := range refs {
+		if i == maxTouched {
+			return
+		}
+		if d, err := ref.ParseDigest(r.Digest); err == nil {
+			_ = f.touchPath(f.blobPath(d))
+		}
+	}
 }
 
 // CollectBlobs calls fn for each stored content with its size and

@@ -71,6 +71,9 @@ func (f *FS) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 		return fmt.Errorf("%w: manifest hashes to %s, want %s", ErrDigestMismatch, got, m.Digest)
 	}
 	size := int64(len(m.Data))
+	// A manifest written is a use of what it references: garbage
+	// collection, re-checking before it deletes, keeps it.
+	f.touchReferences(m.Data)
 	if err := f.putContent(m.Digest, m.Data); err != nil {
 		return err
 	}

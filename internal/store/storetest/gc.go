@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -53,6 +54,21 @@ func entries(t *testing.T, what string, list func(func(store.Entry) error) error
 		t.Fatalf("%s: %v", what, err)
 	}
 	return got
+}
+
+// newManifestWithLayer builds an image manifest whose one layer is d.
+func newManifestWithLayer(t *testing.T, d digest.Digest, size int64) store.Manifest {
+	t.Helper()
+	data, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     ocispec.MediaTypeImageManifest,
+		"config":        map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2},
+		"layers":        []any{map[string]any{"mediaType": ocispec.MediaTypeImageLayer, "digest": d, "size": size}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store.Manifest{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(data), Data: data}
 }
 
 func blobLinks(t *testing.T, c store.Collector, repo store.Repo) map[digest.Digest]bool {
@@ -127,6 +143,10 @@ func testCollectUseProtects(t *testing.T, s store.Store, c store.Collector) {
 		{"StatBlob", func(d digest.Digest) error { _, err := s.StatBlob(ctx, repoA, d); return err }},
 		{"LinkBlob", func(d digest.Digest) error { return s.LinkBlob(ctx, repoB, d) }},
 		{"PutBlob", func(d digest.Digest) error { putBlob(t, s, repoB, content("use-PutBlob", 64)); return nil }}, // the same bytes again
+		{"PutManifest", func(d digest.Digest) error { // a manifest referencing it
+			m := newManifestWithLayer(t, d, 64)
+			return s.PutManifest(ctx, repoB, m, store.PutManifestOptions{})
+		}},
 	}
 	for _, u := range uses {
 		b := putBlob(t, s, repoA, content("use-"+u.name, 64))
