@@ -146,6 +146,11 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 		}
 		r.rep.GC.Recovered = n
 	}
+	// Retention first: its inventories are garbage before the blob
+	// listing grows (a lower peak).
+	if err := r.planRetention(ctx); err != nil {
+		return nil, err
+	}
 	if err := g.col.CollectBlobs(ctx, func(e store.Entry) error {
 		k := key(e.Digest)
 		r.blobs[k] = content{size: e.Size, lastUsed: e.LastUsed.UnixNano()}
@@ -155,9 +160,6 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("list blobs: %w", err)
-	}
-	if err := r.planRetention(ctx); err != nil {
-		return nil, err
 	}
 	if err := r.registries(ctx); err != nil {
 		return nil, err
