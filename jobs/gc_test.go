@@ -247,7 +247,7 @@ func TestGCRecoversInterruptedRemovals(t *testing.T) {
 	// (docs of store.FS), neither deleted nor put back.
 	l := img.layers[0]
 	rel := filepath.Join("blobs", "sha256", l.Encoded()[:2], l.Encoded())
-	dir := filepath.Join(root, "trash", "crashed")
+	dir := filepath.Join(root, "trash", "1-crashed", "1")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}

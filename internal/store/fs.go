@@ -23,8 +23,10 @@ import (
 //	blobs/<alg>/<first 2 hex>/<hex>   content of blobs and manifests
 //	tmp/                              temporary files of atomic writes
 //	quarantine/<alg>-<hex>-<unix>     content that failed verification
-//	trash/<id>/{path,data}            an item garbage collection is removing:
-//	                                  its path below the root, and the item
+//	trash/<pid>-<t>/lock              a removal session of garbage collection,
+//	                                  locked (flock) while its process lives
+//	trash/<pid>-<t>/<n>/{path,data}   an item being removed: its path below
+//	                                  the root, and the item
 //	uploads/<id>/data                 bytes received by an upload session
 //	uploads/<id>/info.json            its repository, owner, start and last
 //	                                  chunk times, offset and marshalled
@@ -79,8 +81,12 @@ type FS struct {
 	// touchGrain is how stale a last-use time may get before a use
 	// records itself (fs_gc.go).
 	touchGrain time.Duration
-	// trashSeq numbers removals in progress (fs_gc.go).
-	trashSeq atomic.Uint64
+	// trashSeq numbers removals in progress; trashDir is this store's
+	// removal session, trashLock its held lock file (fs_gc.go).
+	trashSeq  atomic.Uint64
+	trashMu   sync.Mutex
+	trashDir  string
+	trashLock *os.File
 	// startMu makes counting sessions and starting one atomic within the
 	// process.
 	startMu sync.Mutex

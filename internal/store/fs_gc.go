@@ -178,8 +178,8 @@ func (f *FS) RemoveManifest(ctx context.Context, repo Repo, d digest.Digest, cut
 		if used(trashed, cutoff) || used(content, cutoff) {
 			return false
 		}
-		_ = readJSON(trashed, &link)
-		return true
+		// Gone from the trash: taken back by a recovery.
+		return !errors.Is(readJSON(trashed, &link), fs.ErrNotExist)
 	})
 	if err != nil || !ok {
 		return false, err
@@ -210,7 +210,8 @@ func (f *FS) RemoveBlobLink(ctx context.Context, repo Repo, d digest.Digest, cut
 		return false, nil
 	}
 	return f.remove(f.blobLink(repo, d), func(trashed string) bool {
-		return !used(trashed, cutoff) && !used(content, cutoff)
+		ok, _ := exists(trashed)
+		return ok && !used(trashed, cutoff) && !used(content, cutoff)
 	})
 }
 
@@ -245,10 +246,36 @@ func used(path string, cutoff time.Time) bool {
 	return err == nil && !info.ModTime().Before(cutoff)
 }
 
+// trashSession returns this store's removal session directory,
+// trash/<pid>-<time>, creating it with a held lock on its "lock" file on
+// first use: RecoverRemovals leaves the sessions of live processes alone
+// and recovers those whose process died (the lock went with it).
+func (f *FS) trashSession() (string, error) {
+	f.trashMu.Lock()
+	defer f.trashMu.Unlock()
+	if f.trashDir != "" {
+		return f.trashDir, nil
+	}
+	dir := filepath.Join(f.root, "trash", strconv.Itoa(os.Getpid())+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	if err := f.mkdirs(dir); err != nil {
+		return "", err
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, f.fileMode)
+	if err != nil {
+		return "", err
+	}
+	if ok, err := lockFile(lock); err != nil || !ok {
+		_ = lock.Close()
+		return "", fmt.Errorf("lock removal session: %v", err)
+	}
+	f.trashDir, f.trashLock = dir, lock // held for the process's life
+	return dir, nil
+}
+
 // remove takes the file at path out of sight by renaming it into
-// trash/<id>/data (after recording path in trash/<id>/path), asks
+// trash/<session>/<n>/data (after recording path in .../path), asks
 // decide whether it may go after all, then deletes it or puts it back. A
-// file that is not there is not removed. A crash leaves trash/<id> for
+// file that is not there is not removed. A crash leaves the entry for
 // RecoverRemovals.
 func (f *FS) remove(path string, decide func(trashed string) bool) (bool, error) {
 	if ok, err := exists(path); err != nil || !ok {
@@ -258,7 +285,11 @@ func (f *FS) remove(path string, decide func(trashed string) bool) (bool, error)
 	if err != nil {
 		return false, fmt.Errorf("remove: %w", err)
 	}
-	dir := filepath.Join(f.root, "trash", strconv.FormatInt(time.Now().UnixNano(), 36)+"-"+strconv.FormatUint(f.trashSeq.Add(1), 36))
+	session, err := f.trashSession()
+	if err != nil {
+		return false, fmt.Errorf("remove %s: %w", rel, err)
+	}
+	dir := filepath.Join(session, strconv.FormatUint(f.trashSeq.Add(1), 36))
 	if err := f.mkdirs(dir); err != nil {
 		return false, fmt.Errorf("remove %s: %w", rel, err)
 	}
@@ -276,7 +307,7 @@ func (f *FS) remove(path string, decide func(trashed string) bool) (bool, error)
 	}
 	if !decide(data) {
 		if err := f.restore(data, path); err != nil {
-			return false, err // trash/<id> stays for RecoverRemovals
+			return false, err // the entry stays for RecoverRemovals
 		}
 		return false, os.RemoveAll(dir)
 	}
@@ -290,46 +321,81 @@ func (f *FS) remove(path string, decide func(trashed string) bool) (bool, error)
 // written there meanwhile (then data is dropped).
 func (f *FS) restore(data, path string) error {
 	if ok, err := exists(path); err == nil && ok {
-		return os.Remove(data)
+		return removeFile(data)
 	}
 	if err := f.mkdirs(filepath.Dir(path)); err != nil {
 		return err
 	}
 	// Link, not rename: a writer that created path meanwhile wins.
 	err := os.Link(data, path)
-	if err != nil && !errors.Is(err, fs.ErrExist) {
+	if err != nil && !errors.Is(err, fs.ErrExist) && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("restore %s: %w", filepath.Base(path), err)
 	}
-	return os.Remove(data)
+	return removeFile(data)
 }
 
 // RecoverRemovals puts back every item a removal left in trash/ (a crash
 // between taking it out of sight and deciding), unless a new copy was
-// written meanwhile, and returns how many came back.
+// written meanwhile, and returns how many came back. Sessions of live
+// processes (their lock held) are left alone.
 func (f *FS) RecoverRemovals(ctx context.Context) (int, error) {
-	entries, err := readDir(filepath.Join(f.root, "trash"))
+	sessions, err := readDir(filepath.Join(f.root, "trash"))
 	if err != nil {
 		return 0, fmt.Errorf("recover removals: %w", err)
+	}
+	n := 0
+	for _, s := range sessions {
+		dir := filepath.Join(f.root, "trash", s.Name())
+		if !s.IsDir() {
+			continue
+		}
+		k, err := f.recoverSession(ctx, dir)
+		n += k
+		if err != nil {
+			return n, fmt.Errorf("recover removals: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// recoverSession recovers the entries of one abandoned session directory
+// and removes it.
+func (f *FS) recoverSession(ctx context.Context, dir string) (int, error) {
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR, 0)
+	if err == nil {
+		defer lock.Close()
+		if ok, err := lockFile(lock); err != nil || !ok {
+			return 0, nil // a live process's session (ours included)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return 0, err
+	}
+	entries, err := readDir(dir)
+	if err != nil {
+		return 0, err
 	}
 	n := 0
 	for _, e := range entries {
 		if err := ctx.Err(); err != nil {
 			return n, err
 		}
-		dir := filepath.Join(f.root, "trash", e.Name())
-		rel, err := os.ReadFile(filepath.Join(dir, "path"))
-		data := filepath.Join(dir, "data")
+		if !e.IsDir() {
+			continue
+		}
+		ed := filepath.Join(dir, e.Name())
+		rel, err := os.ReadFile(filepath.Join(ed, "path"))
+		data := filepath.Join(ed, "data")
 		if err == nil && filepath.IsLocal(filepath.FromSlash(string(rel))) {
 			if ok, _ := exists(data); ok {
 				if err := f.restore(data, filepath.Join(f.root, filepath.FromSlash(string(rel)))); err != nil {
-					return n, fmt.Errorf("recover removals: %w", err)
+					return n, err
 				}
 				n++
 			}
 		}
-		if err := os.RemoveAll(dir); err != nil {
-			return n, fmt.Errorf("recover removals: %w", err)
+		if err := os.RemoveAll(ed); err != nil {
+			return n, err
 		}
 	}
-	return n, nil
+	return n, os.RemoveAll(dir)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -26,7 +27,7 @@ func TestFSRecoverRemovals(t *testing.T) {
 	blobRel := filepath.Join("blobs", "sha256", d.Encoded()[:2], d.Encoded())
 	linkRel := filepath.Join("registries", "hub", "repos", "library", "alpine", "_blobs", "sha256", d.Encoded())
 	crash := func(id, rel string, move bool) {
-		dir := filepath.Join(root, "trash", id)
+		dir := filepath.Join(root, "trash", "dead-session", id)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -56,6 +57,24 @@ func TestFSRecoverRemovals(t *testing.T) {
 	_ = b.Close()
 	if left, _ := os.ReadDir(filepath.Join(root, "trash")); len(left) != 0 {
 		t.Errorf("trash/ after recovery: %d entries", len(left))
+	}
+
+	// The session of a live process (its lock held) is left alone.
+	crash("e", blobRel, true)
+	lock, err := os.Create(filepath.Join(root, "trash", "dead-session", "lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.RecoverRemovals(ctx); err != nil || n != 0 {
+		t.Fatalf("RecoverRemovals of a live session = %d, %v; want 0", n, err)
+	}
+	_ = syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	if n, err := s.RecoverRemovals(ctx); err != nil || n != 1 {
+		t.Fatalf("RecoverRemovals after the process let go = %d, %v; want 1", n, err)
 	}
 
 	// A copy written meanwhile wins; the trashed one is dropped.
