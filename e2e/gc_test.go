@@ -679,6 +679,19 @@ jobs:
   refresh: {schedule: ""}
   gc: {schedule: "", delay: 1s, check_every: 1s}
 `, budget, up.URL()))
+	// Every gc series exists from start-up.
+	m := harness.ScrapeMetrics(t, rw.MetricsAddr)
+	for _, kind := range []string{"tag", "manifest", "blob"} {
+		for _, reason := range []string{"over-budget", "unpulled", "untagged", "unreferenced"} {
+			if !m.Has("regwarm_gc_removed_total", "registry", "hub", "kind", kind, "reason", reason) {
+				t.Errorf("no regwarm_gc_removed_total{registry=hub,kind=%s,reason=%s} at start-up", kind, reason)
+			}
+		}
+	}
+	if !m.Has("regwarm_gc_freed_bytes_total") || !m.Has("regwarm_registry_budget_bytes", "registry", "hub") ||
+		m.Value("regwarm_registry_budget_bytes", "registry", "hub") != budget {
+		t.Errorf("gc metrics at start-up: freed %v, budget %v", m.Has("regwarm_gc_freed_bytes_total"), m.Value("regwarm_registry_budget_bytes", "registry", "hub"))
+	}
 	if err := skopeoPull(t.TempDir(), rw.Addr+"/team/a:v1"); err != nil {
 		t.Fatal(err)
 	}
