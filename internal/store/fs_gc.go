@@ -39,13 +39,17 @@ var _ Collector = (*FS)(nil)
 
 // touch records a use of the file at path whose modification time is
 // mtime, unless mtime is within the touch grain. A missing file yields an
-// error matching fs.ErrNotExist.
+// error matching fs.ErrNotExist; a use that cannot be recorded otherwise
+// (a file of another owner) is not an error: reads must not fail on it.
 func (f *FS) touch(path string, mtime time.Time) error {
 	now := f.now()
 	if now.Sub(mtime) < f.touchGrain && !mtime.After(now) {
 		return nil
 	}
-	return os.Chtimes(path, now, now)
+	if err := os.Chtimes(path, now, now); errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // touchPath is touch for a file whose modification time is not known yet.
