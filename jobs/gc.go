@@ -535,6 +535,12 @@ func (r *gcRun) mark(ctx context.Context, repo store.Repo, roots []digest.Digest
 		if err != nil {
 			return err
 		}
+		if n == badNode {
+			// A remaining manifest whose references are unknown: no
+			// manifest, link or blob is removed this run.
+			r.unreadable++
+			continue
+		}
 		if n == nil {
 			continue
 		}
@@ -557,9 +563,12 @@ func (r *gcRun) mark(ctx context.Context, repo store.Repo, roots []digest.Digest
 	return nil
 }
 
-// node reads manifest d of repo once; nil when it is not stored there.
-// A manifest that cannot be read or parsed stays, and its unknown
-// references stop the run from removing any blob.
+// badNode stands for a manifest that could not be read or parsed.
+var badNode = &gcNode{}
+
+// node reads manifest d of repo once; nil when it is not stored there,
+// badNode when it cannot be read or parsed (if it stays, its unknown
+// references stop the run from removing anything, see mark).
 func (r *gcRun) node(ctx context.Context, repo store.Repo, d digest.Digest, nodes map[dkey]*gcNode) (*gcNode, error) {
 	if n, ok := nodes[key(d)]; ok {
 		return n, nil
@@ -573,17 +582,15 @@ func (r *gcRun) node(ctx context.Context, repo store.Repo, d digest.Digest, node
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		r.unreadable++
-		r.log.Warn("gc: manifest unreadable; no blob is removed this run", "registry", repo.Registry, "repo", repo.Name, "digest", d, "error", err)
-		nodes[key(d)] = nil
-		return nil, nil
+		r.log.Warn("gc: manifest unreadable", "registry", repo.Registry, "repo", repo.Name, "digest", d, "error", err)
+		nodes[key(d)] = badNode
+		return badNode, nil
 	}
 	p, err := manifest.Parse(m.MediaType, m.Data)
 	if err != nil {
-		r.unreadable++
-		r.log.Warn("gc: manifest unparsable; no blob is removed this run", "registry", repo.Registry, "repo", repo.Name, "digest", d, "error", err)
-		nodes[key(d)] = nil
-		return nil, nil
+		r.log.Warn("gc: manifest unparsable", "registry", repo.Registry, "repo", repo.Name, "digest", d, "error", err)
+		nodes[key(d)] = badNode
+		return badNode, nil
 	}
 	n := &gcNode{index: manifest.IsIndex(p.MediaType)}
 	for _, ref := range p.References() {

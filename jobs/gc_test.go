@@ -317,3 +317,39 @@ connectors: [{name: up, url: "http://127.0.0.1:1"}]
 		t.Errorf("run without watermark removed %q", removedList(again))
 	}
 }
+
+// TestGCUnreadableManifest: a corrupt manifest that stays (tagged) stops
+// the run from removing anything, since what it references is unknown; a
+// corrupt one that goes (untagged) does not.
+func TestGCUnreadableManifest(t *testing.T) {
+	t.Parallel()
+	for _, tagged := range []bool{true, false} {
+		f := newScanFixture(t, "up")
+		root := t.TempDir()
+		st, err := store.NewFS(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.st = st
+		repo := scanRepoOf("hub", "team/app")
+		bad, loose := newScanImage(1, nil), newScanImage(1, nil)
+		if tagged {
+			f.seed(repo, nil, "up", bad, "v1")
+		} else {
+			f.seed(repo, nil, "up", bad)
+		}
+		f.seed(repo, nil, "up", loose)
+		hx := bad.digest.Encoded()
+		if err := os.WriteFile(filepath.Join(root, "blobs", "sha256", hx[:2], hx), []byte(`{"corrupt": true}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rep := f.runGC(f.config(scanHubYAML))
+		if tagged {
+			if len(rep.Removed) != 0 || !rep.GC.BlobSweepSkipped || !f.hasContent(loose.digest) || !f.hasContent(bad.layers[0]) {
+				t.Errorf("tagged corrupt manifest: removed %q, skipped %v", removedList(rep), rep.GC.BlobSweepSkipped)
+			}
+		} else if rep.GC.ManifestsRemoved != 2 || rep.GC.BlobSweepSkipped || f.hasContent(loose.layers[0]) {
+			t.Errorf("untagged corrupt manifest: removed %q, skipped %v", removedList(rep), rep.GC.BlobSweepSkipped)
+		}
+	}
+}
