@@ -248,7 +248,10 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 			return err
 		}
 		sch := &scheduler{cfg: cfg, bus: b, jobs: jobFuncs(cfg, st, c, syncer, log, repair), log: log, metrics: m,
-			owner: fmt.Sprintf("%s/%d", mode, os.Getpid()), now: time.Now, running: map[string]bool{}}
+			owner: fmt.Sprintf("%s/%d", mode, os.Getpid()), now: time.Now, running: map[string]bool{},
+			dryRuns: map[string]JobFunc{jobs.JobGC: func(ctx context.Context) (*jobs.Report, error) {
+				return runGC(ctx, cfg, st, log, jobs.WithGCDryRun(true))
+			}}}
 		early = &earlyGC{sch: sch}
 		workerWG.Add(1)
 		go func() {

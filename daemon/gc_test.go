@@ -43,6 +43,32 @@ func TestGCJobAndEarlyRun(t *testing.T) {
 	s := &scheduler{cfg: e.cfg, bus: e.bus, log: slog.New(slog.DiscardHandler), metrics: m, now: time.Now,
 		running: map[string]bool{}, jobs: map[string]JobFunc{jobs.JobGC: gc}}
 
+	// A request for a dry run lists and removes nothing.
+	s.dryRuns = map[string]JobFunc{jobs.JobGC: func(ctx context.Context) (*jobs.Report, error) {
+		return runGC(ctx, e.cfg, e.store, slog.New(slog.DiscardHandler), jobs.WithGCDryRun(true))
+	}}
+	stop, err := s.serveRequests(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	reply, err := e.nc.Request(e.bus.subj.JobRun(jobs.JobGC), []byte(`{"dry_run": true}`), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dry struct {
+		DryRun  bool `json:"dry_run"`
+		Summary struct {
+			Blobs int `json:"blobs_removed"`
+		} `json:"summary"`
+	}
+	if err := json.Unmarshal(reply.Data, &dry); err != nil || !dry.DryRun || dry.Summary.Blobs != 1 {
+		t.Fatalf("dry-run request: %s", reply.Data)
+	}
+	if _, err := e.store.HasBlob(context.Background(), digest.FromBytes(garbage)); err != nil {
+		t.Fatalf("the dry run removed the blob: %v", err)
+	}
+
 	ev := s.run(context.Background(), jobs.JobGC, true)
 	if ev.Error != "" || ev.GC == nil || ev.GC.BlobsRemoved != 1 || ev.GC.LinksRemoved != 1 {
 		t.Fatalf("gc run: %+v (summary %+v)", ev, ev.GC)

@@ -62,6 +62,9 @@ type scheduler struct {
 	log     *slog.Logger
 	metrics *metrics.Set
 	owner   string
+	// dryRuns are the jobs' dry-run variants (gc), run for a request
+	// with {"dry_run": true}.
+	dryRuns map[string]JobFunc
 	now     func() time.Time
 	mu      sync.Mutex // serialises runs of one job within the process
 	running map[string]bool
@@ -133,8 +136,12 @@ func (s *scheduler) tick(ctx context.Context, job string, grain time.Duration) {
 // run runs job now, unless a run is still going in the cluster. It
 // returns the event describing the outcome.
 func (s *scheduler) run(ctx context.Context, job string, publish bool) ReportEvent {
+	return s.runFunc(ctx, job, s.jobs[job], publish)
+}
+
+// runFunc is run with the job's function given (nil: unknown job).
+func (s *scheduler) runFunc(ctx context.Context, job string, fn JobFunc, publish bool) ReportEvent {
 	ev := ReportEvent{Job: job, Worker: s.owner, Started: s.now().UTC()}
-	fn := s.jobs[job]
 	if fn == nil {
 		ev.Error = "unknown job " + strconv.Quote(job)
 		return ev
@@ -214,7 +221,11 @@ func (s *scheduler) serveRequests(ctx context.Context) (func(), error) {
 	for job := range s.jobs {
 		sub, err := s.bus.nc.QueueSubscribe(s.bus.subj.JobRun(job), "regwarm-workers", func(m *nats.Msg) {
 			go func() {
-				ev := s.run(ctx, job, true)
+				fn := s.jobs[job]
+				if dry, ok := s.dryRuns[job]; ok && wantsDryRun(m.Data) {
+					fn = dry
+				}
+				ev := s.runFunc(ctx, job, fn, true)
 				data, _ := json.Marshal(ev)
 				if m.Reply != "" {
 					_ = m.Respond(data)
@@ -234,4 +245,13 @@ func (s *scheduler) serveRequests(ctx context.Context) (func(), error) {
 			_ = s.Unsubscribe()
 		}
 	}, nil
+}
+
+// wantsDryRun reports whether a job request's JSON body asks for a dry
+// run ({"dry_run": true}); any other body does not.
+func wantsDryRun(body []byte) bool {
+	var req struct {
+		DryRun bool `json:"dry_run"`
+	}
+	return json.Unmarshal(body, &req) == nil && req.DryRun
 }
