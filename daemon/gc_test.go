@@ -52,6 +52,9 @@ func TestGCJobAndEarlyRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
+	if err := e.bus.nc.Flush(); err != nil { // the subscription reached the server
+		t.Fatal(err)
+	}
 	reply, err := e.nc.Request(e.bus.subj.JobRun(jobs.JobGC), []byte(`{"dry_run": true}`), 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
