@@ -120,15 +120,14 @@ type gcRun struct {
 	owner      map[dkey]string // registry a removed blob was last linked or referenced in
 	removedMan set             // manifests removed (their content is not listed again)
 	plans      map[string]*regPlan
-	unreadable int // kept manifests that could not be read: no blob is removed
+	unreadable int // kept manifests that could not be read: nothing is removed
 }
 
 // regPlan is what retention removes from one registry.
 type regPlan struct {
-	tags   map[store.Repo]map[string]Removal // tag images
-	digest map[store.Repo]map[dkey]Removal   // manifests pulled by digest
-	// content is what the removed images of each repository reach: no
-	// pull record keeps it.
+	tags map[store.Repo]map[string]Removal // tag images
+	// content is what the removed images (tags, and manifests pulled by
+	// digest) of each repository reach: no pull record keeps it.
 	content map[store.Repo]set
 }
 
@@ -190,7 +189,7 @@ func (r *gcRun) planRetention(ctx context.Context) error {
 			return fmt.Errorf("retention of %s: %w", reg.Name, err)
 		}
 		plan := PlanRetention(pol, inv.Images, inv.Loose, r.now())
-		rp := &regPlan{tags: map[store.Repo]map[string]Removal{}, digest: map[store.Repo]map[dkey]Removal{}, content: map[store.Repo]set{}}
+		rp := &regPlan{tags: map[store.Repo]map[string]Removal{}, content: map[store.Repo]set{}}
 		r.plans[reg.Name] = rp
 		removed := map[*Image]bool{}
 		for _, rm := range plan.Removals {
@@ -237,11 +236,6 @@ func (r *gcRun) planRemoval(rp *regPlan, rm Removal) {
 			rp.tags[im.Repo] = map[string]Removal{}
 		}
 		rp.tags[im.Repo][im.Tag] = rm
-	} else {
-		if rp.digest[im.Repo] == nil {
-			rp.digest[im.Repo] = map[dkey]Removal{}
-		}
-		rp.digest[im.Repo][key(im.Manifest)] = rm
 	}
 	if rp.content[im.Repo] == nil {
 		rp.content[im.Repo] = set{}
@@ -318,8 +312,8 @@ type gcNode struct {
 	refs  []digest.Digest // children (index) or config and layers
 }
 
-// repo marks what stays in repo, removes the rest and adds the linked
-// content before and after to the registry's sets.
+// repo marks what stays in repo (counted for the registry as it goes),
+// removes the rest, and adds what the removed manifests reached to before.
 func (r *gcRun) repo(ctx context.Context, repo store.Repo, before set) error {
 	plan := r.plans[repo.Registry]
 	// Roots: tags (minus retention's), manifests pulled (minus

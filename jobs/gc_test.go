@@ -353,3 +353,41 @@ func TestGCUnreadableManifest(t *testing.T) {
 		}
 	}
 }
+
+// TestGCUnpulledByDigest: a manifest pulled by digest is an image of its
+// own: it stays while pulled within unpulled_for and goes, as unpulled,
+// once not; without retention it stays.
+func TestGCUnpulledByDigest(t *testing.T) {
+	t.Parallel()
+	f := newScanFixture(t)
+	ctx := context.Background()
+	repo := scanRepoOf("hub", "team/app")
+	old, recent := newScanImage(1, nil), newScanImage(1, nil)
+	f.seed(repo, nil, "up", old)
+	f.seed(repo, nil, "up", recent)
+	// runGC runs two hours from now.
+	pulls := map[digest.Digest]time.Time{old.digest: time.Now().Add(-48 * time.Hour), recent.digest: time.Now()}
+	if err := f.st.RecordPulls(ctx, repo, pulls); err != nil {
+		t.Fatal(err)
+	}
+	base := `
+connectors: [{name: up, url: "http://127.0.0.1:1"}]
+registries:
+  - name: hub
+    connectors: [up]`
+	if rep := f.runGC(f.config(base)); len(rep.Removed) != 0 {
+		t.Fatalf("without retention: removed %q", removedList(rep))
+	}
+	rep := f.runGC(f.config(base + "\n    retention: {unpulled_for: 24h}"))
+	want := []string{fmt.Sprintf("unpulled manifest hub/team/app:@%s %d", old.digest, len(old.data))}
+	for d, b := range old.blobs {
+		want = append(want, fmt.Sprintf("unpulled blob %s %d", d, len(b)))
+	}
+	sort.Strings(want)
+	if got := removedList(rep); !slices.Equal(got, want) {
+		t.Errorf("removals\n got %q\nwant %q", got, want)
+	}
+	if !f.hasContent(recent.digest) {
+		t.Error("the recently pulled manifest went")
+	}
+}
