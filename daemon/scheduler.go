@@ -32,6 +32,23 @@ type ReportEvent struct {
 	Worker   string       `json:"worker,omitempty"`
 	Error    string       `json:"error,omitempty"`
 	Skipped  bool         `json:"skipped,omitempty"`
+	// GC is a gc run's summary: the "summary" of its event (with
+	// "dry_run") instead of Summary.
+	GC     *jobs.GCSummary `json:"-"`
+	DryRun bool            `json:"-"`
+}
+
+// MarshalJSON writes the event; a gc run's summary has the gc shape.
+func (e ReportEvent) MarshalJSON() ([]byte, error) {
+	type plain ReportEvent
+	if e.GC == nil {
+		return json.Marshal(plain(e))
+	}
+	return json.Marshal(struct {
+		plain
+		Summary *jobs.GCSummary `json:"summary"`
+		DryRun  bool            `json:"dry_run"`
+	}{plain(e), e.GC, e.DryRun})
 }
 
 // scheduler runs the cron jobs of a worker. Each tick runs on exactly one
@@ -46,6 +63,9 @@ type scheduler struct {
 	log     *slog.Logger
 	metrics *metrics.Set
 	owner   string
+	// dryRuns are the jobs' dry-run variants (gc), run for a request
+	// with {"dry_run": true}.
+	dryRuns map[string]JobFunc
 	now     func() time.Time
 	mu      sync.Mutex // serialises runs of one job within the process
 	running map[string]bool
@@ -62,6 +82,7 @@ func schedules(cfg *config.Config) map[string]string {
 		jobs.JobDanglingScan: cfg.Jobs.DanglingScan.Schedule,
 		jobs.JobVerify:       cfg.Jobs.Verify.Schedule,
 		jobs.JobRefresh:      refresh,
+		jobs.JobGC:           cfg.Jobs.GC.Schedule,
 	}
 }
 
@@ -138,8 +159,12 @@ func (s *scheduler) tick(ctx context.Context, job string, grain time.Duration) {
 // run runs job now, unless a run is still going in the cluster. It
 // returns the event describing the outcome.
 func (s *scheduler) run(ctx context.Context, job string, publish bool) ReportEvent {
+	return s.runFunc(ctx, job, s.jobs[job], publish)
+}
+
+// runFunc is run with the job's function given (nil: unknown job).
+func (s *scheduler) runFunc(ctx context.Context, job string, fn JobFunc, publish bool) ReportEvent {
 	ev := ReportEvent{Job: job, Worker: s.owner, Started: s.now().UTC()}
-	fn := s.jobs[job]
 	if fn == nil {
 		ev.Error = "unknown job " + strconv.Quote(job)
 		return ev
@@ -174,7 +199,7 @@ func (s *scheduler) run(ctx context.Context, job string, publish bool) ReportEve
 	s.log.Info("job started", "job", job)
 	start := time.Now()
 	rep, err := fn(ctx)
-	if err == nil && (job == jobs.JobDanglingScan || job == jobs.JobVerify) {
+	if err == nil && (job == jobs.JobDanglingScan || job == jobs.JobVerify || job == jobs.JobGC) {
 		err = rep.Save(s.reports)
 	}
 	s.metrics.JobDuration.WithLabelValues(job).Observe(time.Since(start).Seconds())
@@ -185,6 +210,8 @@ func (s *scheduler) run(ctx context.Context, job string, publish bool) ReportEve
 		s.log.Error("job failed", "job", job, "error", err)
 	} else {
 		ev.Summary, ev.Problems, ev.Path = rep.Summary, rep.Summary.Problems, rep.Path
+		ev.GC, ev.DryRun = rep.GC, rep.DryRun
+		recordGC(s.metrics, rep)
 		s.metrics.JobRuns.WithLabelValues(job, metrics.ResultOK).Inc()
 		s.metrics.JobLastSuccess.WithLabelValues(job).Set(float64(ev.Finished.Unix()))
 		if job == jobs.JobDanglingScan {
@@ -217,7 +244,11 @@ func (s *scheduler) serveRequests(ctx context.Context) (func(), error) {
 	for job := range s.jobs {
 		sub, err := s.bus.nc.QueueSubscribe(s.bus.subj.JobRun(job), "regwarm-workers", func(m *nats.Msg) {
 			go func() {
-				ev := s.run(ctx, job, true)
+				fn := s.jobs[job]
+				if dry, ok := s.dryRuns[job]; ok && wantsDryRun(m.Data) {
+					fn = dry
+				}
+				ev := s.runFunc(ctx, job, fn, true)
 				data, _ := json.Marshal(ev)
 				if m.Reply != "" {
 					_ = m.Respond(data)
@@ -237,4 +268,13 @@ func (s *scheduler) serveRequests(ctx context.Context) (func(), error) {
 			_ = s.Unsubscribe()
 		}
 	}, nil
+}
+
+// wantsDryRun reports whether a job request's JSON body asks for a dry
+// run ({"dry_run": true}); any other body does not.
+func wantsDryRun(body []byte) bool {
+	var req struct {
+		DryRun bool `json:"dry_run"`
+	}
+	return json.Unmarshal(body, &req) == nil && req.DryRun
 }

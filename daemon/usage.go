@@ -14,8 +14,10 @@ import (
 )
 
 // registryStats keeps regwarm_registry_bytes current by taking each
-// registry's inventory now and then (workers only: serve stays lean).
-func registryStats(ctx context.Context, cfg *config.Config, st store.Store, m *metrics.Set, log *slog.Logger, every time.Duration) {
+// registry's inventory now and then (workers only: serve stays lean), and
+// tells early (nil: nobody) about registries over budget and a disk below
+// the gc watermark.
+func registryStats(ctx context.Context, cfg *config.Config, st store.Store, m *metrics.Set, log *slog.Logger, every time.Duration, early *earlyGC) {
 	for {
 		for _, r := range cfg.Registries {
 			inv, err := jobs.Inventory(ctx, st, r.Name)
@@ -26,6 +28,14 @@ func registryStats(ctx context.Context, cfg *config.Config, st store.Store, m *m
 				continue
 			}
 			m.RegistryBytes.WithLabelValues(r.Name).Set(float64(inv.Bytes))
+			if r.Retention != nil {
+				early.overBudget(ctx, r.Name, inv.Bytes, int64(r.Retention.MaxBytes))
+			}
+		}
+		if w := int64(cfg.Jobs.GC.DiskWatermark); w > 0 {
+			if free, err := freeBytes(cfg.StoreRoot()); err == nil && free < w {
+				early.lowDisk(ctx)
+			}
 		}
 		select {
 		case <-ctx.Done():

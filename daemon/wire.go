@@ -122,12 +122,16 @@ func wire(cfg *config.Config, mode Mode, log *slog.Logger) (_ *process, err erro
 		j := &uploadJanitor{store: st, expiry: cfg.Serve.UploadExpiry.D(), now: time.Now, log: log, metrics: m}
 		p.add(layerFront, j)
 	}
+	var early *earlyGC // workers: gc before its schedule
 	if mode == ModeRun || mode == ModeWorker {
-		wireWorker(p, cfg, st, c, b, m, log, mode)
+		early = wireWorker(p, cfg, st, c, b, m, log, mode)
 	}
 	if mode != ModeServe {
 		p.add(layerFront, runFunc(func(ctx context.Context) error { storeStats(ctx, st, m, log); return nil }),
-			runFunc(func(ctx context.Context) error { registryStats(ctx, cfg, st, m, log, storeStatsEvery); return nil }))
+			runFunc(func(ctx context.Context) error {
+				registryStats(ctx, cfg, st, m, log, cfg.Jobs.GC.CheckEvery.D(), early)
+				return nil
+			}))
 	}
 	for _, s := range servers {
 		if err := s.listen(); err != nil {
@@ -208,8 +212,9 @@ func wireAPI(p *process, cfg *config.Config, st store.Store, c *cache.Cache, b *
 		}}, nil
 }
 
-// wireWorker adds the worker, its scheduler and its readiness on NATS.
-func wireWorker(p *process, cfg *config.Config, st store.Store, c *cache.Cache, b *bus, m *metrics.Set, log *slog.Logger, mode Mode) {
+// wireWorker adds the worker, its scheduler and its readiness on NATS; it
+// returns the trigger of early gc runs.
+func wireWorker(p *process, cfg *config.Config, st store.Store, c *cache.Cache, b *bus, m *metrics.Set, log *slog.Logger, mode Mode) *earlyGC {
 	syncer := jobs.NewSyncer(cfg, c)
 	w := &Worker{conf: cfg.Worker, bus: b, syncer: syncer, log: log, metrics: m}
 	if mode == ModeWorker {
@@ -220,7 +225,10 @@ func wireWorker(p *process, cfg *config.Config, st store.Store, c *cache.Cache, 
 		return err
 	}
 	sch := &scheduler{specs: schedules(cfg), reports: cfg.ReportsDir(), bus: b, jobs: jobFuncs(cfg, st, c, syncer, log, repair), log: log, metrics: m,
-		owner: fmt.Sprintf("%s/%d", mode, os.Getpid()), now: time.Now, running: map[string]bool{}}
+		owner: fmt.Sprintf("%s/%d", mode, os.Getpid()), now: time.Now, running: map[string]bool{},
+		dryRuns: map[string]JobFunc{jobs.JobGC: func(ctx context.Context) (*jobs.Report, error) {
+			return runGC(ctx, cfg, st, log, jobs.WithGCDryRun(true))
+		}}}
 	p.health.SetProblem("nats", "not set up yet")
 	p.add(layerBus, runFunc(func(ctx context.Context) error {
 		select {
@@ -231,6 +239,7 @@ func wireWorker(p *process, cfg *config.Config, st store.Store, c *cache.Cache, 
 		return nil
 	}))
 	p.add(layerFront, w, sch)
+	return &earlyGC{sch: sch}
 }
 
 // fillsDrain waits, once the process stops, for detached upstream fills
@@ -299,14 +308,48 @@ func jobFuncs(cfg *config.Config, st store.Store, c *cache.Cache, syncer *jobs.S
 		jobs.JobRefresh: func(ctx context.Context) (*jobs.Report, error) {
 			return jobs.NewRefresher(syncer, cfg.Jobs.Refresh.Images, log).Run(ctx)
 		},
+		jobs.JobGC: func(ctx context.Context) (*jobs.Report, error) {
+			return runGC(ctx, cfg, st, log)
+		},
 	}
+}
+
+// runGC runs retention and garbage collection once; free space below the
+// disk watermark asks it to evict the difference.
+func runGC(ctx context.Context, cfg *config.Config, st store.Store, log *slog.Logger, opts ...jobs.GCOption) (*jobs.Report, error) {
+	if w := int64(cfg.Jobs.GC.DiskWatermark); w > 0 {
+		if free, err := freeBytes(cfg.StoreRoot()); err == nil && free < w {
+			opts = append(opts, jobs.WithGCFree(w-free))
+		}
+	}
+	g, err := jobs.NewGC(cfg, st, log, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return g.Run(ctx)
+}
+
+// recordGC counts a gc report's removals in the metrics (nothing for a
+// dry run).
+func recordGC(m *metrics.Set, rep *jobs.Report) {
+	if rep == nil || rep.Job != jobs.JobGC || rep.DryRun || rep.GC == nil {
+		return
+	}
+	for _, e := range rep.Removed {
+		m.GCRemoved.WithLabelValues(e.Registry, e.Kind(), e.Reason).Inc()
+	}
+	m.GCFreed.Add(float64(rep.GC.BytesFreed))
 }
 
 // labels lists the label values known from the config.
 func labels(cfg *config.Config) metrics.Labels {
 	var l metrics.Labels
+	l.Budgets = map[string]int64{}
 	for _, r := range cfg.Registries {
 		l.Registries = append(l.Registries, r.Name)
+		if r.Retention != nil {
+			l.Budgets[r.Name] = int64(r.Retention.MaxBytes)
+		}
 	}
 	for _, c := range cfg.Connectors {
 		l.Connectors = append(l.Connectors, c.Name)
@@ -344,7 +387,13 @@ func openStore(cfg *config.Config) (*store.FS, error) {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable),
-		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()))
+		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()), store.WithTouchGrain(touchGrain(cfg)))
+}
+
+// touchGrain is how stale a blob's last use may get before a use records
+// itself: well below the gc delay (a quarter), at most the store default.
+func touchGrain(cfg *config.Config) time.Duration {
+	return min(cfg.Jobs.GC.Delay.D()/4, store.DefaultTouchGrain)
 }
 
 // missHook publishes the cache's misses, with the request id of the pull

@@ -35,7 +35,7 @@ var wantAlerts = []string{
 	"RegwarmTargetDown", "RegwarmServingErrors", "RegwarmUpstreamFailing",
 	"RegwarmWorkBacklogGrowing", "RegwarmSyncFailures", "RegwarmDanglingReferences",
 	"RegwarmJobNotSucceeding", "RegwarmStoreDiskFilling", "RegwarmEventsDropped",
-	"RegwarmStoreWritesStuck",
+	"RegwarmStoreWritesStuck", "RegwarmRegistryOverBudget",
 }
 
 func decodeStrict(t *testing.T, data []byte, v any, what string) {

@@ -208,7 +208,7 @@ func TestScanDanglingReferences(t *testing.T) {
 	w := harness.StartWorker(t, "worker-1", cfg, harness.ConfigVars{DataDir: rw.DataDir})
 	// Every job and result is exported from start-up.
 	m := harness.ScrapeMetrics(t, w.MetricsAddr)
-	for _, job := range []string{"dangling_scan", "verify", "refresh"} {
+	for _, job := range []string{"dangling_scan", "verify", "refresh", "gc"} {
 		for _, result := range []string{"ok", "error", "skipped"} {
 			if !m.Has("regwarm_job_runs_total", "job", job, "result", result) {
 				t.Errorf(`worker: no regwarm_job_runs_total{job=%q,result=%q} at start-up`, job, result)

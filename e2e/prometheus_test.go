@@ -176,7 +176,7 @@ func TestPrometheusScrapesRegwarm(t *testing.T) {
 		jobs = append(jobs, s.Metric["exported_job"])
 	}
 	slices.Sort(jobs)
-	if want := []string{"dangling_scan", "refresh", "verify"}; !slices.Equal(jobs, want) {
+	if want := []string{"dangling_scan", "gc", "refresh", "verify"}; !slices.Equal(jobs, want) {
 		t.Errorf("regwarm_job_last_success_timestamp_seconds by exported_job: %v, want %v", jobs, want)
 	}
 }

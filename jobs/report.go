@@ -46,6 +46,11 @@ type Report struct {
 	Problems []Problem `json:"problems"`
 	// Path is where the report was written (not part of the file).
 	Path string `json:"-"`
+	// GC, Removed and DryRun are a gc report's (report_gc.go); its JSON
+	// has their shape instead of Summary and Problems.
+	GC      *GCSummary `json:"-"`
+	Removed []Removed  `json:"-"`
+	DryRun  bool       `json:"-"`
 }
 
 // newReport starts the report of a job run, with a zero count for every
@@ -112,6 +117,11 @@ func (r *Report) Clean() bool { return r.Summary.Problems == 0 }
 
 // WriteJSON writes the report as indented JSON.
 func (r *Report) WriteJSON(w io.Writer) error {
+	if r.Job == JobGC {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r.gcJSON())
+	}
 	if r.Problems == nil {
 		r.Problems = []Problem{}
 	}
@@ -126,6 +136,9 @@ func (r *Report) WriteJSON(w io.Writer) error {
 // WriteText writes the report for people: a summary, then one line per
 // problem grouped by reason.
 func (r *Report) WriteText(w io.Writer) error {
+	if r.Job == JobGC {
+		return r.writeGCText(w)
+	}
 	s := r.Summary
 	var b strings.Builder
 	fmt.Fprintf(&b, "regwarm %s report, %s (took %s)\n", r.Job, r.Finished.UTC().Format(time.RFC3339), r.Finished.Sub(r.Started).Round(time.Millisecond))

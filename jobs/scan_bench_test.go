@@ -149,6 +149,12 @@ const benchPool = 2000
 // Opening the result with store.NewFS and scanning it to 100,000 local
 // references checks the layout.
 func generateBenchStore() (string, error) {
+	return generateBenchStoreWith(benchPool, 7)
+}
+
+// generateBenchStoreWith is generateBenchStore with pool distinct blobs,
+// repository r starting at pool blob r × stride × (1+benchLayers).
+func generateBenchStoreWith(pool, stride int) (string, error) {
 	dir, err := os.MkdirTemp("", "regwarm-scan-bench-")
 	if err != nil {
 		return "", err
@@ -157,7 +163,7 @@ func generateBenchStore() (string, error) {
 	if _, err := store.NewFS(root); err != nil {
 		return dir, err
 	}
-	g := &benchGen{root: root, templates: filepath.Join(dir, "templates"), manifestLinks: map[int]string{}}
+	g := &benchGen{root: root, templates: filepath.Join(dir, "templates"), manifestLinks: map[int]string{}, stride: stride}
 	if err := os.MkdirAll(g.templates, 0o755); err != nil {
 		return dir, err
 	}
@@ -166,7 +172,7 @@ func generateBenchStore() (string, error) {
 			return dir, err
 		}
 	}
-	for i := range benchPool {
+	for i := range pool {
 		data := fmt.Appendf(nil, "layer %d", i)
 		media := ocispec.MediaTypeImageLayerGzip
 		if i%(1+benchLayers) == 0 {
@@ -192,6 +198,7 @@ func generateBenchStore() (string, error) {
 type benchGen struct {
 	root, templates string
 	pool            []ocispec.Descriptor // configs at multiples of 1+benchLayers
+	stride          int
 
 	mu            sync.Mutex
 	manifestLinks map[int]string // manifest size → its link file's template
@@ -235,11 +242,11 @@ func (g *benchGen) repo(r int) error {
 		}
 	}
 	per := 1 + benchLayers
-	first := (r * 7 * per) % benchPool // a multiple of per: a config
+	first := (r * g.stride * per) % len(g.pool) // a multiple of per: a config
 	for m := range benchManifests {
 		var descs []ocispec.Descriptor
 		for i := range per {
-			descs = append(descs, g.pool[(first+m*per+i)%benchPool])
+			descs = append(descs, g.pool[(first+m*per+i)%len(g.pool)])
 		}
 		man := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
 			Config: descs[0], Layers: descs[1:], Annotations: map[string]string{"bench": fmt.Sprintf("r%d m%d", r, m)}}

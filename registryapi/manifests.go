@@ -1,12 +1,14 @@
 package registryapi
 
 import (
+	"context"
 	"errors"
 	"io"
 	"mime"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -176,8 +178,17 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if want != "" && d != want {
 		return errorf(CodeDigestInvalid, "manifest digest %s does not match the reference", d)
 	}
-	if ae := h.checkReferences(r, rt, p); ae != nil {
-		return ae
+	// A reference garbage collection is putting back (found in use while
+	// being removed) is missing for a moment: look again before refusing.
+	for i := 0; ; i++ {
+		ae := h.checkReferences(r, rt, p)
+		if ae == nil {
+			break
+		}
+		if ae.code != CodeManifestBlobUnknown || i == recheckTries-1 || r.Context().Err() != nil {
+			return ae
+		}
+		time.Sleep(recheckWait)
 	}
 	opts := store.PutManifestOptions{Tag: tag, Subject: p.Subject, Referrer: ocispec.Descriptor{
 		MediaType: p.MediaType, ArtifactType: p.EffectiveArtifactType(), Annotations: p.Annotations,
@@ -189,6 +200,9 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 		if err := h.store.SetTag(ctx, rt.repo, t, store.TagInfo{Digest: d}); err != nil {
 			return h.fail(r, rt, err)
 		}
+	}
+	if ae := h.recheckReferences(r, rt, p, d); ae != nil {
+		return ae
 	}
 	hd := w.Header()
 	hd.Set("Location", "/v2/"+rt.name+"/manifests/"+d.String())
@@ -232,6 +246,64 @@ func (h *Handler) checkReferences(r *http.Request, rt route, p *manifest.Manifes
 	}
 	return nil
 }
+
+// recheckReferences runs after a pushed manifest d is stored: garbage
+// collection may have removed a referenced blob or child manifest between
+// checkReferences and the store. Then the manifest goes again and the
+// client is told what is missing, so it uploads it again: a stored
+// manifest never points at nothing. A reference missing for a moment
+// (collection restoring an item it found in use) is given a little time.
+func (h *Handler) recheckReferences(r *http.Request, rt route, p *manifest.Manifest, d digest.Digest) *apiError {
+	ctx := r.Context()
+	missing := func() (digest.Digest, error) {
+		if manifest.IsIndex(p.MediaType) {
+			for _, c := range p.Manifests {
+				if _, err := h.store.Manifest(ctx, rt.repo, c.Digest); errors.Is(err, store.ErrManifestUnknown) {
+					return c.Digest, nil
+				} else if err != nil {
+					return "", err
+				}
+			}
+			return "", nil
+		}
+		for _, ref := range p.Required() {
+			if _, err := h.store.StatBlob(ctx, rt.repo, ref.Digest); errors.Is(err, store.ErrBlobUnknown) {
+				return ref.Digest, nil
+			} else if err != nil {
+				return "", err
+			}
+		}
+		return "", nil
+	}
+	var gone digest.Digest
+	for i := range recheckTries {
+		var err error
+		if gone, err = missing(); err != nil {
+			return h.fail(r, rt, err)
+		}
+		if gone == "" {
+			return nil
+		}
+		if i < recheckTries-1 {
+			select {
+			case <-ctx.Done():
+				return h.fail(r, rt, ctx.Err())
+			case <-time.After(recheckWait):
+			}
+		}
+	}
+	if err := h.store.DeleteManifest(context.WithoutCancel(ctx), rt.repo, d); err != nil && !errors.Is(err, store.ErrManifestUnknown) {
+		return h.fail(r, rt, err)
+	}
+	return errorf(CodeManifestBlobUnknown, "%s was removed while the manifest was pushed; upload it again", gone)
+}
+
+// recheckTries and recheckWait bound how long recheckReferences waits for
+// a reference that is missing for a moment.
+const (
+	recheckTries = 3
+	recheckWait  = 50 * time.Millisecond
+)
 
 func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, rt route) *apiError {
 	if ae := h.checkWrite(rt); ae != nil {

@@ -43,6 +43,10 @@ var oneShotHelp = map[string]string{
 	"verify": "one-shot integrity check: re-hash stored content (corrupt content is quarantined and\n" +
 		"re-fetched); references absent here but available upstream count as remote_only.\n" +
 		"Exit 0 clean, 1 problems, 2 error.",
+	"gc": "one-shot retention (registries[].retention) and garbage collection of the store, online:\n" +
+		"lists what it removes (or, with --dry-run, would remove) and bytes per registry before and\n" +
+		"after. Run it on a host that sees the store; a scheduled run elsewhere may run at the same\n" +
+		"time without harm. Exit 0 done, 2 error.",
 }
 
 // newFlagSet returns a flag set for a command whose -h prints usage, a

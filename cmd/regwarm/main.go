@@ -30,6 +30,7 @@ commands:
   sync IMAGE…   force-sync images through a running deployment and wait for each result
   scan          one-shot dangling-reference scan of the store (exit 1 on problems)
   verify        one-shot integrity check of stored content (exit 1 on problems)
+  gc            one-shot retention + garbage collection (--dry-run: list only)
   usage         bytes per registry and repository, tags, last pulled
   config check  validate and print the effective config, listing every problem
   version       print version and build info
@@ -64,6 +65,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return oneShot("scan", jobs.JobDanglingScan, args[1:], stdout, stderr)
 	case "verify":
 		return oneShot("verify", jobs.JobVerify, args[1:], stdout, stderr)
+	case "gc":
+		return oneShot("gc", jobs.JobGC, args[1:], stdout, stderr)
 	case "usage":
 		return usageCmd(args[1:], stdout, stderr)
 	case "config":
@@ -177,6 +180,10 @@ func oneShot(name, job string, args []string, stdout, stderr io.Writer) int {
 	if job == jobs.JobVerify {
 		repair = fs.Bool("repair", false, "fetch content that is absent here but still available upstream (default: jobs.verify.repair)")
 	}
+	var dryRun *bool
+	if job == jobs.JobGC {
+		dryRun = fs.Bool("dry-run", false, "list what would be removed without removing it (default: jobs.gc.dry_run)")
+	}
 	var o config.Overrides
 	registerOverrides(fs, &o, "data-dir", "log-level")
 	registerIgnored(fs)
@@ -186,6 +193,9 @@ func oneShot(name, job string, args []string, stdout, stderr io.Writer) int {
 	}
 	if repair != nil && flagSet(fs, "repair") {
 		cfg.Jobs.Verify.Repair = *repair
+	}
+	if dryRun != nil && flagSet(fs, "dry-run") {
+		cfg.Jobs.GC.DryRun = *dryRun
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

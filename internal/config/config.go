@@ -212,6 +212,28 @@ type Jobs struct {
 	DanglingScan DanglingScan `yaml:"dangling_scan"`
 	Verify       Verify       `yaml:"verify"`
 	Refresh      Refresh      `yaml:"refresh"`
+	GC           GC           `yaml:"gc"`
+}
+
+// GC configures retention and garbage collection (docs/gc.md).
+type GC struct {
+	Schedule string `yaml:"schedule"` // cron spec; "" disables the scheduled runs
+	// Delay protects what was written or used less than this long ago.
+	Delay Duration `yaml:"delay"`
+	// DryRun lists what would go without deleting it.
+	DryRun bool `yaml:"dry_run"`
+	// DiskWatermark (an extension): when the store's filesystem has less
+	// free space than this, a run starts early and evicts retention-managed
+	// images, least recently pulled first, until it would not. 0: off.
+	DiskWatermark ByteSize `yaml:"disk_watermark"`
+	// CheckEvery (an extension) is how often workers measure each
+	// registry against its max_bytes and the disk against the watermark;
+	// a registry over budget starts a run early (at most one per 5
+	// minutes across the cluster). Default 5m.
+	CheckEvery Duration `yaml:"check_every"`
+
+	scheduleSet bool // the file gave schedule; "" then means disabled
+	delaySet    bool // the file gave delay; 0 then means none
 }
 
 // DanglingScan configures the dangling-reference scan.

@@ -22,6 +22,8 @@ const (
 	defaultDanglingSchedule = "0 3 * * *"
 	defaultVerifySchedule   = "@weekly"
 	defaultRefreshSchedule  = "*/30 * * * *"
+	defaultGCSchedule       = "0 4 * * *"
+	defaultGCDelay          = Duration(time.Hour)
 	defaultRegistry         = "local"
 	defaultUploadExpiry     = 24 * time.Hour
 	defaultMaxUploads       = 100
@@ -102,6 +104,15 @@ func (c *Config) ApplyDefaults() {
 	}
 	if !c.Jobs.Refresh.scheduleSet {
 		setString(&c.Jobs.Refresh.Schedule, defaultRefreshSchedule)
+	}
+	if !c.Jobs.GC.scheduleSet {
+		setString(&c.Jobs.GC.Schedule, defaultGCSchedule)
+	}
+	if !c.Jobs.GC.delaySet && c.Jobs.GC.Delay == 0 {
+		c.Jobs.GC.Delay = defaultGCDelay
+	}
+	if c.Jobs.GC.CheckEvery == 0 {
+		c.Jobs.GC.CheckEvery = Duration(5 * time.Minute)
 	}
 }
 

@@ -181,6 +181,10 @@ func markExplicit(c *Config, data []byte) {
 			Refresh struct {
 				Schedule *string `yaml:"schedule"`
 			} `yaml:"refresh"`
+			GC struct {
+				Schedule *string   `yaml:"schedule"`
+				Delay    *Duration `yaml:"delay"`
+			} `yaml:"gc"`
 		} `yaml:"jobs"`
 	}
 	// The strict decode succeeded, so this one cannot fail in a way that
@@ -194,6 +198,8 @@ func markExplicit(c *Config, data []byte) {
 	c.Jobs.DanglingScan.scheduleSet = shadow.Jobs.DanglingScan.Schedule != nil
 	c.Jobs.Verify.scheduleSet = shadow.Jobs.Verify.Schedule != nil
 	c.Jobs.Refresh.scheduleSet = shadow.Jobs.Refresh.Schedule != nil
+	c.Jobs.GC.scheduleSet = shadow.Jobs.GC.Schedule != nil
+	c.Jobs.GC.delaySet = shadow.Jobs.GC.Delay != nil
 }
 
 var (

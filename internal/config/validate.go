@@ -392,6 +392,16 @@ func (v *validator) jobs() {
 	v.schedule("jobs.dangling_scan.schedule", j.DanglingScan.Schedule)
 	v.schedule("jobs.verify.schedule", j.Verify.Schedule)
 	v.schedule("jobs.refresh.schedule", j.Refresh.Schedule)
+	v.schedule("jobs.gc.schedule", j.GC.Schedule)
+	if j.GC.Delay < 0 {
+		v.add("jobs.gc.delay", j.GC.Delay.String(), "must not be negative (0: no delay)")
+	}
+	if j.GC.CheckEvery < Duration(time.Second) {
+		v.add("jobs.gc.check_every", j.GC.CheckEvery.String(), "must be at least 1s")
+	}
+	if j.GC.DiskWatermark < 0 {
+		v.add("jobs.gc.disk_watermark", int64(j.GC.DiskWatermark), "must not be negative (0: off)")
+	}
 	if j.Verify.MaxBytesPerSecond < 0 {
 		v.add("jobs.verify.max_bytes_per_second", j.Verify.MaxBytesPerSecond, "must not be negative (0: no limit)")
 	}

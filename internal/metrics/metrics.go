@@ -26,13 +26,15 @@ const (
 var Routes = []string{"ping", "catalog", "manifest", "blob", "upload", "tags", "referrers", "other"}
 
 // Jobs are the scheduled job names.
-var Jobs = []string{"dangling_scan", "verify", "refresh"}
+var Jobs = []string{"dangling_scan", "verify", "refresh", "gc"}
 
 // Labels lists the label values known at start-up.
 type Labels struct {
 	Registries []string
 	Connectors []string
 	Webhooks   []string
+	// Budgets are the registries' retention.max_bytes (absent or 0: none).
+	Budgets map[string]int64
 }
 
 // Set holds every regwarm collector.
@@ -69,9 +71,13 @@ type Set struct {
 	UploadsExpired prometheus.Counter
 
 	// Lifecycle (lifecycle.go).
-	RegistryBytes   *prometheus.GaugeVec // distinct blobs and manifests per registry
-	PullsDropped    prometheus.Counter   // client pulls not recorded: buffer full
-	PullFlushErrors prometheus.Counter   // failed writes of recorded pulls
+	RegistryBytes   *prometheus.GaugeVec   // distinct blobs and manifests per registry
+	PullsDropped    prometheus.Counter     // client pulls not recorded: buffer full
+	PullFlushErrors prometheus.Counter     // failed writes of recorded pulls
+	RegistryBudget  *prometheus.GaugeVec   // retention.max_bytes per registry (0: none)
+	GCRemoved       *prometheus.CounterVec // tags, manifests, blobs gc removed, by registry, kind, reason
+	GCFreed         prometheus.Counter     // bytes of content gc removed
+	GCEarlyRuns     *prometheus.CounterVec // gc runs started early, by trigger (budget/watermark)
 }
 
 // New creates the collectors, registers them on reg and initialises the

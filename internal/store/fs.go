@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -22,6 +23,10 @@ import (
 //	blobs/<alg>/<first 2 hex>/<hex>   content of blobs and manifests
 //	tmp/                              temporary files of atomic writes
 //	quarantine/<alg>-<hex>-<unix>     content that failed verification
+//	trash/<pid>-<t>/lock              a removal session of garbage collection,
+//	                                  locked (flock) while its process lives
+//	trash/<pid>-<t>/<n>/{path,data}   an item being removed: its path below
+//	                                  the root, and the item
 //	uploads/<id>/data                 bytes received by an upload session
 //	uploads/<id>/info.json            its repository, owner, start and last
 //	                                  chunk times, offset and marshalled
@@ -73,6 +78,15 @@ type FS struct {
 	dirMode  fs.FileMode
 	// uploadExpiry is how long a session may stay idle (0: forever).
 	uploadExpiry time.Duration
+	// touchGrain is how stale a last-use time may get before a use
+	// records itself (fs_gc.go).
+	touchGrain time.Duration
+	// trashSeq numbers removals in progress; trashDir is this store's
+	// removal session, trashLock its held lock file (fs_gc.go).
+	trashSeq  atomic.Uint64
+	trashMu   sync.Mutex
+	trashDir  string
+	trashLock *os.File
 	// startMu makes counting sessions and starting one atomic within the
 	// process.
 	startMu sync.Mutex
@@ -102,6 +116,7 @@ type options struct {
 	tmpMaxAge     time.Duration
 	groupReadable bool
 	uploadExpiry  time.Duration
+	touchGrain    time.Duration
 }
 
 // WithUploadExpiry makes upload sessions idle (no chunk received) for d
@@ -154,14 +169,14 @@ func NewFS(root string, opts ...Option) (*FS, error) {
 	if root == "" {
 		return nil, fmt.Errorf("%w: empty store root", ErrInvalid)
 	}
-	o := options{now: time.Now, tmpMaxAge: time.Hour}
+	o := options{now: time.Now, tmpMaxAge: time.Hour, touchGrain: DefaultTouchGrain}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
 		}
 	}
 	root = filepath.Clean(root)
-	f := &FS{root: root, now: o.now, fileMode: privateFileMode, dirMode: privateDirMode, uploadExpiry: o.uploadExpiry}
+	f := &FS{root: root, now: o.now, fileMode: privateFileMode, dirMode: privateDirMode, uploadExpiry: o.uploadExpiry, touchGrain: o.touchGrain}
 	if o.groupReadable {
 		f.fileMode, f.dirMode = groupFileMode, groupDirMode
 	}

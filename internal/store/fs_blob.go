@@ -20,6 +20,11 @@ func (f *FS) StatBlob(ctx context.Context, repo Repo, d digest.Digest) (int64, e
 		return 0, err
 	}
 	info, err := os.Stat(f.blobPath(d))
+	if err == nil {
+		// A client's HEAD is a use (it may push a manifest referencing
+		// the blob next): garbage collection keeps it.
+		err = f.touch(f.blobPath(d), info.ModTime())
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, fmt.Errorf("%w: %s in %s: content missing", ErrBlobUnknown, d, repo)
 	}
@@ -38,7 +43,12 @@ func (f *FS) OpenBlob(ctx context.Context, repo Repo, d digest.Digest) (Blob, er
 	if err := f.checkLinked(repo, d); err != nil {
 		return nil, err
 	}
-	return f.OpenContent(ctx, d)
+	b, err := f.OpenContent(ctx, d)
+	if err == nil {
+		// A use; the open file stays readable even if collected now.
+		_ = f.touchPath(f.blobPath(d))
+	}
+	return b, err
 }
 
 // PutBlob streams r into the store, verifies it against d and size (-1 for
@@ -72,12 +82,12 @@ func (f *FS) LinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
 	if err := check(ctx, repo, d); err != nil {
 		return err
 	}
-	ok, err := exists(f.blobPath(d))
+	err := f.touchPath(f.blobPath(d)) // a mount is a use
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s", ErrBlobUnknown, d)
+	}
 	if err != nil {
 		return fmt.Errorf("link blob %s: %w", d, err)
-	}
-	if !ok {
-		return fmt.Errorf("%w: %s", ErrBlobUnknown, d)
 	}
 	return f.link(repo, d)
 }
@@ -100,12 +110,12 @@ func (f *FS) UnlinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
 // link writes repo's link file for d unless it is there already.
 func (f *FS) link(repo Repo, d digest.Digest) error {
 	path := f.blobLink(repo, d)
-	ok, err := exists(path)
-	if err != nil {
-		return fmt.Errorf("link blob %s: %w", d, err)
-	}
-	if ok {
+	info, err := os.Lstat(path)
+	if err == nil && f.touch(path, info.ModTime()) == nil {
 		return nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("link blob %s: %w", d, err)
 	}
 	return f.writeFile(path, []byte(d))
 }

@@ -71,6 +71,9 @@ func (f *FS) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 		return fmt.Errorf("%w: manifest hashes to %s, want %s", ErrDigestMismatch, got, m.Digest)
 	}
 	size := int64(len(m.Data))
+	// A manifest written is a use of what it references: garbage
+	// collection, re-checking before it deletes, keeps it.
+	f.touchReferences(m.Data)
 	if err := f.putContent(m.Digest, m.Data); err != nil {
 		return err
 	}
@@ -95,6 +98,7 @@ func (f *FS) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 		}
 	}
 	if opts.Tag != "" {
+		f.untagging(repo, opts.Tag, m.Digest)
 		tag := tagFile{Digest: m.Digest, Source: opts.Source, Checked: now}
 		if err := f.writeJSON(f.tagPath(repo, opts.Tag), tag); err != nil {
 			return err

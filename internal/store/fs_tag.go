@@ -72,16 +72,18 @@ func (f *FS) SetTag(ctx context.Context, repo Repo, tag string, info TagInfo) er
 	if err := checkTag(tag); err != nil {
 		return err
 	}
-	ok, err := exists(f.manifestLink(repo, info.Digest))
+	// Tagging is a use of the manifest: garbage collection keeps it.
+	err := f.touchPath(f.manifestLink(repo, info.Digest))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s in %s", ErrManifestUnknown, info.Digest, repo)
+	}
 	if err != nil {
 		return fmt.Errorf("set tag %s: %w", tag, err)
-	}
-	if !ok {
-		return fmt.Errorf("%w: %s in %s", ErrManifestUnknown, info.Digest, repo)
 	}
 	if info.Checked.IsZero() {
 		info.Checked = f.now()
 	}
+	f.untagging(repo, tag, info.Digest)
 	return f.writeJSON(f.tagPath(repo, tag), tagFile(info))
 }
 
@@ -101,6 +103,15 @@ func (f *FS) DeleteTag(ctx context.Context, repo Repo, tag string) error {
 		return fmt.Errorf("delete tag %s: %w", tag, err)
 	}
 	return nil
+}
+
+// untagging marks the manifest tag points at now, if not d, as used: it is
+// left unreferenced from now on and garbage collection waits its delay.
+func (f *FS) untagging(repo Repo, tag string, d digest.Digest) {
+	var old tagFile
+	if readJSON(f.tagPath(repo, tag), &old) == nil && old.Digest != d && checkDigest(old.Digest) == nil {
+		_ = f.forceTouch(f.manifestLink(repo, old.Digest))
+	}
 }
 
 // untagDigest removes every tag of repo that points at d.

@@ -70,8 +70,12 @@ func (f *FS) install(src, dst string) error {
 	if err := f.mkdirs(dir); err != nil {
 		return err
 	}
-	if _, err := os.Lstat(dst); err == nil {
-		return os.Remove(src)
+	if info, err := os.Lstat(dst); err == nil {
+		// Writing it again is a use: garbage collection keeps it. Gone
+		// meanwhile (collected): install ours after all.
+		if err := f.touch(dst, info.ModTime()); err == nil {
+			return os.Remove(src)
+		}
 	}
 	if err := os.Rename(src, dst); err != nil {
 		return fmt.Errorf("install %s: %w", filepath.Base(dst), err)
@@ -104,7 +108,7 @@ func (f *FS) writeTemp(prefix, what string, data []byte) (string, error) {
 // putContent stores data, whose digest d the caller checked, in blobs/
 // unless it is there already.
 func (f *FS) putContent(d digest.Digest, data []byte) error {
-	if ok, err := exists(f.blobPath(d)); err == nil && ok {
+	if info, err := os.Lstat(f.blobPath(d)); err == nil && f.touch(f.blobPath(d), info.ModTime()) == nil {
 		return nil
 	}
 	name, err := f.writeTemp("blob-", "blob "+d.String(), data)

@@ -235,3 +235,48 @@ type PullRecorder interface {
 	// manifests never pulled are absent.
 	LastPulled(ctx context.Context, repo Repo) (map[digest.Digest]time.Time, error)
 }
+
+// Entry is one stored item as garbage collection sees it: content in the
+// store, or a repository's link to it.
+type Entry struct {
+	Digest digest.Digest
+	// Size is the content's length; 0 for links.
+	Size int64
+	// LastUsed is when the item was last written or used: a write, a
+	// client's HEAD, GET or mount of a blob, a manifest push referencing it,
+	// a tag moved away from a manifest. Uses closer together than the
+	// store's touch grain (WithTouchGrain) may not move it.
+	LastUsed time.Time
+}
+
+// Collector is an optional store ability used by online garbage collection:
+// list what is stored with when it was last used, and remove items that
+// have stayed unused since a cutoff. Every Remove method makes the item
+// invisible first, then checks its last use again and puts it back when it
+// was used at or after cutoff meanwhile (it then returns false); an
+// interrupted removal is finished or undone by RecoverRemovals. Callers
+// remove tags and links before the content they point at.
+type Collector interface {
+	// CollectBlobs calls fn for each stored content (blobs and manifests).
+	CollectBlobs(ctx context.Context, fn func(Entry) error) error
+	// CollectManifests calls fn for each manifest linked in repo; LastUsed
+	// is the later of the link's and the content's.
+	CollectManifests(ctx context.Context, repo Repo, fn func(Entry) error) error
+	// CollectBlobLinks calls fn for each blob link of repo (manifests are
+	// linked as blobs too). RemoveBlobLink checks the link's last use.
+	CollectBlobLinks(ctx context.Context, repo Repo, fn func(digest.Digest) error) error
+	// RemoveTag removes tag if it still points at d.
+	RemoveTag(ctx context.Context, repo Repo, tag string, d digest.Digest) (bool, error)
+	// RemoveManifest removes repo's link of manifest d, its referrers entry,
+	// blob link and pull record, unless it was used at or after cutoff.
+	RemoveManifest(ctx context.Context, repo Repo, d digest.Digest, cutoff time.Time) (bool, error)
+	// RemoveBlobLink removes repo's link of blob d unless the link or the
+	// content was used at or after cutoff.
+	RemoveBlobLink(ctx context.Context, repo Repo, d digest.Digest, cutoff time.Time) (bool, error)
+	// RemoveBlob removes the content of d unless it was used at or after
+	// cutoff; it returns the bytes freed.
+	RemoveBlob(ctx context.Context, d digest.Digest, cutoff time.Time) (int64, bool, error)
+	// RecoverRemovals undoes removals a crash interrupted (the items come
+	// back; the next collection decides again) and returns how many.
+	RecoverRemovals(ctx context.Context) (int, error)
+}

@@ -81,6 +81,7 @@ func Run(t *testing.T, newStore NewStore) {
 			tc.fn(t, newStore)
 		})
 	}
+	runCollector(t, newStore)
 }
 
 var (
