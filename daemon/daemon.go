@@ -97,7 +97,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 			}
 		}()
 	}
-	st, err := openStore(cfg)
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
 	}
@@ -279,7 +279,7 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		workerWG.Go(func() { j.run(workerCtx) })
 	}
 	health.SetReady(true)
-	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot(), "version", Version)
+	log.Info("regwarm started", "mode", string(mode), "store", storeName(cfg), "version", Version)
 
 	var runErr error
 	select {
@@ -461,11 +461,27 @@ func adminHandler(reg *prometheus.Registry, health *Health) http.Handler {
 }
 
 // openStore creates data_dir readable by regwarm's user only (when it does
-// not exist yet) and opens the store with the configured modes.
-func openStore(cfg *config.Config) (*store.FS, error) {
+// not exist yet) and opens the configured store: S3 (with its local spool
+// under data_dir) or the filesystem with the configured modes.
+func openStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
+	if s3 := cfg.Storage.S3; s3 != nil {
+		id, secret := s3.Credentials()
+		return store.NewS3(ctx, store.S3Options{
+			Bucket: s3.Bucket, Prefix: s3.Prefix, Region: s3.Region, Endpoint: s3.Endpoint, PathStyle: s3.PathStyle,
+			AccessKeyID: id, SecretAccessKey: secret, LocalDir: filepath.Join(cfg.DataDir, "s3-local"),
+		}, store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()))
+	}
 	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable),
 		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()))
+}
+
+// storeName says where the store is, for the start-up log line.
+func storeName(cfg *config.Config) string {
+	if s3 := cfg.Storage.S3; s3 != nil {
+		return "s3://" + s3.Bucket + "/" + strings.Trim(s3.Prefix, "/")
+	}
+	return cfg.StoreRoot()
 }

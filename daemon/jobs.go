@@ -58,7 +58,7 @@ func OneShot(ctx context.Context, cfg *config.Config, job, format, output string
 		fmt.Fprintf(stderr, "regwarm %s: --format must be text or json\n", job)
 		return ExitError
 	}
-	st, err := openStore(cfg)
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm %s: %v\n", job, err)
 		return ExitError

@@ -21,7 +21,7 @@ func Usage(ctx context.Context, cfg *config.Config, registry, format string, std
 		fmt.Fprintln(stderr, "regwarm usage: --format must be text or json")
 		return ExitError
 	}
-	st, err := store.NewFS(cfg.StoreRoot())
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm usage: %v\n", err)
 		return ExitError
