@@ -95,8 +95,10 @@ func (b *s3Blob) Read(p []byte) (int, error) {
 	}
 	if b.body == nil {
 		opts := minio.GetObjectOptions{}
-		if err := opts.SetRange(b.off, 0); err != nil {
-			return 0, err
+		if b.off > 0 { // SetRange(0, 0) would be the first byte only
+			if err := opts.SetRange(b.off, 0); err != nil {
+				return 0, err
+			}
 		}
 		rc, _, _, err := b.s.core.GetObject(b.ctx, b.s.bucket, b.key, opts)
 		if err != nil {

@@ -1,10 +1,21 @@
 package store_test
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/internal/store/s3test"
@@ -50,4 +61,322 @@ func s3Bucket(t *testing.T, srv *s3test.Server) string {
 
 func TestS3(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, opts ...store.Option) store.Store { return newS3(t, opts...) })
+}
+
+// s3Pair opens two stores on one bucket and prefix, as two processes
+// with their own local directories would.
+func s3Pair(t *testing.T) (*store.S3, *store.S3, *s3test.Server, string, string) {
+	t.Helper()
+	srv := s3test.Shared(t)
+	bucket := s3Bucket(t, srv)
+	prefix := fmt.Sprintf("pair%d", s3Stores.Add(1))
+	open := func() *store.S3 {
+		s, err := store.NewS3(t.Context(), store.S3Options{
+			Bucket: bucket, Prefix: prefix, Region: srv.Region, Endpoint: srv.Endpoint, PathStyle: true,
+			AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey, LocalDir: t.TempDir(),
+		})
+		if err != nil {
+			t.Fatalf("NewS3: %v", err)
+		}
+		return s
+	}
+	return open(), open(), srv, bucket, prefix + "/"
+}
+
+// s3Keys lists every key under prefix.
+func s3Keys(t *testing.T, srv *s3test.Server, bucket, prefix string) []string {
+	t.Helper()
+	c, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for obj := range c.ListObjects(t.Context(), bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if obj.Err != nil {
+			t.Fatalf("list: %v", obj.Err)
+		}
+		keys = append(keys, obj.Key)
+	}
+	return keys
+}
+
+func TestS3SharedAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	a, b, srv, bucket, prefix := s3Pair(t)
+	ctx := t.Context()
+	repo := store.Repo{Registry: "hub", Name: "library/alpine"}
+
+	// A chunked upload started on a, continued and committed on b.
+	data := bytes.Repeat([]byte("regwarm-s3 "), 100_000)
+	d := digest.SHA256.FromBytes(data)
+	st, err := a.StartUpload(ctx, repo, store.StartUploadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AppendUpload(ctx, repo, st.ID, 0, bytes.NewReader(data[:400_000])); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.UploadStatus(ctx, repo, st.ID); err != nil || got.Offset != 400_000 {
+		t.Fatalf("UploadStatus on b = %+v, %v; want offset 400000", got, err)
+	}
+	if _, err := b.AppendUpload(ctx, repo, st.ID, 400_000, bytes.NewReader(data[400_000:])); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.CommitUpload(ctx, repo, st.ID, d); err != nil || n != int64(len(data)) {
+		t.Fatalf("CommitUpload on b = %d, %v", n, err)
+	}
+	blob, err := a.OpenBlob(ctx, repo, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(blob)
+	_ = blob.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("blob read on a: %d bytes, %v; want the uploaded %d", len(got), err, len(data))
+	}
+	for _, k := range s3Keys(t, srv, bucket, prefix+"uploads/") {
+		t.Errorf("session object left after commit: %s", k)
+	}
+
+	// A tag moved by one process is seen by the other at once.
+	m1 := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{"n":"1"}}`)
+	m2 := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{"n":"2"}}`)
+	for _, m := range [][]byte{m1, m2} {
+		man := store.Manifest{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest.SHA256.FromBytes(m), Data: m}
+		if err := a.PutManifest(ctx, repo, man, store.PutManifestOptions{Tag: "latest"}); err != nil {
+			t.Fatal(err)
+		}
+		if ti, err := b.Tag(ctx, repo, "latest"); err != nil || ti.Digest != man.Digest {
+			t.Fatalf("Tag on b = %+v, %v; want %s", ti, err, man.Digest)
+		}
+		if got, err := b.Manifest(ctx, repo, man.Digest); err != nil || !bytes.Equal(got.Data, m) {
+			t.Fatalf("Manifest on b: %v", err)
+		}
+	}
+	// A manifest deleted on a is gone on b, though b cached its content.
+	if err := a.DeleteManifest(ctx, repo, digest.SHA256.FromBytes(m2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Manifest(ctx, repo, digest.SHA256.FromBytes(m2)); !errors.Is(err, store.ErrManifestUnknown) {
+		t.Errorf("Manifest on b after delete on a: %v, want ErrManifestUnknown", err)
+	}
+}
+
+// TestS3KeyLayout: no object key is the "directory" of another, which
+// versitygw's posix backend (and any filesystem-backed S3) could not hold.
+func TestS3KeyLayout(t *testing.T) {
+	t.Parallel()
+	a, _, srv, bucket, prefix := s3Pair(t)
+	ctx := t.Context()
+	for _, name := range []string{"a", "a/b", "a/b/c", "library/alpine", "library"} {
+		repo := store.Repo{Registry: "hub", Name: name}
+		data := []byte("layer of " + name)
+		d := digest.SHA256.FromBytes(data)
+		if err := a.PutBlob(ctx, repo, d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		m := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` +
+			string(d) + `","size":1},"annotations":{"r":"` + name + `"}}`)
+		man := store.Manifest{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest.SHA256.FromBytes(m), Data: m}
+		subj := &ocispec.Descriptor{Digest: d}
+		if err := a.PutManifest(ctx, repo, man, store.PutManifestOptions{Tag: "v1", Subject: subj}); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.RecordPulls(ctx, repo, map[digest.Digest]time.Time{man.Digest: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := a.StartUpload(ctx, repo, store.StartUploadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.AppendUpload(ctx, repo, st.ID, 0, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys := s3Keys(t, srv, bucket, prefix)
+	if len(keys) < 30 {
+		t.Fatalf("only %d keys: %q", len(keys), keys)
+	}
+	for i, k := range keys {
+		if i+1 < len(keys) && strings.HasPrefix(keys[i+1], k+"/") {
+			t.Errorf("key %q is the directory of %q", k, keys[i+1])
+		}
+		for _, other := range keys {
+			if strings.HasPrefix(other, k+"/") {
+				t.Errorf("key %q is the directory of %q", k, other)
+				break
+			}
+		}
+	}
+	var names []string
+	if err := a.Repositories(ctx, "hub", func(r store.Repo) error { names = append(names, r.Name); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"a", "a/b", "a/b/c", "library", "library/alpine"}; !slices.Equal(names, want) {
+		t.Errorf("Repositories = %q, want %q", names, want)
+	}
+}
+
+func TestS3BlobRange(t *testing.T) {
+	t.Parallel()
+	s := newS3(t)
+	ctx := t.Context()
+	repo := store.Repo{Registry: "hub", Name: "r"}
+	data := make([]byte, 3<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	d := digest.SHA256.FromBytes(data)
+	if err := s.PutBlob(ctx, repo, d, -1, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.OpenBlob(ctx, repo, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	sk, ok := b.(io.Seeker)
+	if !ok || b.Size() != int64(len(data)) {
+		t.Fatalf("blob is a Seeker: %v, size %d", ok, b.Size())
+	}
+	for _, off := range []int64{1 << 20, 17, int64(len(data)) - 5, 0} {
+		if _, err := sk.Seek(off, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(b, buf); err != nil || !bytes.Equal(buf, data[off:off+5]) {
+			t.Errorf("read at %d = %x, %v; want %x", off, buf, err, data[off:off+5])
+		}
+	}
+}
+
+func TestS3SpoolAndFailedWrites(t *testing.T) {
+	t.Parallel()
+	srv := s3test.Shared(t)
+	bucket := s3Bucket(t, srv)
+	local := t.TempDir()
+	prefix := fmt.Sprintf("spool%d/", s3Stores.Add(1))
+	s, err := store.NewS3(t.Context(), store.S3Options{
+		Bucket: bucket, Prefix: prefix, Region: srv.Region, Endpoint: srv.Endpoint, PathStyle: true,
+		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey, LocalDir: local,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	repo := store.Repo{Registry: "hub", Name: "r"}
+	data := bytes.Repeat([]byte("spooled "), 200_000)
+	d := digest.SHA256.FromBytes(data)
+
+	// A spool that receives other bytes than announced stores nothing.
+	sp, err := s.Spool(ctx, d, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(data)
+	bad[len(bad)/2] ^= 1
+	if err := sp.Fill(bytes.NewReader(bad), func(int64) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.Commit(ctx, repo); !errors.Is(err, store.ErrDigestMismatch) {
+		t.Fatalf("Commit of corrupt bytes = %v, want ErrDigestMismatch", err)
+	}
+	_ = sp.Close()
+	// A PutBlob whose body fails midway stores nothing either.
+	failing := io.MultiReader(bytes.NewReader(data[:1<<20]), iotest.ErrReader(errors.New("connection reset")))
+	if err := s.PutBlob(ctx, repo, d, int64(len(data)), failing); err == nil {
+		t.Fatal("PutBlob of a failing body succeeded")
+	}
+	if keys := s3Keys(t, srv, bucket, prefix); len(keys) != 0 {
+		t.Fatalf("failed writes left objects: %q", keys)
+	}
+
+	// A good spool is readable while written and stored at Commit.
+	sp, err = s.Spool(ctx, d, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sp.Write(data[:1000]); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1000)
+	if _, err := sp.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data[:1000]) {
+		t.Fatalf("ReadAt while writing: %v", err)
+	}
+	if _, err := sp.Write(data[1000:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.Commit(ctx, repo); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.StatBlob(ctx, repo, d); err != nil || n != int64(len(data)) {
+		t.Errorf("StatBlob after spool = %d, %v", n, err)
+	}
+	if left, _ := os.ReadDir(local); len(left) != 0 {
+		t.Errorf("local temporary files left: %v", left)
+	}
+}
+
+func TestS3Quarantine(t *testing.T) {
+	t.Parallel()
+	s, _, srv, bucket, prefix := s3Pair(t)
+	ctx := t.Context()
+	repo := store.Repo{Registry: "hub", Name: "r"}
+	good, bad := []byte("intact content"), []byte("content to corrupt")
+	dg, db := digest.SHA256.FromBytes(good), digest.SHA256.FromBytes(bad)
+	for _, b := range [][]byte{good, bad} {
+		if err := s.PutBlob(ctx, repo, digest.SHA256.FromBytes(b), -1, bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := prefix + "blobs/sha256/" + db.Encoded()
+	if _, err := c.PutObject(ctx, bucket, key, strings.NewReader("rot"), 3, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if where, err := s.Quarantine(ctx, dg); err != nil || where != "" {
+		t.Errorf("Quarantine(intact) = %q, %v; want it left in place", where, err)
+	}
+	where, err := s.Quarantine(ctx, db)
+	if err != nil || !strings.HasPrefix(where, "quarantine/sha256-"+db.Encoded()+"-") {
+		t.Fatalf("Quarantine(corrupt) = %q, %v", where, err)
+	}
+	if _, err := s.HasBlob(ctx, db); !errors.Is(err, store.ErrBlobUnknown) {
+		t.Errorf("HasBlob after quarantine: %v", err)
+	}
+	if _, err := s.HasBlob(ctx, dg); err != nil {
+		t.Errorf("HasBlob(intact): %v", err)
+	}
+}
+
+func TestS3OpenErrors(t *testing.T) {
+	t.Parallel()
+	srv := s3test.Shared(t)
+	base := store.S3Options{Bucket: "no-such-bucket", Region: srv.Region, Endpoint: srv.Endpoint, PathStyle: true,
+		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey, LocalDir: t.TempDir()}
+	if _, err := store.NewS3(t.Context(), base); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("NewS3 of a missing bucket = %v, want ErrInvalid", err)
+	}
+	wrong := base
+	wrong.Bucket, wrong.SecretAccessKey = s3Bucket(t, srv), "not-the-secret"
+	_, err := store.NewS3(t.Context(), wrong)
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("NewS3 with a wrong secret = %v, want ErrUnavailable", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "not-the-secret") {
+		t.Errorf("the secret leaked into %v", err)
+	}
+	for _, ep := range []string{"ftp://x", "http://h/path", "http://u:p@h"} {
+		o := base
+		o.Endpoint = ep
+		if _, err := store.NewS3(t.Context(), o); !errors.Is(err, store.ErrInvalid) {
+			t.Errorf("NewS3(endpoint %q) = %v, want ErrInvalid", ep, err)
+		}
+	}
 }
