@@ -159,7 +159,11 @@ func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) e
 		if err != nil {
 			return err
 		}
-		api, err := registryapi.New(cfg, st, apiOptions(c, rec, log, m)...)
+		apiOpts := apiOptions(c, rec, log, m)
+		if o := redirectOption(cfg, st); o != nil {
+			apiOpts = append(apiOpts, o)
+		}
+		api, err := registryapi.New(cfg, st, apiOpts...)
 		if err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 
 	"github.com/regwarm/regwarm/internal/cache"
+	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/pull"
 	"github.com/regwarm/regwarm/internal/store"
@@ -29,4 +30,15 @@ func apiOptions(c *cache.Cache, rec *pull.Recorder, log *slog.Logger, m *metrics
 		opts = append(opts, registryapi.WithPulls(rec))
 	}
 	return opts
+}
+
+// redirectOption is the API option of storage.s3.redirect: warm blob GETs
+// answered with presigned URLs of st. It returns nil when redirects are
+// off or st cannot presign.
+func redirectOption(cfg *config.Config, st store.Store) registryapi.Option {
+	p, ok := st.(store.Presigner)
+	if !ok || cfg.Storage.S3 == nil || !cfg.Storage.S3.Redirect {
+		return nil
+	}
+	return registryapi.WithRedirect(p)
 }

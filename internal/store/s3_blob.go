@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/opencontainers/go-digest"
@@ -277,6 +279,25 @@ func (s *S3) checkLinked(ctx context.Context, repo Repo, d digest.Digest) error 
 		return fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
 	}
 	return nil
+}
+
+var _ Presigner = (*S3)(nil)
+
+// PresignBlob returns a presigned GET URL of blob d, valid for expiry,
+// after checking that d is linked in repo and stored. The URL names the
+// configured endpoint: clients must be able to reach it.
+func (s *S3) PresignBlob(ctx context.Context, repo Repo, d digest.Digest, expiry time.Duration) (*url.URL, error) {
+	if err := check(ctx, repo, d); err != nil {
+		return nil, err
+	}
+	if _, err := s.StatBlob(ctx, repo, d); err != nil {
+		return nil, err
+	}
+	u, err := s.client.PresignedGetObject(ctx, s.bucket, s.blobKey(d), expiry, url.Values{})
+	if err != nil {
+		return nil, s3Err("presign blob "+d.String(), err)
+	}
+	return u, nil
 }
 
 // Spool starts a stream-through write of blob d into a local temporary

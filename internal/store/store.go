@@ -9,6 +9,7 @@ package store
 import (
 	"context"
 	"io"
+	"net/url"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -234,4 +235,13 @@ type PullRecorder interface {
 	// LastPulled returns when each manifest of repo was last pulled;
 	// manifests never pulled are absent.
 	LastPulled(ctx context.Context, repo Repo) (map[digest.Digest]time.Time, error)
+}
+
+// Presigner is an optional store ability used when blob redirects are on:
+// a time-limited URL from which a client reads a blob straight from the
+// backend.
+type Presigner interface {
+	// PresignBlob returns a URL of blob d valid for expiry, when d is
+	// linked in repo and its content stored; ErrBlobUnknown otherwise.
+	PresignBlob(ctx context.Context, repo Repo, d digest.Digest, expiry time.Duration) (*url.URL, error)
 }
