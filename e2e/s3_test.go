@@ -188,6 +188,14 @@ func TestS3TwoServesOneBucket(t *testing.T) {
 	out2 := t.TempDir()
 	harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+b.Addr+"/hub/"+repo+":v1", "oci:"+out2+":v1")
 	harness.AssertSameLayout(t, im2, out2)
+
+	// The one-shot jobs walk the bucket.
+	if code, out := regwarmCLIEnv(t, s.Env(), "usage", "--config", b.ConfigPath); code != 0 || !strings.Contains(out, "s3/push") || !strings.Contains(out, repo) {
+		t.Errorf("regwarm usage: exit %d, want 0 and both repositories\n%s", code, harness.LastLines(out, 30))
+	}
+	if code, out := regwarmCLIEnv(t, s.Env(), "scan", "--config", b.ConfigPath); code != 0 {
+		t.Errorf("regwarm scan: exit %d, want 0\n%s", code, harness.LastLines(out, 30))
+	}
 }
 
 // TestS3KillMidFill kills serve with SIGKILL while it streams a large
