@@ -89,6 +89,20 @@ type S3 struct {
 	SecretAccessKeyEnv string `yaml:"secret_access_key_env"`
 	// Redirect answers warm blob GETs with a redirect to a presigned URL.
 	Redirect bool `yaml:"redirect"`
+	// MetadataTTL is how long a process trusts the tags and manifest links
+	// it read; nil means one second, 0 reads the bucket every time.
+	MetadataTTL *Duration `yaml:"metadata_ttl"`
+}
+
+// DefaultS3MetadataTTL is storage.s3.metadata_ttl when unset.
+const DefaultS3MetadataTTL = time.Second
+
+// MetadataTTLOrDefault returns metadata_ttl, or its default when unset.
+func (s *S3) MetadataTTLOrDefault() time.Duration {
+	if s.MetadataTTL == nil {
+		return DefaultS3MetadataTTL
+	}
+	return s.MetadataTTL.D()
 }
 
 // Credentials returns the static credentials named by the env settings,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestS3Config(t *testing.T) {
@@ -24,6 +25,12 @@ func TestS3Config(t *testing.T) {
 	if err := c.CheckSecrets(); err != nil {
 		t.Errorf("CheckSecrets with both set: %v", err)
 	}
+	if ttl := c.Storage.S3.MetadataTTLOrDefault(); ttl != time.Second {
+		t.Errorf("default metadata_ttl = %v, want 1s", ttl)
+	}
+	if c0 := mustParse(t, "storage: {s3: {bucket: abc, metadata_ttl: 0s}}\n"); c0.Storage.S3.MetadataTTLOrDefault() != 0 {
+		t.Errorf("metadata_ttl: 0s = %v, want 0", c0.Storage.S3.MetadataTTLOrDefault())
+	}
 	if id, secret := c.Storage.S3.Credentials(); id != "AKIDEXAMPLE" || secret != "wJalrXUtnFEMI" {
 		t.Errorf("Credentials() = %q, %q", id, secret)
 	}
@@ -42,6 +49,7 @@ func TestS3ConfigInvalid(t *testing.T) {
 		{"endpoint path", `{s3: {bucket: abc, endpoint: "https://h/x"}}`, []string{`storage.s3.endpoint: "https://h/x"`}},
 		{"prefix dotdot", `{s3: {bucket: abc, prefix: "a/../b"}}`, []string{`storage.s3.prefix: "a/../b"`}},
 		{"one env", `{s3: {bucket: abc, access_key_id_env: ID}}`, []string{"storage.s3.secret_access_key_env", "or neither"}},
+		{"metadata ttl", `{s3: {bucket: abc, metadata_ttl: 2m}}`, []string{"storage.s3.metadata_ttl: 2m0s: must be between 0s and 1m"}},
 		{"env name", `{s3: {bucket: abc, access_key_id_env: "A-B", secret_access_key_env: S}}`, []string{`storage.s3.access_key_id_env: "A-B": must be an environment variable name`}},
 	}
 	for _, tc := range tests {

@@ -144,6 +144,9 @@ func (v *validator) storage() {
 		strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
 		v.add("storage.s3.prefix", s.Prefix, "must be a path of non-empty segments without '..'")
 	}
+	if ttl := s.MetadataTTLOrDefault(); ttl < 0 || ttl > time.Minute {
+		v.add("storage.s3.metadata_ttl", s.MetadataTTL.D(), "must be between 0s and 1m")
+	}
 	if (s.AccessKeyIDEnv == "") != (s.SecretAccessKeyEnv == "") {
 		v.add("storage.s3.secret_access_key_env", s.SecretAccessKeyEnv, "set both access_key_id_env and secret_access_key_env, or neither (AWS default chain)")
 	}

@@ -60,11 +60,12 @@ import (
 //
 // Consistency: S3 (AWS since December 2020, and the S3-compatible servers
 // regwarm is tested with) is strongly read-after-write consistent for
-// objects and listings, and regwarm reads every tag and link from the
-// bucket on every request. The only per-process cache is of manifest
-// content by digest, which is immutable; a manifest is still served only
-// while its link in the repository exists. A tag moved by one process is
-// therefore seen by every other at once.
+// objects and listings. Each process caches manifest content by digest
+// (immutable) and, for WithMetadataTTL (default one second), the tags and
+// manifest links it read. Its own writes and deletes drop those entries,
+// so a process always sees what it wrote; a tag moved or a manifest
+// deleted by another process is seen within the TTL. Blob links, upload
+// sessions, referrers and listings are never cached.
 type S3 struct {
 	client *minio.Client
 	core   minio.Core
@@ -80,6 +81,7 @@ type S3 struct {
 	sessMu       sync.Mutex
 	sessions     map[string]uploadInfo
 	manifests    contentCache
+	meta         metaCache
 }
 
 var (
@@ -175,6 +177,10 @@ func NewS3(ctx context.Context, o S3Options, opts ...Option) (*S3, error) {
 		client: client, core: minio.Core{Client: client}, bucket: o.Bucket, prefix: prefix,
 		local: filepath.Clean(o.LocalDir), now: op.now, uploadExpiry: op.uploadExpiry,
 		manifests: contentCache{max: manifestCacheBytes},
+		meta:      metaCache{ttl: time.Second, max: metaCacheEntries},
+	}
+	if op.metaTTLSet {
+		s.meta.ttl = op.metaTTL
 	}
 	if err := os.MkdirAll(s.local, 0o700); err != nil {
 		return nil, fmt.Errorf("s3 local directory: %w", err)
@@ -322,7 +328,15 @@ func (s *S3) getSmall(ctx context.Context, key string) ([]byte, error) {
 func (s *S3) putSmall(ctx context.Context, key string, data []byte) error {
 	_, err := s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(data), int64(len(data)),
 		minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	s.meta.drop(key) // after the write: a read racing with it may cache the old value, for the TTL at most
 	return s3Err("put "+s.short(key), err)
+}
+
+// cacheable reports whether key is a tag or a manifest link, which the
+// metadata cache keeps.
+func (s *S3) cacheable(key string) bool {
+	k := s.short(key)
+	return strings.Contains(k, "/_tags/") || strings.Contains(k, "/_manifests/")
 }
 
 // stat returns an object's size; errNoObject if it is missing.
@@ -346,6 +360,7 @@ func (s *S3) exists(ctx context.Context, key string) (bool, error) {
 // remove deletes an object; a missing one is not an error.
 func (s *S3) remove(ctx context.Context, key string) error {
 	err := s.client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{})
+	s.meta.drop(key)
 	if isNoObject(err) {
 		return nil
 	}
@@ -432,4 +447,60 @@ func (c *contentCache) drop(d digest.Digest) {
 		delete(c.m, d)
 		c.bytes -= len(b)
 	}
+}
+
+// metaCache keeps small objects (tags, manifest links) for ttl, up to max
+// entries; when full it drops arbitrary ones.
+type metaCache struct {
+	mu  sync.Mutex
+	ttl time.Duration
+	max int
+	m   map[string]metaEntry
+}
+
+type metaEntry struct {
+	data []byte
+	at   time.Time
+}
+
+// metaCacheEntries bounds the metadata cache.
+const metaCacheEntries = 50_000
+
+func (c *metaCache) get(key string) ([]byte, bool) {
+	if c.ttl <= 0 {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	if !ok || time.Since(e.at) >= c.ttl {
+		return nil, false
+	}
+	return e.data, true
+}
+
+func (c *metaCache) put(key string, data []byte, at time.Time) {
+	if c.ttl <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]metaEntry{}
+	}
+	if len(c.m) >= c.max {
+		for k := range c.m {
+			delete(c.m, k)
+			if len(c.m) < c.max/2 {
+				break
+			}
+		}
+	}
+	c.m[key] = metaEntry{data: data, at: at}
+}
+
+func (c *metaCache) drop(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, key)
 }

@@ -20,9 +20,20 @@ import (
 
 // getJSON reads the JSON object at key into v; errNoObject if missing.
 func (s *S3) getJSON(ctx context.Context, key string, v any) error {
-	data, err := s.getSmall(ctx, key)
-	if err != nil {
-		return err
+	cacheable := s.cacheable(key)
+	data, ok := []byte(nil), false
+	if cacheable {
+		data, ok = s.meta.get(key)
+	}
+	if !ok {
+		start := time.Now() // an entry's age counts from before the read
+		var err error
+		if data, err = s.getSmall(ctx, key); err != nil {
+			return err
+		}
+		if cacheable {
+			s.meta.put(key, data, start)
+		}
 	}
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("decode %s: %w", s.short(key), err)

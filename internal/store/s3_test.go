@@ -65,7 +65,7 @@ func TestS3(t *testing.T) {
 
 // s3Pair opens two stores on one bucket and prefix, as two processes
 // with their own local directories would.
-func s3Pair(t *testing.T) (*store.S3, *store.S3, *s3test.Server, string, string) {
+func s3Pair(t *testing.T, opts ...store.Option) (*store.S3, *store.S3, *s3test.Server, string, string) {
 	t.Helper()
 	srv := s3test.Shared(t)
 	bucket := s3Bucket(t, srv)
@@ -74,7 +74,7 @@ func s3Pair(t *testing.T) (*store.S3, *store.S3, *s3test.Server, string, string)
 		s, err := store.NewS3(t.Context(), store.S3Options{
 			Bucket: bucket, Prefix: prefix, Region: srv.Region, Endpoint: srv.Endpoint, PathStyle: true,
 			AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey, LocalDir: t.TempDir(),
-		})
+		}, opts...)
 		if err != nil {
 			t.Fatalf("NewS3: %v", err)
 		}
@@ -138,7 +138,8 @@ func TestS3SharedAcrossProcesses(t *testing.T) {
 		t.Errorf("session object left after commit: %s", k)
 	}
 
-	// A tag moved by one process is seen by the other at once.
+	// A tag moved by one process is seen by the other within the metadata
+	// TTL (a second by default), at once by the process itself.
 	m1 := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{"n":"1"}}`)
 	m2 := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{"n":"2"}}`)
 	for _, m := range [][]byte{m1, m2} {
@@ -146,18 +147,60 @@ func TestS3SharedAcrossProcesses(t *testing.T) {
 		if err := a.PutManifest(ctx, repo, man, store.PutManifestOptions{Tag: "latest"}); err != nil {
 			t.Fatal(err)
 		}
-		if ti, err := b.Tag(ctx, repo, "latest"); err != nil || ti.Digest != man.Digest {
-			t.Fatalf("Tag on b = %+v, %v; want %s", ti, err, man.Digest)
+		if ti, err := a.Tag(ctx, repo, "latest"); err != nil || ti.Digest != man.Digest {
+			t.Fatalf("Tag on a = %+v, %v; want %s", ti, err, man.Digest)
+		}
+		start := time.Now()
+		for {
+			ti, err := b.Tag(ctx, repo, "latest")
+			if err == nil && ti.Digest == man.Digest {
+				break
+			}
+			if time.Since(start) > 1500*time.Millisecond {
+				t.Fatalf("Tag on b = %+v, %v after %v; want %s", ti, err, time.Since(start), man.Digest)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 		if got, err := b.Manifest(ctx, repo, man.Digest); err != nil || !bytes.Equal(got.Data, m) {
 			t.Fatalf("Manifest on b: %v", err)
 		}
 	}
-	// A manifest deleted on a is gone on b, though b cached its content.
+	// A manifest deleted on a is gone on a at once.
 	if err := a.DeleteManifest(ctx, repo, digest.SHA256.FromBytes(m2)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Manifest(ctx, repo, digest.SHA256.FromBytes(m2)); !errors.Is(err, store.ErrManifestUnknown) {
+	if _, err := a.Manifest(ctx, repo, digest.SHA256.FromBytes(m2)); !errors.Is(err, store.ErrManifestUnknown) {
+		t.Errorf("Manifest on a after delete on a: %v, want ErrManifestUnknown", err)
+	}
+}
+
+// TestS3NoMetadataCache: with WithMetadataTTL(0) every process sees a tag
+// moved or a manifest deleted by another at once, though it cached the
+// manifest's content.
+func TestS3NoMetadataCache(t *testing.T) {
+	t.Parallel()
+	a, b, _, _, _ := s3Pair(t, store.WithMetadataTTL(0))
+	ctx := t.Context()
+	repo := store.Repo{Registry: "hub", Name: "strict"}
+	var last digest.Digest
+	for i := range 3 {
+		m := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{"n":"%d"}}`, i))
+		man := store.Manifest{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest.SHA256.FromBytes(m), Data: m}
+		if err := a.PutManifest(ctx, repo, man, store.PutManifestOptions{Tag: "latest"}); err != nil {
+			t.Fatal(err)
+		}
+		if ti, err := b.Tag(ctx, repo, "latest"); err != nil || ti.Digest != man.Digest {
+			t.Fatalf("Tag on b = %+v, %v; want %s", ti, err, man.Digest)
+		}
+		if _, err := b.Manifest(ctx, repo, man.Digest); err != nil {
+			t.Fatal(err)
+		}
+		last = man.Digest
+	}
+	if err := a.DeleteManifest(ctx, repo, last); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Manifest(ctx, repo, last); !errors.Is(err, store.ErrManifestUnknown) {
 		t.Errorf("Manifest on b after delete on a: %v, want ErrManifestUnknown", err)
 	}
 }
