@@ -302,3 +302,54 @@ func TestS3Redirect(t *testing.T) {
 		t.Errorf("GET cold blob: %d, %s, %v; want 200 and %s", resp.StatusCode, got, err, dc)
 	}
 }
+
+// TestS3MigrateFromFilesystem: `regwarm migrate` copies a filesystem
+// store into the bucket; regwarm on S3 then serves the pushed image and
+// the cached one (with the upstream stopped) byte-identically, and a
+// second run copies no content.
+func TestS3MigrateFromFilesystem(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	s := harness.StartS3(t)
+	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
+	const repo = "e2e/migrate"
+	cached := pushNewImage(t, up, repo+":v1", harness.ImageOptions{Seed: 1407})
+	fsCfg := fmt.Sprintf(harness.ConfigHeader+`registries:
+  - {name: hub, default: true, connectors: [up], tag_ttl: 5m}
+  - {name: local, push: true}
+connectors:
+  - {name: up, url: %q, host: lab.local}
+`, up.URL())
+	old := harness.StartRegwarm(t, "serve", fsCfg)
+	pushed := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1408})
+	pushImage(t, pushed, old.Addr+"/local/team/app:v2")
+	harness.Skopeo(t, "copy", "--all", "--src-tls-verify=false", "docker://"+old.Addr+"/hub/"+repo+":v1", "oci:"+t.TempDir()+":v1")
+	harness.Eventually(t, 20*time.Second, "the cached image stored", func() error {
+		if missing := missingBlobs(old.DataDir, blobsOf(cached, "linux/amd64", "linux/arm64")); len(missing) > 0 {
+			return fmt.Errorf("missing %v", missing)
+		}
+		return nil
+	})
+	if err := old.Stop(); err != nil {
+		t.Logf("stop filesystem serve: %v", err)
+	}
+
+	rw := harness.StartRegwarmEnv(t, "serve", s3Config(s, "", up.URL()), s.Env())
+	code, out := regwarmCLIEnv(t, s.Env(), "migrate", "--from", old.DataDir+"/store", "--config", rw.ConfigPath)
+	if code != 0 || !strings.Contains(out, "copied 2 repositories") {
+		t.Fatalf("regwarm migrate: exit %d\n%s", code, harness.LastLines(out, 20))
+	}
+	t.Logf("migrate: %s", harness.LastLines(out, 1))
+	if err := up.Stop(); err != nil {
+		t.Logf("stop docker-registry: %v", err)
+	}
+	for ref, im := range map[string]*harness.Image{"local/team/app:v2": pushed, "hub/" + repo + ":v1": cached} {
+		out := t.TempDir()
+		harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+rw.Addr+"/"+ref, "oci:"+out+":v1")
+		harness.AssertSameLayout(t, im, out)
+	}
+	code, out = regwarmCLIEnv(t, s.Env(), "migrate", "--from", old.DataDir+"/store", "--config", rw.ConfigPath)
+	if code != 0 || !strings.Contains(out, "(0 contents, 0 bytes copied)") {
+		t.Errorf("second regwarm migrate: exit %d, want 0 with nothing copied\n%s", code, harness.LastLines(out, 5))
+	}
+}

@@ -423,3 +423,83 @@ func TestS3OpenErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyFSToS3: everything of a filesystem store reaches the S3 store,
+// and a second run copies no content again.
+func TestCopyFSToS3(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	src, err := store.NewFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := newS3(t)
+	repo := store.Repo{Registry: "hub", Name: "library/alpine"}
+	other := store.Repo{Registry: "local", Name: "team/app"}
+	layer := bytes.Repeat([]byte("layer"), 300_000)
+	dl := digest.SHA256.FromBytes(layer)
+	for _, r := range []store.Repo{repo, other} {
+		if err := src.PutBlob(ctx, r, dl, int64(len(layer)), bytes.NewReader(layer)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[{"digest":"` + string(dl) + `"}]}`)
+	mi := store.Manifest{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest.SHA256.FromBytes(img), Data: img, Source: "dockerhub"}
+	checked := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
+	if err := src.PutManifest(ctx, repo, mi, store.PutManifestOptions{Source: "dockerhub"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.SetTag(ctx, repo, "3.20", store.TagInfo{Digest: mi.Digest, Source: "dockerhub", Checked: checked}); err != nil {
+		t.Fatal(err)
+	}
+	sig := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/x-sig","subject":{"digest":"` + string(mi.Digest) + `"}}`)
+	ms := store.Manifest{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest.SHA256.FromBytes(sig), Data: sig}
+	if err := src.PutManifest(ctx, repo, ms, store.PutManifestOptions{Subject: &ocispec.Descriptor{Digest: mi.Digest}, Referrer: ocispec.Descriptor{ArtifactType: "application/x-sig"}}); err != nil {
+		t.Fatal(err)
+	}
+	pulled := time.Date(2026, 7, 1, 0, 0, 0, 0, time.UTC)
+	if err := src.RecordPulls(ctx, repo, map[digest.Digest]time.Time{mi.Digest: pulled}); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := store.CopyFS(ctx, dst, src, nil)
+	if err != nil {
+		t.Fatalf("CopyFS: %v", err)
+	}
+	if st.Repositories != 2 || st.Manifests != 2 || st.Tags != 1 || st.BlobsCopied != 3 || st.Missing != 0 {
+		t.Errorf("CopyFS stats = %+v; want 2 repositories, 2 manifests, 1 tag, 3 contents copied", st)
+	}
+	if got := readAll(t, dst, other, dl); !bytes.Equal(got, layer) {
+		t.Error("layer differs in the destination")
+	}
+	if ti, err := dst.Tag(ctx, repo, "3.20"); err != nil || ti.Digest != mi.Digest || ti.Source != "dockerhub" || !ti.Checked.Equal(checked) {
+		t.Errorf("Tag = %+v, %v; want %s from dockerhub checked %v", ti, err, mi.Digest, checked)
+	}
+	if m, err := dst.Manifest(ctx, repo, mi.Digest); err != nil || m.Source != "dockerhub" {
+		t.Errorf("Manifest = %+v, %v; want source dockerhub", m, err)
+	}
+	if refs, err := dst.Referrers(ctx, repo, mi.Digest); err != nil || len(refs) != 1 || refs[0].Digest != ms.Digest || refs[0].ArtifactType != "application/x-sig" {
+		t.Errorf("Referrers = %+v, %v; want the signature", refs, err)
+	}
+	if p, err := dst.LastPulled(ctx, repo); err != nil || !p[mi.Digest].Equal(pulled) {
+		t.Errorf("LastPulled = %v, %v; want %v", p, err, pulled)
+	}
+	again, err := store.CopyFS(ctx, dst, src, nil)
+	if err != nil || again.BlobsCopied != 0 || again.Blobs != st.Blobs {
+		t.Errorf("second CopyFS = %+v, %v; want no content copied", again, err)
+	}
+}
+
+func readAll(t *testing.T, s store.Store, repo store.Repo, d digest.Digest) []byte {
+	t.Helper()
+	b, err := s.OpenBlob(t.Context(), repo, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	data, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
