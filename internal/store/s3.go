@@ -165,6 +165,9 @@ func NewS3(ctx context.Context, o S3Options, opts ...Option) (*S3, error) {
 	}
 	client, err := minio.New(host, &minio.Options{
 		Creds: creds, Secure: secure, Region: o.Region, BucketLookup: lookup, Transport: tr,
+		// A few retries ride out a blip; more would hold every request
+		// for seconds while S3 is down (it then fails as unavailable).
+		MaxRetries: 3,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: s3 client: %w", ErrInvalid, err)

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -502,4 +503,41 @@ func readAll(t *testing.T, s store.Store, repo store.Repo, d digest.Digest) []by
 		t.Fatal(err)
 	}
 	return data
+}
+
+// TestS3Unavailable: with the S3 server gone, operations fail with
+// ErrUnavailable (a 503 for clients), never as unknown content.
+func TestS3Unavailable(t *testing.T) {
+	t.Parallel()
+	srv, err := s3test.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	bucket := srv.Bucket(t)
+	s, err := store.NewS3(t.Context(), store.S3Options{
+		Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint, PathStyle: true,
+		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey, LocalDir: t.TempDir(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := store.Repo{Registry: "hub", Name: "r"}
+	data := []byte("before the outage")
+	d := digest.SHA256.FromBytes(data)
+	if err := s.PutBlob(t.Context(), repo, d, -1, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := s.StatBlob(ctx, repo, d); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("StatBlob with S3 down = %v, want ErrUnavailable", err)
+	}
+	if _, err := s.Tag(ctx, repo, "v1"); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Tag with S3 down = %v, want ErrUnavailable", err)
+	}
+	if err := s.PutBlob(ctx, repo, d, -1, bytes.NewReader(data)); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("PutBlob with S3 down = %v, want ErrUnavailable", err)
+	}
 }
