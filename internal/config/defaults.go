@@ -60,6 +60,10 @@ func (c *Config) ApplyDefaults() {
 		setString(&c.Storage.Filesystem.Root, storeRoot(c.DataDir))
 	} else {
 		setString(&c.Storage.S3.Region, defaultS3Region)
+		if c.Storage.S3.MetadataTTL == nil {
+			ttl := Duration(DefaultS3MetadataTTL)
+			c.Storage.S3.MetadataTTL = &ttl
+		}
 	}
 	setString(&c.NATS.Embedded.Listen, defaultNATSListen)
 	setString(&c.NATS.Embedded.StoreDir, natsStoreDir(c.DataDir))
