@@ -61,11 +61,12 @@ import (
 // Consistency: S3 (AWS since December 2020, and the S3-compatible servers
 // regwarm is tested with) is strongly read-after-write consistent for
 // objects and listings. Each process caches manifest content by digest
-// (immutable) and, for WithMetadataTTL (default one second), the tags and
-// manifest links it read. Its own writes and deletes drop those entries,
-// so a process always sees what it wrote; a tag moved or a manifest
-// deleted by another process is seen within the TTL. Blob links, upload
-// sessions, referrers and listings are never cached.
+// (immutable) and, for WithMetadataTTL (default one second), the tags,
+// manifest links and blob links (that they exist) it read. Its own writes
+// and deletes drop those entries, so a process always sees what it wrote;
+// a tag moved, a manifest deleted or a blob unlinked by another process is
+// seen within the TTL. Upload sessions, referrers and listings are never
+// cached.
 type S3 struct {
 	client *minio.Client
 	core   minio.Core
@@ -335,11 +336,25 @@ func (s *S3) putSmall(ctx context.Context, key string, data []byte) error {
 	return s3Err("put "+s.short(key), err)
 }
 
-// cacheable reports whether key is a tag or a manifest link, which the
-// metadata cache keeps.
+// cacheable reports whether key is a tag, a manifest link or a blob link,
+// which the metadata cache keeps (blob links only as "exists").
 func (s *S3) cacheable(key string) bool {
 	k := s.short(key)
-	return strings.Contains(k, "/_tags/") || strings.Contains(k, "/_manifests/")
+	return strings.Contains(k, "/_tags/") || strings.Contains(k, "/_manifests/") || strings.Contains(k, "/_blobs/")
+}
+
+// linked reports whether the link object key exists, trusting a positive
+// answer for the metadata TTL.
+func (s *S3) linked(ctx context.Context, key string) (bool, error) {
+	if _, ok := s.meta.get(key); ok {
+		return true, nil
+	}
+	start := time.Now()
+	ok, err := s.exists(ctx, key)
+	if ok {
+		s.meta.put(key, nil, start)
+	}
+	return ok, err
 }
 
 // stat returns an object's size; errNoObject if it is missing.

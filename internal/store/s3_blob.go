@@ -250,16 +250,21 @@ func (s *S3) UnlinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
 	if err := check(ctx, repo, d); err != nil {
 		return err
 	}
-	if err := s.checkLinked(ctx, repo, d); err != nil {
-		return err
+	key := s.blobLinkKey(repo, d)
+	ok, err := s.exists(ctx, key)
+	if err != nil {
+		return fmt.Errorf("unlink blob %s: %w", d, err)
 	}
-	return s.remove(ctx, s.blobLinkKey(repo, d))
+	if !ok {
+		return fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
+	}
+	return s.remove(ctx, key)
 }
 
 // link writes repo's link of d unless it is there already.
 func (s *S3) link(ctx context.Context, repo Repo, d digest.Digest) error {
 	key := s.blobLinkKey(repo, d)
-	ok, err := s.exists(ctx, key)
+	ok, err := s.exists(ctx, key) // never the cache: another process may have unlinked it
 	if err != nil {
 		return fmt.Errorf("link blob %s: %w", d, err)
 	}
@@ -269,9 +274,10 @@ func (s *S3) link(ctx context.Context, repo Repo, d digest.Digest) error {
 	return s.putSmall(ctx, key, []byte(d))
 }
 
-// checkLinked returns ErrBlobUnknown unless d is linked in repo.
+// checkLinked returns ErrBlobUnknown unless d is linked in repo; a link
+// seen within the metadata TTL counts.
 func (s *S3) checkLinked(ctx context.Context, repo Repo, d digest.Digest) error {
-	ok, err := s.exists(ctx, s.blobLinkKey(repo, d))
+	ok, err := s.linked(ctx, s.blobLinkKey(repo, d))
 	if err != nil {
 		return fmt.Errorf("stat blob link %s: %w", d, err)
 	}

@@ -19,8 +19,13 @@ import (
 )
 
 // getJSON reads the JSON object at key into v; errNoObject if missing.
+// Tags and manifest links may come from the metadata cache.
 func (s *S3) getJSON(ctx context.Context, key string, v any) error {
-	cacheable := s.cacheable(key)
+	return s.readJSON(ctx, key, v, s.cacheable(key))
+}
+
+// readJSON is getJSON, with the metadata cache only when cacheable.
+func (s *S3) readJSON(ctx context.Context, key string, v any, cacheable bool) error {
 	data, ok := []byte(nil), false
 	if cacheable {
 		data, ok = s.meta.get(key)
@@ -104,7 +109,8 @@ func (s *S3) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 		return err
 	}
 	// A re-put with another subject moves the referrers entry.
-	if old, err := s.readManifestLink(ctx, repo, m.Digest); err == nil && old.Subject != "" && old.Subject != subject {
+	var old manifestLink
+	if err := s.readJSON(ctx, s.manifestLinkKey(repo, m.Digest), &old, false); err == nil && old.Subject != "" && old.Subject != subject {
 		if err := s.remove(ctx, s.referrerKey(repo, old.Subject, m.Digest)); err != nil {
 			return fmt.Errorf("put manifest %s: %w", m.Digest, err)
 		}
@@ -134,9 +140,13 @@ func (s *S3) DeleteManifest(ctx context.Context, repo Repo, d digest.Digest) err
 	if err := check(ctx, repo, d); err != nil {
 		return err
 	}
-	link, err := s.readManifestLink(ctx, repo, d)
+	var link manifestLink
+	err := s.readJSON(ctx, s.manifestLinkKey(repo, d), &link, false) // not the cache: another process may have deleted it
+	if errors.Is(err, errNoObject) {
+		return fmt.Errorf("%w: %s in %s", ErrManifestUnknown, d, repo)
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("read manifest link %s: %w", d, err)
 	}
 	if err := s.untagDigest(ctx, repo, d); err != nil {
 		return err
