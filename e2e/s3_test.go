@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
+
 	"github.com/regwarm/regwarm/e2e/harness"
 )
 
@@ -351,5 +353,44 @@ connectors:
 	code, out = regwarmCLIEnv(t, s.Env(), "migrate", "--from", old.DataDir+"/store", "--config", rw.ConfigPath)
 	if code != 0 || !strings.Contains(out, "(0 contents, 0 bytes copied)") {
 		t.Errorf("second regwarm migrate: exit %d, want 0 with nothing copied\n%s", code, harness.LastLines(out, 5))
+	}
+}
+
+// TestS3VerifyQuarantine: `regwarm verify` on S3 re-hashes stored
+// content, reports a corrupted object and moves it to quarantine/, after
+// which the blob reads as unknown rather than serving wrong bytes.
+func TestS3VerifyQuarantine(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	s := harness.StartS3(t)
+	rw := harness.StartRegwarmEnv(t, "serve", s3Config(s, "", "http://127.0.0.1:1"), s.Env())
+	layer := harness.RandomBytes(1409, 1<<20)
+	d := pushBlobHTTP(t, rw.URL(), "local/s3/verify", layer)
+	m := pushManifestHTTP(t, rw.URL(), "local/s3/verify", "v1", d, int64(len(layer)))
+	c, err := s.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := blobKeys([]string{d})[0]
+	if _, err := c.PutObject(t.Context(), s.Bucket, key, bytes.NewReader([]byte("bit rot")), 7, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	code, out := regwarmCLIEnv(t, s.Env(), "verify", "--config", rw.ConfigPath)
+	if code != 1 || !strings.Contains(out, d) {
+		t.Fatalf("regwarm verify of a corrupt blob: exit %d, want 1 naming %s\n%s", code, d, harness.LastLines(out, 30))
+	}
+	keys := s.Keys(t, "")
+	if slices.Contains(keys, key) {
+		t.Errorf("the corrupt object %s is still in place", key)
+	}
+	hx := strings.TrimPrefix(d, "sha256:")
+	if !slices.ContainsFunc(keys, func(k string) bool { return strings.HasPrefix(k, "quarantine/sha256-"+hx+"-") }) {
+		t.Errorf("no quarantine object for %s in %q", d, keys)
+	}
+	if code := httpStatus(t, http.MethodGet, rw.URL()+"/v2/local/s3/verify/blobs/"+d); code == http.StatusOK {
+		t.Error("the quarantined blob is still served")
+	}
+	if code := httpStatus(t, http.MethodGet, rw.URL()+"/v2/local/s3/verify/manifests/"+m); code != http.StatusOK {
+		t.Errorf("GET the intact manifest: %d, want 200", code)
 	}
 }
