@@ -1,4 +1,4 @@
-# regwarm: make build | test | lint | fuzz | e2e | conformance | ci | run | bench
+# regwarm: make build | test | lint | fuzz | e2e | conformance | conformance-s3 | ci | run | bench
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 UNIT    = $(shell $(GO) list ./... | grep -v '/e2e$$')
 CONFIG  ?= config.example.yaml
 
-.PHONY: build test lint fuzz e2e conformance ci run bench clean
+.PHONY: build test lint fuzz e2e conformance conformance-s3 ci run bench clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/regwarm ./cmd/regwarm
@@ -41,8 +41,13 @@ e2e:
 conformance: build
 	REGWARM_BIN=$(CURDIR)/bin/regwarm e2e/conformance.sh
 
+# conformance-s3 runs the same suite against regwarm serve on the S3 store
+# (a versitygw started by the script).
+conformance-s3: build
+	CONFORMANCE_STORAGE=s3 REGWARM_BIN=$(CURDIR)/bin/regwarm e2e/conformance.sh
+
 # ci runs every step even after a failure, with timings, and fails if any failed.
-CI_STEPS ?= lint test fuzz e2e conformance
+CI_STEPS ?= lint test fuzz e2e conformance conformance-s3
 ci:
 	@rc=0; for step in $(CI_STEPS); do \
 		start=$$(date +%s); echo "--- make $$step"; \

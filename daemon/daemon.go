@@ -65,13 +65,13 @@ func (f runFunc) Run(ctx context.Context) error { return f(ctx) }
 // Run runs a process in mode until ctx is cancelled or a runtime fails,
 // then shuts down gracefully. It returns nil on a clean shutdown.
 func Run(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) error {
-	p, err := wire(cfg, mode, log)
+	p, err := wire(ctx, cfg, mode, log)
 	if err != nil {
 		return err
 	}
 	defer p.close()
 	p.health.SetReady(true)
-	log.Info("regwarm started", "mode", string(mode), "store", cfg.StoreRoot(), "version", Version)
+	log.Info("regwarm started", "mode", string(mode), "store", storeName(cfg), "version", Version)
 	err = runLayers(ctx, p.layers[:], func() {
 		p.health.SetReady(false)
 		if ctx.Err() != nil {

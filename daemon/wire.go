@@ -65,7 +65,7 @@ func (p *process) close() {
 // wire builds the process of mode from cfg: store, NATS, cache, API,
 // worker, scheduler and their helpers, with every listener bound (so a
 // port clash fails here, before anything runs).
-func wire(cfg *config.Config, mode Mode, log *slog.Logger) (_ *process, err error) {
+func wire(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) (_ *process, err error) {
 	p := &process{health: &Health{}}
 	defer func() {
 		if err != nil {
@@ -85,7 +85,7 @@ func wire(cfg *config.Config, mode Mode, log *slog.Logger) (_ *process, err erro
 			p.release = append(p.release, l.unlock)
 		}
 	}
-	st, err := openStore(cfg)
+	st, err := OpenStore(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
@@ -190,7 +190,11 @@ func wireAPI(p *process, cfg *config.Config, st store.Store, c *cache.Cache, b *
 	if rec != nil {
 		p.add(layerPulls, runFunc(func(ctx context.Context) error { rec.Run(ctx); return nil }))
 	}
-	api, err := registryapi.New(apiConfig(cfg), st, apiOptions(c, rec, log, m)...)
+	apiOpts := apiOptions(c, rec, log, m)
+	if o := redirectOption(cfg, st); o != nil {
+		apiOpts = append(apiOpts, o)
+	}
+	api, err := registryapi.New(apiConfig(cfg), st, apiOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -263,7 +267,7 @@ func fillsDrain(c *cache.Cache, log *slog.Logger) Runtime {
 // RunJob runs job (a scan or verification) once in this process, against
 // the store and connectors of cfg, without NATS, and returns its report.
 func RunJob(ctx context.Context, cfg *config.Config, job string, log *slog.Logger) (*jobs.Report, error) {
-	st, err := openStore(cfg)
+	st, err := OpenStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -380,11 +384,19 @@ func lockRun(cfg *config.Config) ([]*dirLock, error) {
 	return locks, nil
 }
 
-// openStore creates data_dir readable by regwarm's user only (when it does
-// not exist yet) and opens the store with the configured modes.
-func openStore(cfg *config.Config) (*store.FS, error) {
+// OpenStore creates data_dir readable by regwarm's user only (when it does
+// not exist yet) and opens the configured store: S3 (with its local spool
+// under data_dir) or the filesystem with the configured modes.
+func OpenStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	if s3 := cfg.Storage.S3; s3 != nil {
+		id, secret := s3.Credentials()
+		return store.NewS3(ctx, store.S3Options{
+			Bucket: s3.Bucket, Prefix: s3.Prefix, Region: s3.Region, Endpoint: s3.Endpoint, PathStyle: s3.PathStyle,
+			AccessKeyID: id, SecretAccessKey: secret, LocalDir: filepath.Join(cfg.DataDir, "s3-local"),
+		}, store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()), store.WithMetadataTTL(s3.MetadataTTLOrDefault()))
 	}
 	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable),
 		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()), store.WithTouchGrain(touchGrain(cfg)))
@@ -466,4 +478,23 @@ func natsConnAuth(c config.NATS) events.Auth {
 		a.Password = os.Getenv(c.PasswordEnv)
 	}
 	return a
+}
+
+// storeName says where the store is, for the start-up log line.
+func storeName(cfg *config.Config) string {
+	if s3 := cfg.Storage.S3; s3 != nil {
+		return "s3://" + s3.Bucket + "/" + strings.Trim(s3.Prefix, "/")
+	}
+	return cfg.StoreRoot()
+}
+
+// redirectOption is the API option of storage.s3.redirect: warm blob GETs
+// answered with presigned URLs of st. It returns nil when redirects are
+// off or st cannot presign.
+func redirectOption(cfg *config.Config, st store.Store) registryapi.Option {
+	p, ok := st.(store.Presigner)
+	if !ok || cfg.Storage.S3 == nil || !cfg.Storage.S3.Redirect {
+		return nil
+	}
+	return registryapi.WithRedirect(p)
 }

@@ -4,19 +4,25 @@
 #
 #   e2e/conformance.sh                              build regwarm, start `regwarm serve`, test it
 #   CONFORMANCE_TARGET=127.0.0.1:5000 e2e/conformance.sh   test a registry that is already running
+#   CONFORMANCE_STORAGE=s3 e2e/conformance.sh       the same on the S3 store: starts versitygw, makes a
+#                                                   bucket, runs `regwarm serve` with storage.s3
 #
 # Environment:
 #   REGWARM_BIN          use this regwarm binary instead of building one
 #   CONFORMANCE          the conformance binary (default: conformance on PATH)
 #   CONFORMANCE_RESULTS  keep junit.xml/report.html/results.yaml in this directory
 #   CONFORMANCE_REPO1/2  repositories (default conformance/repo1, conformance/repo2)
+#   CONFORMANCE_STORAGE  filesystem (default) or s3
+#   VERSITYGW            the versitygw binary for s3 (default: versitygw on PATH, else $(go env GOPATH)/bin)
 # Exit status: 0 when every test passed, 1 on any failure, 2 on a setup error.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/regwarm-conformance.XXXXXX")
 regwarm_pid=""
+s3_pid=""
 keep_work=0
+storage=${CONFORMANCE_STORAGE:-filesystem}
 
 cleanup() {
 	if [[ -n $regwarm_pid ]] && kill -0 "$regwarm_pid" 2>/dev/null; then
@@ -24,6 +30,7 @@ cleanup() {
 		for _ in $(seq 100); do kill -0 "$regwarm_pid" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$regwarm_pid" 2>/dev/null || true
 	fi
+	if [[ -n $s3_pid ]]; then kill -KILL "$s3_pid" 2>/dev/null || true; wait "$s3_pid" 2>/dev/null || true; fi
 	if ((keep_work)); then echo "conformance: kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -53,6 +60,46 @@ free_port() {
 	die "no free port"
 }
 
+# start_s3 starts versitygw on a free port over $work/s3 and creates bucket
+# "regwarm" (curl signs the request); it sets storage_yaml and the key env.
+start_s3() {
+	local gw=${VERSITYGW:-}
+	if [[ -z $gw ]]; then
+		gw=$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")
+	fi
+	[[ -x $gw ]] || die "versitygw not found; install it with: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0"
+	command -v curl >/dev/null || die "curl not found (needed to create the bucket)"
+	local port status
+	port=$(free_port)
+	mkdir -p "$work/s3"
+	export REGWARM_S3_KEY=conformancekey REGWARM_S3_SECRET=conformancesecret123
+	ROOT_ACCESS_KEY=$REGWARM_S3_KEY ROOT_SECRET_KEY=$REGWARM_S3_SECRET \
+		"$gw" --port "127.0.0.1:$port" --access "$REGWARM_S3_KEY" --secret "$REGWARM_S3_SECRET" posix "$work/s3" \
+		>"$work/versitygw.log" 2>&1 &
+	s3_pid=$!
+	for _ in $(seq 200); do
+		status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" \
+			--user "$REGWARM_S3_KEY:$REGWARM_S3_SECRET" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' \
+			"http://127.0.0.1:$port/regwarm" || true)
+		if [[ $status == 200 ]]; then
+			echo "conformance: versitygw (pid $s3_pid) on 127.0.0.1:$port, bucket regwarm"
+			storage_yaml="storage: {s3: {bucket: regwarm, endpoint: \"http://127.0.0.1:$port\", path_style: true, access_key_id_env: REGWARM_S3_KEY, secret_access_key_env: REGWARM_S3_SECRET}}"
+			return
+		fi
+		kill -0 "$s3_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	tail -n 20 "$work/versitygw.log" >&2 || true
+	die "versitygw did not start or the bucket could not be created"
+}
+
+storage_yaml=""
+case $storage in
+filesystem) ;;
+s3) [[ -z ${CONFORMANCE_TARGET:-} ]] || die "CONFORMANCE_STORAGE=s3 starts its own regwarm; unset CONFORMANCE_TARGET"; start_s3 ;;
+*) die "CONFORMANCE_STORAGE must be filesystem or s3" ;;
+esac
+
 # start_regwarm builds (unless REGWARM_BIN) and starts regwarm serve; sets target.
 start_regwarm() {
 	local bin=${REGWARM_BIN:-}
@@ -74,6 +121,7 @@ start_regwarm() {
 			registries:
 			  - {name: local, default: true, push: true}
 			  - {name: conformance, push: true}
+			$storage_yaml
 		EOF
 		"$bin" serve --config "$work/regwarm.yaml" >"$work/regwarm.log" 2>&1 &
 		regwarm_pid=$!
@@ -82,7 +130,7 @@ start_regwarm() {
 			status=$(http_status "$port" /v2/ || true)
 			if [[ $status == 200 || $status == 401 ]]; then
 				target=127.0.0.1:$port
-				echo "conformance: regwarm serve (pid $regwarm_pid) on $target"
+				echo "conformance: regwarm serve (pid $regwarm_pid) on $target, $(grep -o 'store=[^ ]*' "$work/regwarm.log" | head -n 1)"
 				return
 			fi
 			sleep 0.1
@@ -125,7 +173,7 @@ if [[ ! -s $junit ]]; then
 fi
 attr() { grep -o '<testsuites[^>]*>' "$junit" | grep -o " $1=\"[0-9]*\"" | grep -o '[0-9]\+' || echo 0; }
 tests=$(attr tests) failures=$(attr failures) errors=$(attr errors) skipped=$(attr skipped) disabled=$(attr disabled)
-echo "conformance: tests=$tests failures=$failures errors=$errors skipped=$skipped disabled=$disabled"
+echo "conformance: storage=$storage tests=$tests failures=$failures errors=$errors skipped=$skipped disabled=$disabled"
 
 if ((failures + errors > 0 || rc != 0)); then
 	sed -n '/^API conformance:/,$p' "$work/out.txt" | grep -E 'conformance:$|FAIL' || true

@@ -29,6 +29,24 @@ type Handler struct {
 	metrics *metrics.Set
 	auth    *authenticator // nil: no authentication
 	pulls   PullSink       // nil: pulls are not recorded
+	// redirect presigns warm blob GETs (storage.s3.redirect); nil: the
+	// bytes are served here.
+	redirect store.Presigner
+}
+
+// redirectExpiry is how long a presigned blob URL stays valid.
+const redirectExpiry = 20 * time.Minute
+
+// WithRedirect answers GETs of stored blobs with a 307 to a URL from p
+// (HEAD still answers here); blobs not stored yet are served as always.
+func WithRedirect(p store.Presigner) Option {
+	return func(h *Handler) error {
+		if p == nil {
+			return errors.New("registryapi: nil presigner")
+		}
+		h.redirect = p
+		return nil
+	}
 }
 
 // PullSink is told of every client manifest GET (by tag or digest) that

@@ -41,6 +41,18 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) *api
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
+	if h.redirect != nil {
+		u, err := h.redirect.PresignBlob(ctx, rt.repo, d, redirectExpiry)
+		if err == nil {
+			hd.Set("Docker-Content-Digest", d.String())
+			hd.Set("Location", u.String())
+			w.WriteHeader(http.StatusTemporaryRedirect)
+			return nil
+		}
+		if !errors.Is(err, store.ErrBlobUnknown) {
+			h.log.Debug("blob redirect failed, serving it", "registry", rt.repo.Registry, "repo", rt.repo.Name, "digest", d, "error", err)
+		}
+	}
 	b, err := rt.read.OpenBlob(ctx, rt.repo, d)
 	if err != nil {
 		return h.fail(r, rt, err)

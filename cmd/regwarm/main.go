@@ -32,6 +32,7 @@ commands:
   verify        one-shot integrity check of stored content (exit 1 on problems)
   gc            one-shot retention + garbage collection (--dry-run: list only)
   usage         bytes per registry and repository, tags, last pulled
+  migrate       copy a filesystem store into the configured (S3) store
   config check  validate and print the effective config, listing every problem
   version       print version and build info
 
@@ -69,6 +70,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return oneShot("gc", jobs.JobGC, args[1:], stdout, stderr)
 	case "usage":
 		return usageCmd(args[1:], stdout, stderr)
+	case "migrate":
+		return migrateCmd(args[1:], stdout, stderr)
 	case "config":
 		if len(args) >= 2 && isHelp(args[1]) {
 			fmt.Fprint(stdout, "usage: regwarm config check [flags]\n\nrun \"regwarm config check -h\" for its flags\n")
@@ -305,6 +308,25 @@ func usageCmd(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return printUsage(ctx, cfg, *registry, *format, stdout, stderr)
+}
+
+func migrateCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("migrate", "regwarm migrate --from DIR [flags]",
+		"copy a filesystem store (DIR, e.g. <old data_dir>/store) into the configured store (storage.s3):\n"+
+			"blobs, manifests, tags, referrers and last pulls, verified as every write. Content already\n"+
+			"there is skipped, so run it once live and once more with serve stopped. Exit 0, 2 error.")
+	cfgPath := configFlag(fs)
+	from := fs.String("from", "", "root of the filesystem store to copy (required)")
+	var o config.Overrides
+	registerOverrides(fs, &o, "data-dir", "log-level")
+	registerIgnored(fs)
+	cfg, code, ok := parseAndLoad(fs, args, cfgPath, &o, stdout, stderr)
+	if !ok {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return migrateStore(ctx, cfg, *from, stdout, stderr)
 }
 
 // parseAndLoad parses a one-shot command's flags and loads its config; when

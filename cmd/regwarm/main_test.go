@@ -38,6 +38,7 @@ func TestHelp(t *testing.T) {
 		{[]string{"scan", "-h"}, []string{"config", "data-dir", "log-level", "format", "output"}},
 		{[]string{"verify", "-h"}, []string{"config", "data-dir", "log-level", "format", "output", "repair"}},
 		{[]string{"config", "check", "-h"}, []string{"config", "listen", "metrics-listen", "data-dir", "nats-url", "log-level", "probe"}},
+		{[]string{"migrate", "-h"}, []string{"config", "data-dir", "log-level"}},
 		{[]string{"version", "-h"}, nil},
 		{[]string{"config", "-h"}, nil},
 	} {

@@ -11,7 +11,6 @@ import (
 	"github.com/regwarm/regwarm/daemon"
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/events"
-	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/jobs"
 )
 
@@ -121,7 +120,7 @@ func printUsage(ctx context.Context, cfg *config.Config, registry, format string
 		fmt.Fprintln(stderr, "regwarm usage: --format must be text or json")
 		return exitError
 	}
-	st, err := store.NewFS(cfg.StoreRoot())
+	st, err := daemon.OpenStore(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm usage: %v\n", err)
 		return exitError

@@ -143,6 +143,13 @@ type Regwarm struct {
 // uses {{.MetricsAddr}}) and /v2/ on the API answer.
 func StartRegwarm(t testing.TB, mode, cfgYAML string) *Regwarm {
 	t.Helper()
+	return StartRegwarmEnv(t, mode, cfgYAML, nil)
+}
+
+// StartRegwarmEnv is StartRegwarm with env ("NAME=value") added to the
+// process's environment (credentials the config names by variable).
+func StartRegwarmEnv(t testing.TB, mode, cfgYAML string, env []string) *Regwarm {
+	t.Helper()
 	if mode != "serve" && mode != "run" {
 		t.Fatalf("StartRegwarm: mode %q, want serve or run", mode)
 	}
@@ -166,7 +173,7 @@ func StartRegwarm(t testing.TB, mode, cfgYAML string) *Regwarm {
 		r.Process = startStandin(t, cfg, vars)
 		r.MetricsAddr = ""
 	} else {
-		r.Process = StartProcess(t, "regwarm-"+mode, nil, RegwarmBinary(t), mode, "--config", r.ConfigPath)
+		r.Process = StartProcess(t, "regwarm-"+mode, env, RegwarmBinary(t), mode, "--config", r.ConfigPath)
 	}
 	r.waitReady()
 	return r

@@ -27,6 +27,13 @@ type Worker struct {
 // JetStream setup to have succeeded. Workers need the regwarm target.
 func StartWorker(t testing.TB, name, cfgYAML string, vars ConfigVars) *Worker {
 	t.Helper()
+	return StartWorkerEnv(t, name, cfgYAML, vars, nil)
+}
+
+// StartWorkerEnv is StartWorker with env ("NAME=value") added to the
+// process's environment.
+func StartWorkerEnv(t testing.TB, name, cfgYAML string, vars ConfigVars, env []string) *Worker {
+	t.Helper()
 	if Target != TargetRegwarm {
 		t.Fatalf("StartWorker: the %s stand-in has no worker", Target)
 	}
@@ -54,7 +61,7 @@ func StartWorker(t testing.TB, name, cfgYAML string, vars ConfigVars) *Worker {
 	if err := os.WriteFile(w.ConfigPath, cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w.Process = StartProcess(t, name, nil, RegwarmBinary(t), "worker", "--config", w.ConfigPath)
+	w.Process = StartProcess(t, name, env, RegwarmBinary(t), "worker", "--config", w.ConfigPath)
 	waitStart(t, w.Process, w.readyURL(), ReadyTimeout, http.StatusOK)
 	return w
 }

@@ -68,9 +68,50 @@ type Metrics struct {
 	Listen string `yaml:"listen"`
 }
 
-// Storage selects the content store backend.
+// Storage selects the content store backend: the filesystem, or S3 when
+// S3 is set.
 type Storage struct {
 	Filesystem Filesystem `yaml:"filesystem"`
+	S3         *S3        `yaml:"s3"`
+}
+
+// S3 is the S3 store backend: the whole store in one bucket that any number
+// of serve and worker processes share. Credentials come from the named
+// environment variables, else from the AWS default chain; they are never
+// in the file.
+type S3 struct {
+	Bucket             string `yaml:"bucket"`
+	Prefix             string `yaml:"prefix"`     // key prefix; "a/b" and "a/b/" mean the same
+	Region             string `yaml:"region"`     // default us-east-1
+	Endpoint           string `yaml:"endpoint"`   // http(s)://host[:port] of an S3-compatible server; empty: AWS
+	PathStyle          bool   `yaml:"path_style"` // bucket in the path, not the host name
+	AccessKeyIDEnv     string `yaml:"access_key_id_env"`
+	SecretAccessKeyEnv string `yaml:"secret_access_key_env"`
+	// Redirect answers warm blob GETs with a redirect to a presigned URL.
+	Redirect bool `yaml:"redirect"`
+	// MetadataTTL is how long a process trusts the tags and manifest links
+	// it read; nil means one second, 0 reads the bucket every time.
+	MetadataTTL *Duration `yaml:"metadata_ttl"`
+}
+
+// DefaultS3MetadataTTL is storage.s3.metadata_ttl when unset.
+const DefaultS3MetadataTTL = time.Second
+
+// MetadataTTLOrDefault returns metadata_ttl, or its default when unset.
+func (s *S3) MetadataTTLOrDefault() time.Duration {
+	if s.MetadataTTL == nil {
+		return DefaultS3MetadataTTL
+	}
+	return s.MetadataTTL.D()
+}
+
+// Credentials returns the static credentials named by the env settings,
+// or two empty strings when none are named (the AWS default chain).
+func (s *S3) Credentials() (accessKeyID, secretAccessKey string) {
+	if s.AccessKeyIDEnv == "" && s.SecretAccessKeyEnv == "" {
+		return "", ""
+	}
+	return os.Getenv(s.AccessKeyIDEnv), os.Getenv(s.SecretAccessKeyEnv)
 }
 
 // Filesystem is the filesystem store backend.

@@ -26,6 +26,7 @@ const (
 	defaultGCDelay          = Duration(time.Hour)
 	defaultRegistry         = "local"
 	defaultUploadExpiry     = 24 * time.Hour
+	defaultS3Region         = "us-east-1"
 	defaultMaxUploads       = 100
 	// DefaultMaxManifestEntries is connectors[].max_manifest_entries when unset.
 	DefaultMaxManifestEntries = 1000
@@ -57,7 +58,15 @@ func (c *Config) ApplyDefaults() {
 		c.Serve.UploadExpiry = Duration(defaultUploadExpiry)
 	}
 	setInt(&c.Serve.MaxUploads, defaultMaxUploads)
-	setString(&c.Storage.Filesystem.Root, storeRoot(c.DataDir))
+	if c.Storage.S3 == nil {
+		setString(&c.Storage.Filesystem.Root, storeRoot(c.DataDir))
+	} else {
+		setString(&c.Storage.S3.Region, defaultS3Region)
+		if c.Storage.S3.MetadataTTL == nil {
+			ttl := Duration(DefaultS3MetadataTTL)
+			c.Storage.S3.MetadataTTL = &ttl
+		}
+	}
 	setString(&c.NATS.Embedded.Listen, defaultNATSListen)
 	setString(&c.NATS.Embedded.StoreDir, natsStoreDir(c.DataDir))
 	setString(&c.NATS.SubjectPrefix, defaultSubjectPrefix)

@@ -25,6 +25,20 @@ func (c *Config) CheckSecrets() error {
 			add("nats.password_env", n.PasswordEnv, "environment variable is empty")
 		}
 	}
+	if s3 := c.Storage.S3; s3 != nil {
+		for _, f := range []struct{ path, name string }{
+			{"storage.s3.access_key_id_env", s3.AccessKeyIDEnv}, {"storage.s3.secret_access_key_env", s3.SecretAccessKeyEnv},
+		} {
+			if f.name == "" {
+				continue
+			}
+			if v, ok := os.LookupEnv(f.name); !ok {
+				add(f.path, f.name, "environment variable is not set")
+			} else if v == "" {
+				add(f.path, f.name, "environment variable is empty")
+			}
+		}
+	}
 	for i := range c.Connectors {
 		cn := &c.Connectors[i]
 		if _, err := cn.Password(); err != nil {

@@ -3,7 +3,9 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"path"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,14 +100,62 @@ func (v *validator) general() {
 	case tls.CertFile == "" && tls.KeyFile != "":
 		v.add("serve.tls.cert_file", nil, "required when key_file is set")
 	}
-	if c.Storage.Filesystem.Root == "" {
-		v.add("storage.filesystem.root", nil, "required")
-	}
+	v.storage()
 	if c.Serve.UploadExpiry < 0 {
 		v.add("serve.upload_expiry", c.Serve.UploadExpiry, "must be positive")
 	}
 	if c.Serve.MaxUploads < 0 {
 		v.add("serve.max_uploads", c.Serve.MaxUploads, "must be positive")
+	}
+}
+
+// bucketRE is an S3 bucket name.
+var bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+
+// envRE is an environment variable name.
+var envRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// storage checks the one configured store backend.
+func (v *validator) storage() {
+	st := v.c.Storage
+	if st.S3 == nil {
+		if st.Filesystem.Root == "" {
+			v.add("storage.filesystem.root", nil, "required")
+		}
+		return
+	}
+	if st.Filesystem.Root != "" || st.Filesystem.GroupReadable {
+		v.add("storage", nil, "set exactly one of filesystem and s3")
+	}
+	s := st.S3
+	if s.Bucket == "" {
+		v.add("storage.s3.bucket", nil, "required")
+	} else if !bucketRE.MatchString(s.Bucket) || strings.Contains(s.Bucket, "..") {
+		v.add("storage.s3.bucket", s.Bucket, "must be 3-63 characters of a-z, 0-9, '.' and '-'")
+	}
+	if s.Endpoint != "" {
+		u, err := url.Parse(s.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.User != nil {
+			v.add("storage.s3.endpoint", s.Endpoint, "must be http(s)://host[:port]")
+		}
+	}
+	if p := strings.Trim(s.Prefix, "/"); strings.Contains(p, "//") || slices.Contains(strings.Split(p, "/"), "..") ||
+		strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
+		v.add("storage.s3.prefix", s.Prefix, "must be a path of non-empty segments without '..'")
+	}
+	if ttl := s.MetadataTTLOrDefault(); ttl < 0 || ttl > time.Minute {
+		v.add("storage.s3.metadata_ttl", s.MetadataTTL.D(), "must be between 0s and 1m")
+	}
+	if (s.AccessKeyIDEnv == "") != (s.SecretAccessKeyEnv == "") {
+		v.add("storage.s3.secret_access_key_env", s.SecretAccessKeyEnv, "set both access_key_id_env and secret_access_key_env, or neither (AWS default chain)")
+	}
+	for _, f := range []struct{ path, name string }{
+		{"storage.s3.access_key_id_env", s.AccessKeyIDEnv}, {"storage.s3.secret_access_key_env", s.SecretAccessKeyEnv},
+	} {
+		if f.name != "" && !envRE.MatchString(f.name) {
+			v.add(f.path, f.name, "must be an environment variable name")
+		}
 	}
 }
 

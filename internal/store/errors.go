@@ -20,3 +20,7 @@ var (
 	// ErrDigestMismatch too, and its kind is fault.Corrupt.
 	ErrCorrupt = fault.New(fault.Corrupt, "stored content is corrupt")
 )
+
+// ErrUnavailable is a storage backend that cannot be reached or failed
+// (an S3 request error): a fault of ours, retried later.
+var ErrUnavailable = fault.New(fault.Unavailable, "storage unavailable")

@@ -117,6 +117,22 @@ type options struct {
 	groupReadable bool
 	uploadExpiry  time.Duration
 	touchGrain    time.Duration
+	metaTTL       time.Duration // S3 only
+	metaTTLSet    bool
+}
+
+// WithMetadataTTL sets how long the S3 store trusts the tags and manifest
+// links it read (0: read the bucket on every request). Writes through the
+// same store are seen at once; other processes' writes within d. The
+// default is one second; the filesystem store ignores it.
+func WithMetadataTTL(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("%w: metadata TTL %v must not be negative", ErrInvalid, d)
+		}
+		o.metaTTL, o.metaTTLSet = d, true
+		return nil
+	}
 }
 
 // WithUploadExpiry makes upload sessions idle (no chunk received) for d

@@ -25,10 +25,29 @@ func (f *FS) Spool(ctx context.Context, d digest.Digest, size int64) (Spool, err
 	if err != nil {
 		return nil, err
 	}
-	s := &fsSpool{fs: f, file: tmp, d: d, size: size, h: d.Algorithm().Hash(),
-		chunks: make(chan []*[]byte, 2), hashed: make(chan struct{})}
+	commit := func(_ context.Context, _ Repo, file *os.File) error {
+		if err := file.Sync(); err != nil {
+			return fmt.Errorf("write blob %s: %w", d, err)
+		}
+		if err := f.install(file.Name(), f.blobPath(d)); err != nil {
+			return err
+		}
+		return nil
+	}
+	link := func(_ context.Context, repo Repo) error { return f.link(repo, d) }
+	return newFileSpool(tmp, d, size, commit, link, false), nil
+}
+
+// newFileSpool starts a spool writing into file. commit makes the verified
+// file the stored blob and link links it into a repository; with
+// discard, the file is removed at Close even after a commit (a backend
+// that copied it elsewhere).
+func newFileSpool(file *os.File, d digest.Digest, size int64, commit func(context.Context, Repo, *os.File) error,
+	link func(context.Context, Repo) error, discard bool) *fsSpool {
+	s := &fsSpool{file: file, d: d, size: size, h: d.Algorithm().Hash(), commitFn: commit, linkFn: link,
+		discard: discard, chunks: make(chan []*[]byte, 2), hashed: make(chan struct{})}
 	go s.hashLoop()
-	return s, nil
+	return s
 }
 
 // fsSpool hashes in its own goroutine, so hashing overlaps with receiving
@@ -36,10 +55,13 @@ func (f *FS) Spool(ctx context.Context, d digest.Digest, size int64) (Spool, err
 // three, not of their sum. Written chunks go to it in batches of about
 // hashBatch bytes, which keeps the hand-offs (and goroutine wake-ups) few.
 type fsSpool struct {
-	fs   *FS
 	file *os.File
 	d    digest.Digest
 	size int64
+
+	commitFn func(context.Context, Repo, *os.File) error
+	linkFn   func(context.Context, Repo) error
+	discard  bool // remove the file at Close even after a commit
 
 	h      hash.Hash      // owned by hashLoop until hashed is closed
 	chunks chan []*[]byte // batches of written bytes, for hashLoop
@@ -228,14 +250,11 @@ func (s *fsSpool) Commit(ctx context.Context, repo Repo) error {
 	if err := s.verifyLocked(); err != nil {
 		return err
 	}
-	if err := s.file.Sync(); err != nil {
-		return fmt.Errorf("write blob %s: %w", s.d, err)
-	}
-	if err := s.fs.install(s.file.Name(), s.fs.blobPath(s.d)); err != nil {
+	if err := s.commitFn(ctx, repo, s.file); err != nil {
 		return err
 	}
 	s.committed = true
-	return s.fs.link(repo, s.d)
+	return s.linkFn(ctx, repo)
 }
 
 func (s *fsSpool) Close() error {
@@ -247,7 +266,7 @@ func (s *fsSpool) Close() error {
 	s.stopHashing()
 	s.closed = true
 	err := s.file.Close()
-	if !s.committed {
+	if !s.committed || s.discard {
 		_ = os.Remove(s.file.Name())
 	}
 	return err

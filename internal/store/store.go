@@ -9,6 +9,7 @@ package store
 import (
 	"context"
 	"io"
+	"net/url"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -279,4 +280,13 @@ type Collector interface {
 	// RecoverRemovals undoes removals a crash interrupted (the items come
 	// back; the next collection decides again) and returns how many.
 	RecoverRemovals(ctx context.Context) (int, error)
+}
+
+// Presigner is an optional store ability used when blob redirects are on:
+// a time-limited URL from which a client reads a blob straight from the
+// backend.
+type Presigner interface {
+	// PresignBlob returns a URL of blob d valid for expiry, when d is
+	// linked in repo and its content stored; ErrBlobUnknown otherwise.
+	PresignBlob(ctx context.Context, repo Repo, d digest.Digest, expiry time.Duration) (*url.URL, error)
 }
