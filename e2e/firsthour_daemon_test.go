@@ -62,7 +62,7 @@ func TestRunEmbeddedNATSFailsFast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer busy.Close()
+	defer func() { _ = busy.Close() }() // only holds the port
 	fileAsStore := filepath.Join(t.TempDir(), "data")
 	if err := os.MkdirAll(fileAsStore, 0o700); err != nil {
 		t.Fatal(err)

@@ -50,7 +50,7 @@ func TestWebhookDistributionWarmsBeforeAnyPull(t *testing.T) {
 			t.Errorf("a client pulled from the upstream: %s %s (%s)", r.Method, r.Path, r.Agent)
 		}
 	}
-	up.Stop()
+	_ = up.Stop() // docker-registry dies by SIGTERM; it is down either way
 	out := filepath.Join(t.TempDir(), "v1")
 	harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+rw.Addr+"/hub/"+repo+":v1", "oci:"+out+":v1")
 	harness.AssertSameLayout(t, v1, out)
@@ -71,7 +71,7 @@ func TestWebhookDistributionWarmsBeforeAnyPull(t *testing.T) {
 	warm = time.Since(pushed)
 	t.Logf("v2 under the same tag (tag_ttl 1h): push finished -> tag moved in %s, fully warm in %s",
 		moved.Round(time.Millisecond), warm.Round(time.Millisecond))
-	up.Stop()
+	_ = up.Stop() // docker-registry dies by SIGTERM; it is down either way
 	out = filepath.Join(t.TempDir(), "v2")
 	harness.Skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+rw.Addr+"/hub/"+repo+":v1", "oci:"+out+":v1")
 	harness.AssertSameLayout(t, v2, out)

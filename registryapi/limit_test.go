@@ -132,7 +132,9 @@ func TestBodyIdleTimeout(t *testing.T) {
 	// Stalled: half the body, then nothing.
 	c := dialFrom(t, "127.0.0.1", port)
 	req(c)
-	io.WriteString(c, data[:8])
+	if _, err := io.WriteString(c, data[:8]); err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	_ = c.SetReadDeadline(time.Now().Add(6 * time.Second))
 	res, err := http.ReadResponse(bufio.NewReader(c), nil)

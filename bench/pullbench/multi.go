@@ -98,7 +98,7 @@ func (e *env) skopeoPullPlatform(m *multiImage, host string) (time.Duration, err
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(out)
+	defer func() { _ = os.RemoveAll(out) }() // scratch output; a leftover is harmless
 	ref := host + "/" + m.repo + ":" + m.tag
 	argv := append(e.onCPU(clientCPU), "skopeo", "--override-os", "linux", "--override-arch", "amd64", "copy", "--quiet",
 		"--src-tls-verify=false", "docker://"+ref, "oci:"+out+":"+m.tag)

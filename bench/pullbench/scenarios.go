@@ -147,7 +147,7 @@ func (e *env) skopeoPull(im *image, host string) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(out)
+	defer func() { _ = os.RemoveAll(out) }() // scratch output; a leftover is harmless
 	argv := append(e.onCPU(clientCPU), "skopeo", "copy", "--quiet", "--src-tls-verify=false",
 		"docker://"+im.ref(host), "oci:"+out+":"+im.tag)
 	cmd := exec.CommandContext(e.ctx, argv[0], argv[1:]...)

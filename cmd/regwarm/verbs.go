@@ -88,19 +88,25 @@ func runJobOnce(ctx context.Context, cfg *config.Config, job, format, output str
 		return exitError
 	}
 	w := stdout
+	var file *os.File
 	if output != "" {
-		f, err := os.Create(output)
+		file, err = os.Create(output)
 		if err != nil {
 			fmt.Fprintf(stderr, "regwarm %s: %v\n", job, err)
 			return exitError
 		}
-		defer f.Close()
-		w = f
+		w = file
 	}
 	if format == "json" {
 		err = rep.WriteJSON(w)
 	} else {
 		err = rep.WriteText(w)
+	}
+	if file != nil {
+		// A failed Close can lose the report's last bytes: it counts.
+		if cerr := file.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm %s: writing report: %v\n", job, err)

@@ -282,7 +282,9 @@ func FreePort(t testing.TB) int {
 			t.Fatalf("free port: %v", err)
 		}
 		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
+		if err := l.Close(); err != nil {
+			t.Fatalf("free port: %v", err)
+		}
 		if _, dup := usedPorts.LoadOrStore(port, true); !dup {
 			return port
 		}

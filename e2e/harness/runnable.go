@@ -38,7 +38,7 @@ func helloBinary() ([]byte, error) {
 			hello.err = err
 			return
 		}
-		defer os.RemoveAll(dir)
+		defer func() { _ = os.RemoveAll(dir) }() // build scratch; a leftover is harmless
 		if err := os.WriteFile(filepath.Join(dir, "hello.go"), []byte(helloSource), 0o644); err != nil {
 			hello.err = err
 			return

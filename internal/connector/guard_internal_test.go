@@ -16,7 +16,7 @@ func TestGuardDialChecksResolvedAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	public := newGuard(&url.URL{Scheme: "https", Host: "registry.example"}, false, nil, PrivateAddr)
 	if _, err := public.dialContext(t.Context(), "tcp", "localhost:"+port); !errors.Is(err, ErrRefused) {

@@ -64,7 +64,7 @@ func newCatcher(t *testing.T, ip string, tls bool) *catcher {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Listener.Close()
+	_ = c.Listener.Close() // never served; replaced by ln
 	c.Listener = ln
 	if tls {
 		c.StartTLS()

@@ -387,8 +387,9 @@ func (u *Upstream) HeadBlob(ctx context.Context, repo string, d digest.Digest) (
 	if err := u.settle(ctx, KindBlob, o, err); err != nil {
 		return 0, err
 	}
-	defer r.Close()
-	return r.GetDescriptor().Size, nil
+	size := r.GetDescriptor().Size
+	_ = r.Close() // a HEAD answer has no body to lose
+	return size, nil
 }
 
 // GetBlob opens a blob. The body streams from the upstream unverified; the

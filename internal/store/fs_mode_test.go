@@ -105,7 +105,7 @@ func fill(t *testing.T, s *store.FS) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sp.Close()
+	defer func() { _ = sp.Close() }() // discards the spool if a check failed first
 	if _, err := sp.Write(spooled); err != nil {
 		t.Fatal(err)
 	}
