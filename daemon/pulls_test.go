@@ -41,7 +41,11 @@ connectors:
 	}
 	m := metrics.New(prometheus.NewRegistry(), labels(cfg))
 	log := slog.New(slog.DiscardHandler)
-	c, err := cache.New(cfg, st, nil, cache.WithMetrics(m))
+	cc, err := CacheConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.New(cc, st, cache.WithMetrics(m))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,9 +103,11 @@ func wire(ctx context.Context, cfg *config.Config, mode Mode, log *slog.Logger) 
 			p.add(layerBus, runFunc(func(ctx context.Context) error { pub.Run(ctx); return nil }))
 		}
 	}
-	c, err := cache.New(cfg, st,
-		[]connector.UpstreamOption{connector.WithMetrics(m), connector.WithLogger(log), connector.WithUserAgent("regwarm/" + Version)},
-		cacheOpts...)
+	cc, err := CacheConfig(cfg, connector.WithMetrics(m), connector.WithLogger(log), connector.WithUserAgent("regwarm/"+Version))
+	if err != nil {
+		return nil, err
+	}
+	c, err := cache.New(cc, st, cacheOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -264,6 +266,50 @@ func fillsDrain(c *cache.Cache, log *slog.Logger) Runtime {
 	})
 }
 
+// CacheConfig is the cache's part of cfg: its registries with their
+// connectors, upstream ones built with opts (each once, shared by the
+// registries that list it). Tests outside daemon wire caches with it too.
+func CacheConfig(cfg *config.Config, opts ...connector.UpstreamOption) (cache.Config, error) {
+	conns := map[string]cache.Connector{}
+	for _, c := range cfg.Connectors {
+		cc := cache.Connector{Name: c.Name, Registry: c.Registry, Filter: connector.Filter{Include: c.Include, Exclude: c.Exclude}}
+		if c.Registry == "" {
+			uc, err := upstreamConfig(c)
+			if err != nil {
+				return cache.Config{}, err
+			}
+			if cc.Source, err = connector.New(uc, opts...); err != nil {
+				return cache.Config{}, err
+			}
+		}
+		conns[c.Name] = cc
+	}
+	var out cache.Config
+	for _, r := range cfg.Registries {
+		reg := cache.Registry{Name: r.Name, TagTTL: r.TagTTL.D(), Push: r.Push}
+		for _, name := range r.Connectors {
+			cc, ok := conns[name]
+			if !ok {
+				return cache.Config{}, fmt.Errorf("registry %s: unknown connector %s", r.Name, name)
+			}
+			reg.Connectors = append(reg.Connectors, cc)
+		}
+		out.Registries = append(out.Registries, reg)
+	}
+	return out, nil
+}
+
+// upstreamConfig is the settings of upstream connector c, its password
+// read (password_env or password_file).
+func upstreamConfig(c config.Connector) (connector.Config, error) {
+	pass, err := c.Password()
+	if err != nil {
+		return connector.Config{}, err
+	}
+	return connector.Config{Name: c.Name, URL: c.URL, Host: c.Host, Username: c.Username, Password: pass,
+		Filter: connector.Filter{Include: c.Include, Exclude: c.Exclude}, Concurrency: c.Concurrency, AuthHosts: c.AuthHosts}, nil
+}
+
 // RunJob runs job (a scan or verification) once in this process, against
 // the store and connectors of cfg, without NATS, and returns its report.
 func RunJob(ctx context.Context, cfg *config.Config, job string, log *slog.Logger) (*jobs.Report, error) {
@@ -272,8 +318,11 @@ func RunJob(ctx context.Context, cfg *config.Config, job string, log *slog.Logge
 		return nil, err
 	}
 	m := metrics.New(prometheus.NewRegistry(), labels(cfg))
-	c, err := cache.New(cfg, st, []connector.UpstreamOption{connector.WithMetrics(m), connector.WithLogger(log)},
-		cache.WithLogger(log), cache.WithMetrics(m))
+	cc, err := CacheConfig(cfg, connector.WithMetrics(m), connector.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	c, err := cache.New(cc, st, cache.WithLogger(log), cache.WithMetrics(m))
 	if err != nil {
 		return nil, err
 	}

@@ -111,7 +111,11 @@ func (e *workerEnv) newBus(owner string) *bus {
 func (e *workerEnv) newCache(b *bus, opts ...cache.Option) *cache.Cache {
 	e.t.Helper()
 	opts = append([]cache.Option{cache.WithMetrics(e.m), cache.WithLeases(b)}, opts...)
-	c, err := cache.New(e.cfg, e.store, []connector.UpstreamOption{connector.WithMetrics(e.m)}, opts...)
+	cc, err := CacheConfig(e.cfg, connector.WithMetrics(e.m))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := cache.New(cc, e.store, opts...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

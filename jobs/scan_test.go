@@ -20,7 +20,6 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/store"
@@ -67,10 +66,7 @@ func (f *scanFixture) config(yaml string) *config.Config {
 // (through the pull-through cache's Source).
 func (f *scanFixture) scan(cfg *config.Config, opts ...ScanOption) *Report {
 	f.t.Helper()
-	c, err := cache.New(cfg, f.st, nil)
-	if err != nil {
-		f.t.Fatal(err)
-	}
+	c := NewTestCache(f.t, cfg, f.st)
 	return f.run(NewScanner(cfg, f.st, c.Warming().Source, nil, opts...))
 }
 

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/regwarm/regwarm/internal/cache"
 	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/manifest"
 	"github.com/regwarm/regwarm/internal/store"
@@ -70,10 +69,7 @@ func TestSyncTooManyReferences(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := cache.New(cfg, st, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := NewTestCache(t, cfg, st)
 			s := NewSyncer(cfg, c)
 			tgt, err := s.Resolve(Request{Image: "hub/app:v1"})
 			if err != nil {

@@ -59,10 +59,7 @@ connectors:
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cache.New(cfg, st, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := jobs.NewTestCache(t, cfg, st)
 	return &verifyFixture{root: root, st: st, up: up, cfg: cfg, cache: c}
 }
 

@@ -74,7 +74,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := cache.New(cfg, st, nil)
+	c, err := cache.New(cacheConfig(b, cfg), st)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -322,7 +322,7 @@ func BenchmarkColdBlobGet(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := cache.New(cfg, st, nil)
+		c, err := cache.New(cacheConfig(b, cfg), st)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -101,7 +101,7 @@ connectors:
 	}
 	var logs logBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	c, err := cache.New(cfg, st, nil, cache.WithLogger(log), cache.WithTimeouts(time.Minute, 10*time.Second))
+	c, err := cache.New(cacheConfig(t, cfg), st, cache.WithLogger(log), cache.WithTimeouts(time.Minute, 10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

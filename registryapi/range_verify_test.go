@@ -45,7 +45,7 @@ registries:
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cache.New(cfg, st, nil, cache.WithTimeouts(time.Minute, 10*time.Second))
+	c, err := cache.New(cacheConfig(t, cfg), st, cache.WithTimeouts(time.Minute, 10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

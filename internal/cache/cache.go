@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regwarm/regwarm/internal/cache/fill"
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/metrics"
 	"github.com/regwarm/regwarm/internal/store"
@@ -161,10 +160,34 @@ func WithSources(sources map[string]connector.Source) Option {
 	}
 }
 
-// New builds the cache for cfg's registries over st. Connectors with a url
-// become regclient upstreams; connectors naming a local registry read that
-// registry through this cache.
-func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOption, opts ...Option) (*Cache, error) {
+// Config is what the cache needs of regwarm's configuration: the
+// registries it serves.
+type Config struct {
+	Registries []Registry
+}
+
+// Registry is one registry the cache serves.
+type Registry struct {
+	Name       string
+	TagTTL     time.Duration // how long a tag checked upstream stays fresh; 0: always revalidate
+	Push       bool          // clients push to it: blobs stored in it are served without a connector
+	Connectors []Connector   // tried in order
+}
+
+// Connector is one source of a registry: an upstream connector, or (Source
+// nil) the local registry Registry, read through this cache for the
+// repositories Filter allows. A connector listed by several registries is
+// shared when it has the same Name.
+type Connector struct {
+	Name     string
+	Source   connector.Source
+	Registry string
+	Filter   connector.Filter
+}
+
+// New builds the cache for cfg's registries over st. Local connectors
+// read their registry through this cache.
+func New(cfg Config, st store.Store, opts ...Option) (*Cache, error) {
 	c := &Cache{
 		store:       st,
 		regs:        map[string]*registry{},
@@ -176,7 +199,7 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 	}
 	c.serving = view{c: c, m: mode{client: true}}
 	c.warming = &Warming{view{c: c}}
-	if err := c.addRegistries(cfg, upstreamOpts); err != nil {
+	if err := c.addRegistries(cfg); err != nil {
 		return nil, err
 	}
 	for _, o := range opts {
@@ -197,33 +220,35 @@ func New(cfg *config.Config, st store.Store, upstreamOpts []connector.UpstreamOp
 	return c, nil
 }
 
-// addRegistries builds cfg's registries and their connectors: URLs
-// become regclient upstreams, local registries are read through this
-// cache (once per view).
-func (c *Cache) addRegistries(cfg *config.Config, upstreamOpts []connector.UpstreamOption) error {
+// addRegistries adds cfg's registries. A local connector is built once
+// per view: it reads its registry through the serving or warming view.
+func (c *Cache) addRegistries(cfg Config) error {
 	serving, warming := map[string]connector.Source{}, map[string]connector.Source{}
-	for _, cc := range cfg.Connectors {
-		if cc.Registry != "" {
-			f := connector.Filter{Include: cc.Include, Exclude: cc.Exclude}
-			serving[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, f, &c.serving)
-			warming[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, f, c.warming)
-			continue
-		}
-		up, err := connector.NewUpstream(cc, upstreamOpts...)
-		if err != nil {
-			return err
-		}
-		serving[cc.Name], warming[cc.Name] = up, up
-	}
 	for _, r := range cfg.Registries {
-		reg := &registry{ttl: r.TagTTL.D(), push: r.Push}
-		for _, name := range r.Connectors {
-			s, ok := serving[name]
-			if !ok {
-				return fmt.Errorf("cache: registry %s: unknown connector %s", r.Name, name)
+		if r.Name == "" {
+			return errors.New("cache: registry without a name")
+		}
+		if _, dup := c.regs[r.Name]; dup {
+			return fmt.Errorf("cache: registry %s listed twice", r.Name)
+		}
+		if r.TagTTL < 0 {
+			return fmt.Errorf("cache: registry %s: negative tag ttl", r.Name)
+		}
+		reg := &registry{ttl: r.TagTTL, push: r.Push}
+		for _, cc := range r.Connectors {
+			if _, ok := serving[cc.Name]; !ok {
+				switch {
+				case cc.Source != nil:
+					serving[cc.Name], warming[cc.Name] = cc.Source, cc.Source
+				case cc.Registry != "":
+					serving[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, cc.Filter, &c.serving)
+					warming[cc.Name] = connector.NewLocal(cc.Name, cc.Registry, cc.Filter, c.warming)
+				default:
+					return fmt.Errorf("cache: registry %s: connector %q has neither a source nor a registry", r.Name, cc.Name)
+				}
 			}
-			reg.serving = append(reg.serving, s)
-			reg.warming = append(reg.warming, warming[name])
+			reg.serving = append(reg.serving, serving[cc.Name])
+			reg.warming = append(reg.warming, warming[cc.Name])
 		}
 		c.regs[r.Name] = reg
 	}

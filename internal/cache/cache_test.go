@@ -84,12 +84,43 @@ connectors:
 	if wrap != nil {
 		cst = wrap(st)
 	}
-	c, err := New(cfg, cst, []connector.UpstreamOption{connector.WithMetrics(m)}, all...)
+	c, err := New(configOf(t, cfg, connector.WithMetrics(m)), cst, all...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Wait)
 	return &fixture{t: t, up: up, store: st, cache: c, m: m, clock: clk}
+}
+
+// configOf is the cache's part of cfg, built as daemon.CacheConfig builds
+// it (daemon imports this package: its few lines are repeated here).
+func configOf(t *testing.T, cfg *config.Config, opts ...connector.UpstreamOption) Config {
+	t.Helper()
+	conns := map[string]Connector{}
+	for _, c := range cfg.Connectors {
+		cc := Connector{Name: c.Name, Registry: c.Registry, Filter: connector.Filter{Include: c.Include, Exclude: c.Exclude}}
+		if c.Registry == "" {
+			pass, err := c.Password()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc.Source, err = connector.New(connector.Config{Name: c.Name, URL: c.URL, Host: c.Host, Username: c.Username,
+				Password: pass, Filter: cc.Filter, Concurrency: c.Concurrency, AuthHosts: c.AuthHosts}, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		conns[c.Name] = cc
+	}
+	var out Config
+	for _, r := range cfg.Registries {
+		reg := Registry{Name: r.Name, TagTTL: r.TagTTL.D(), Push: r.Push}
+		for _, name := range r.Connectors {
+			reg.Connectors = append(reg.Connectors, conns[name])
+		}
+		out.Registries = append(out.Registries, reg)
+	}
+	return out
 }
 
 var hub = func(name string) store.Repo { return store.Repo{Registry: "hub", Name: name} }

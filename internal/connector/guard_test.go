@@ -10,15 +10,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 )
 
@@ -102,12 +99,8 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // connectorTo builds a connector with a password to srv.
 func connectorTo(t *testing.T, srv *httptest.Server, authHosts []string, opts ...connector.UpstreamOption) *connector.Upstream {
 	t.Helper()
-	pf := filepath.Join(t.TempDir(), "password")
-	if err := os.WriteFile(pf, []byte(password), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c := config.Connector{Name: "evil", URL: srv.URL, Username: "regwarm", PasswordFile: pf, AuthHosts: authHosts, Concurrency: 1}
-	u, err := connector.NewUpstream(c, opts...)
+	c := connector.Config{Name: "evil", URL: srv.URL, Username: "regwarm", Password: password, AuthHosts: authHosts, Concurrency: 1}
+	u, err := connector.New(c, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

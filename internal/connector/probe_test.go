@@ -8,8 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-
-	"github.com/regwarm/regwarm/internal/config"
 )
 
 // webServer answers everything like a web server that is not a registry.
@@ -83,7 +81,7 @@ func (s *syncBuffer) String() string {
 func TestNotARegistryIsLogged(t *testing.T) {
 	t.Parallel()
 	var logs syncBuffer
-	u, err := NewUpstream(config.Connector{Name: "web", URL: webServer(t).URL},
+	u, err := New(Config{Name: "web", URL: webServer(t).URL},
 		WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)

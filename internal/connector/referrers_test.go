@@ -10,7 +10,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/upstreamtest"
 )
 
@@ -36,7 +35,7 @@ func TestReferrersFallbackOncePerConnector(t *testing.T) {
 	up.NoReferrersAPI()
 	ix := up.AddIndex("app", "v1", []string{"linux/amd64", "linux/arm64"}, 100)
 	var logs bytes.Buffer
-	u, err := NewUpstream(config.Connector{Name: "up", URL: up.URL}, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	u, err := New(Config{Name: "up", URL: up.URL}, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +79,7 @@ func TestReferrersAPIProbed(t *testing.T) {
 	t.Parallel()
 	up := upstreamtest.New(t)
 	ix := up.AddIndex("app", "v1", []string{"linux/amd64", "linux/arm64"}, 100)
-	u, err := NewUpstream(config.Connector{Name: "up", URL: up.URL})
+	u, err := New(Config{Name: "up", URL: up.URL})
 	if err != nil {
 		t.Fatal(err)
 	}

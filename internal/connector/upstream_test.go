@@ -12,7 +12,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/fault"
 	"github.com/regwarm/regwarm/internal/store"
@@ -32,13 +31,13 @@ func manifestHeader(d digest.Digest, n int) http.Header {
 		"Content-Length": {strconv.Itoa(n)}}
 }
 
-func newUpstream(t *testing.T, s *script, mod func(*config.Connector)) *connector.Upstream {
+func newUpstream(t *testing.T, s *script, mod func(*connector.Config)) *connector.Upstream {
 	t.Helper()
-	c := config.Connector{Name: "up", URL: s.url, Exclude: []string{"secret/**"}}
+	c := connector.Config{Name: "up", URL: s.url, Filter: connector.Filter{Exclude: []string{"secret/**"}}}
 	if mod != nil {
 		mod(&c)
 	}
-	u, err := connector.NewUpstream(c)
+	u, err := connector.New(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,12 +351,11 @@ func TestUpstreamAnswers(t *testing.T) {
 // password into the error.
 func TestUpstreamErrorHasNoCredentials(t *testing.T) {
 	const pass = "h8-s3cret-pass"
-	t.Setenv("H8_TEST_UPSTREAM_PASSWORD", pass)
 	s := newScript(t, exchange{method: "GET", path: "/v2/app/manifests/v1", status: 401,
 		header: http.Header{"Www-Authenticate": {`Basic realm="test"`}},
 		body:   []byte(`{"errors":[{"code":"UNAUTHORIZED","message":"` + pass + `"}]}`)})
-	u := newUpstream(t, s, func(c *config.Connector) {
-		c.Username, c.PasswordEnv = "user", "H8_TEST_UPSTREAM_PASSWORD"
+	u := newUpstream(t, s, func(c *connector.Config) {
+		c.Username, c.Password = "user", pass
 	})
 	_, err := u.GetManifest(context.Background(), "app", "v1")
 	check(t, "401 with credentials", err, outcome{kind: fault.Denied, status: 401})

@@ -13,7 +13,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regwarm/regwarm/internal/cache/fill"
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/connector"
 	"github.com/regwarm/regwarm/internal/store"
 	"github.com/regwarm/regwarm/internal/upstreamtest"
@@ -53,11 +52,7 @@ type env struct {
 func newEnv(t *testing.T, cfg fill.Config) *env {
 	t.Helper()
 	up := upstreamtest.New(t)
-	c, err := config.Parse([]byte("version: 1\nregistries:\n  - {name: hub, connectors: [up]}\nconnectors:\n  - {name: up, url: \"" + up.URL + "\"}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := connector.NewUpstream(c.Connectors[0])
+	src, err := connector.New(connector.Config{Name: "up", URL: up.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
