@@ -91,7 +91,7 @@ func TestInventoryAndUsage(t *testing.T) {
 	}
 
 	cfg := f.config("registries: [{name: hub, push: true, retention: {max_bytes: 1GiB}}, {name: other, push: true}]")
-	rep, err := Usage(ctx, cfg, f.st, "")
+	rep, err := Usage(ctx, usageRegistries(cfg), f.st, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,10 +111,10 @@ func TestInventoryAndUsage(t *testing.T) {
 	if err := rep.WriteText(&text); err != nil || !strings.Contains(text.String(), "team/base") || !strings.Contains(text.String(), "budget 1.0 GiB") {
 		t.Errorf("text (%v):\n%s", err, text.String())
 	}
-	if _, err := Usage(ctx, cfg, f.st, "nope"); err == nil {
+	if _, err := Usage(ctx, usageRegistries(cfg), f.st, "nope"); err == nil {
 		t.Error("unknown registry: no error")
 	}
-	if one, err := Usage(ctx, cfg, f.st, "other"); err != nil || len(one.Registries) != 1 || one.Registries[0].Name != "other" {
+	if one, err := Usage(ctx, usageRegistries(cfg), f.st, "other"); err != nil || len(one.Registries) != 1 || one.Registries[0].Name != "other" {
 		t.Errorf("--registry other: %+v %v", one, err)
 	}
 }

@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 	"time"
 
-	"github.com/regwarm/regwarm/internal/config"
 	"github.com/regwarm/regwarm/internal/store"
 )
 
@@ -34,16 +34,20 @@ type RepoUsage struct {
 	LastPulled string `json:"last_pulled"` // RFC 3339 UTC; "" never pulled
 }
 
-// Usage reports the usage of cfg's registries, or of the one named
+// UsageRegistry is a registry a usage report covers.
+type UsageRegistry struct {
+	Name     string
+	MaxBytes int64 // retention budget; 0: none
+}
+
+// Usage reports the usage of registries, in order, or of the one named
 // registry ("" for all).
-func Usage(ctx context.Context, cfg *config.Config, st store.Store, registry string) (UsageReport, error) {
+func Usage(ctx context.Context, registries []UsageRegistry, st store.Store, registry string) (UsageReport, error) {
 	rep := UsageReport{Registries: []RegistryUsage{}}
-	if registry != "" {
-		if _, ok := cfg.Registry(registry); !ok {
-			return rep, fmt.Errorf("%w: no registry named %q", ErrUnknownRegistry, registry)
-		}
+	if registry != "" && !slices.ContainsFunc(registries, func(r UsageRegistry) bool { return r.Name == registry }) {
+		return rep, fmt.Errorf("%w: no registry named %q", ErrUnknownRegistry, registry)
 	}
-	for _, r := range cfg.Registries {
+	for _, r := range registries {
 		if registry != "" && r.Name != registry {
 			continue
 		}
@@ -51,10 +55,7 @@ func Usage(ctx context.Context, cfg *config.Config, st store.Store, registry str
 		if err != nil {
 			return rep, fmt.Errorf("usage of %s: %w", r.Name, err)
 		}
-		ru := RegistryUsage{Name: r.Name, Bytes: inv.Bytes, Repositories: []RepoUsage{}}
-		if r.Retention != nil {
-			ru.MaxBytes = int64(r.Retention.MaxBytes)
-		}
+		ru := RegistryUsage{Name: r.Name, Bytes: inv.Bytes, MaxBytes: r.MaxBytes, Repositories: []RepoUsage{}}
 		for _, repo := range inv.Repositories {
 			u := RepoUsage{Name: repo.Name, Bytes: repo.Bytes, Tags: repo.Tags}
 			if !repo.LastPulled.IsZero() {

@@ -131,7 +131,15 @@ func printUsage(ctx context.Context, cfg *config.Config, registry, format string
 		fmt.Fprintf(stderr, "regwarm usage: %v\n", err)
 		return exitError
 	}
-	rep, err := jobs.Usage(ctx, cfg, st, registry)
+	regs := make([]jobs.UsageRegistry, 0, len(cfg.Registries))
+	for _, r := range cfg.Registries {
+		u := jobs.UsageRegistry{Name: r.Name}
+		if r.Retention != nil {
+			u.MaxBytes = int64(r.Retention.MaxBytes)
+		}
+		regs = append(regs, u)
+	}
+	rep, err := jobs.Usage(ctx, regs, st, registry)
 	if err != nil {
 		fmt.Fprintf(stderr, "regwarm usage: %v\n", err)
 		return exitError

@@ -44,3 +44,17 @@ func NewTestCache(t testing.TB, cfg *config.Config, st store.Store, opts ...cach
 	}
 	return c
 }
+
+// usageRegistries is cfg's registries as Usage takes them (as `regwarm
+// usage` builds them).
+func usageRegistries(cfg *config.Config) []UsageRegistry {
+	var out []UsageRegistry
+	for _, r := range cfg.Registries {
+		u := UsageRegistry{Name: r.Name}
+		if r.Retention != nil {
+			u.MaxBytes = int64(r.Retention.MaxBytes)
+		}
+		out = append(out, u)
+	}
+	return out
+}
