@@ -77,9 +77,13 @@ func usedAt(info minio.ObjectInfo) time.Time {
 }
 
 // listedAt is an upper bound of a listed object's write time (listings
-// carry no metadata).
+// carry no metadata): servers list it to the millisecond or the second.
 func listedAt(obj minio.ObjectInfo) time.Time {
-	return obj.LastModified.Truncate(time.Second).Add(time.Second - time.Nanosecond)
+	t := obj.LastModified
+	if t.Truncate(time.Second).Equal(t) {
+		return t.Add(time.Second - time.Nanosecond)
+	}
+	return t.Truncate(time.Millisecond).Add(time.Millisecond - time.Nanosecond)
 }
 
 func (s *S3) usedKey(key string) string  { return s.prefix + "used/" + s.short(key) }
