@@ -215,3 +215,53 @@ func TestS3GCRecoverRemovals(t *testing.T) {
 		t.Errorf("trash after recovery: %q", keys)
 	}
 }
+
+// TestS3GCRaceUseAndRemove races a client's HEAD (which records a use
+// after the cutoff) in one process with a removal in another, many times:
+// the HEAD succeeding while the content or link is removed never happens.
+func TestS3GCRaceUseAndRemove(t *testing.T) {
+	t.Parallel()
+	a, b, _, _, _ := s3Pair(t, store.WithTouchGrain(0))
+	ctx := t.Context()
+	repo := store.Repo{Registry: "hub", Name: "race"}
+	kept, removed := 0, 0
+	for i := range 30 {
+		data := []byte(fmt.Sprintf("race %d", i))
+		d := digest.FromBytes(data)
+		if err := a.PutBlob(ctx, repo, d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		cutoff := time.Now().Add(5 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
+		var statErr error
+		var gone bool
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			time.Sleep(time.Duration(i%6) * 4 * time.Millisecond) // either may come first
+			_, statErr = a.StatBlob(ctx, repo, d)
+		}()
+		var err error
+		if i%2 == 0 {
+			_, gone, err = b.RemoveBlob(ctx, d, cutoff)
+		} else {
+			gone, err = b.RemoveBlobLink(ctx, repo, d, cutoff)
+		}
+		<-done
+		if err != nil {
+			t.Fatal(err)
+		}
+		if statErr == nil && gone {
+			t.Fatalf("round %d: HEAD succeeded and the blob was removed", i)
+		}
+		if statErr != nil && !errors.Is(statErr, store.ErrBlobUnknown) {
+			t.Fatalf("round %d: StatBlob: %v", i, statErr)
+		}
+		if gone {
+			removed++
+		} else {
+			kept++
+		}
+	}
+	t.Logf("kept %d, removed %d", kept, removed)
+}
