@@ -34,7 +34,7 @@ func (s *S3) StatBlob(ctx context.Context, repo Repo, d digest.Digest) (int64, e
 	if err := check(ctx, repo, d); err != nil {
 		return 0, err
 	}
-	info, err := s.useBlob(ctx, repo, d)
+	info, err := s.useBlob(ctx, repo, d, true)
 	return info.Size, err
 }
 
@@ -43,11 +43,11 @@ func (s *S3) StatBlob(ctx context.Context, repo Repo, d digest.Digest) (int64, e
 // it next, so garbage collection keeps it). The link is read again after
 // a use recorded now, so a link removed by another process is never
 // trusted from the metadata cache.
-func (s *S3) useBlob(ctx context.Context, repo Repo, d digest.Digest) (minio.ObjectInfo, error) {
+func (s *S3) useBlob(ctx context.Context, repo Repo, d digest.Digest, stat bool) (minio.ObjectInfo, error) {
 	if err := s.checkLinked(ctx, repo, d, time.Time{}); err != nil {
 		return minio.ObjectInfo{}, err
 	}
-	info, since, err := s.useContent(ctx, s.blobKey(d))
+	info, since, err := s.useContent(ctx, s.blobKey(d), stat)
 	if errors.Is(err, errNoObject) {
 		return info, fmt.Errorf("%w: %s in %s: content missing", ErrBlobUnknown, d, repo)
 	}
@@ -63,10 +63,10 @@ func (s *S3) OpenBlob(ctx context.Context, repo Repo, d digest.Digest) (Blob, er
 	if err := check(ctx, repo, d); err != nil {
 		return nil, err
 	}
-	if _, err := s.useBlob(ctx, repo, d); err != nil {
+	if _, err := s.useBlob(ctx, repo, d, false); err != nil {
 		return nil, err
 	}
-	return s.OpenContent(ctx, d)
+	return s.OpenContent(ctx, d) // after the use: a GET that finds the content gone says so
 }
 
 // OpenContent opens the stored content of d whichever repositories link it.
@@ -209,8 +209,8 @@ func copyVerified(ctx context.Context, w io.Writer, d digest.Digest, size int64,
 // object of that size is stored already.
 func (s *S3) putFile(ctx context.Context, d digest.Digest, file *os.File, n int64) error {
 	key := s.blobKey(d)
-	if info, _, err := s.useContent(ctx, key); err == nil && info.Size == n {
-		return nil // writing it again is a use
+	if s.rewriteContent(ctx, key, n) {
+		return nil
 	}
 	_, err := s.client.PutObject(ctx, s.bucket, key, io.NewSectionReader(file, 0, n), n, s.putOptions())
 	return s3Err("put blob "+d.String(), err)
@@ -237,8 +237,8 @@ func (s *S3) PutVerifiedBlob(ctx context.Context, repo Repo, d digest.Digest, da
 // putContent stores verified bytes as blob d unless it is there already.
 func (s *S3) putContent(ctx context.Context, d digest.Digest, data []byte) error {
 	key := s.blobKey(d)
-	if info, _, err := s.useContent(ctx, key); err == nil && info.Size == int64(len(data)) {
-		return nil // writing it again is a use
+	if s.rewriteContent(ctx, key, int64(len(data))) {
+		return nil
 	}
 	return s.putSmall(ctx, key, data)
 }
@@ -248,7 +248,7 @@ func (s *S3) LinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
 	if err := check(ctx, repo, d); err != nil {
 		return err
 	}
-	_, _, err := s.useContent(ctx, s.blobKey(d)) // a mount is a use
+	_, _, err := s.useContent(ctx, s.blobKey(d), true) // a mount is a use
 	if errors.Is(err, errNoObject) {
 		return fmt.Errorf("%w: %s", ErrBlobUnknown, d)
 	}
@@ -281,12 +281,15 @@ func (s *S3) UnlinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
 // link writes repo's link of d unless it is there already.
 func (s *S3) link(ctx context.Context, repo Repo, d digest.Digest) error {
 	key := s.blobLinkKey(repo, d)
-	ok, err := s.useSmall(ctx, key) // never the cache: another process may have unlinked it
+	ok, err := s.exists(ctx, key) // never the cache: another process may have unlinked it
+	if err == nil && ok {
+		ok, err = s.useSmall(ctx, key) // linking again is a use
+	}
 	if err != nil {
 		return fmt.Errorf("link blob %s: %w", d, err)
 	}
 	if ok {
-		return nil // linking again is a use
+		return nil
 	}
 	return s.putChecked(ctx, key, []byte(d))
 }

@@ -181,12 +181,15 @@ func (s *S3) waitRemoval(ctx context.Context, key string) (bool, error) {
 }
 
 // useContent records a use of the content at key (unless this process did
-// within the touch grain), waits out a removal under way and returns the
-// content's metadata: errNoObject if it is gone. since is when the use
-// was confirmed: what was read after it is protected for the grain.
-func (s *S3) useContent(ctx context.Context, key string) (info minio.ObjectInfo, since time.Time, err error) {
+// within the touch grain), waits out a removal under way and, when stat is
+// set, returns the content's metadata: errNoObject if it is gone (without
+// stat, the caller reads the object next, which tells). since is when the
+// use was confirmed: what was read after it is protected for the grain.
+func (s *S3) useContent(ctx context.Context, key string, stat bool) (info minio.ObjectInfo, since time.Time, err error) {
 	if t, ok := s.usedRecently(key); ok {
-		info, err = s.statInfo(ctx, key)
+		if stat {
+			info, err = s.statInfo(ctx, key)
+		}
 		return info, t, err
 	}
 	start := s.now()
@@ -194,11 +197,23 @@ func (s *S3) useContent(ctx context.Context, key string) (info minio.ObjectInfo,
 	if _, err := s.waitRemoval(ctx, key); err != nil {
 		return info, start, err
 	}
-	info, err = s.statInfo(ctx, key)
+	if stat {
+		info, err = s.statInfo(ctx, key)
+	}
 	if err == nil && touched {
 		s.uses.put(key, start)
 	}
 	return info, start, err
+}
+
+// rewriteContent reports whether content of n bytes is stored at key,
+// recording a use (writing it again is one); false means: PUT it.
+func (s *S3) rewriteContent(ctx context.Context, key string, n int64) bool {
+	if info, err := s.statInfo(ctx, key); err != nil || info.Size != n {
+		return false // absent content is not being removed: write it
+	}
+	info, _, err := s.useContent(ctx, key, true)
+	return err == nil && info.Size == n
 }
 
 // useSmall records a use of a small item (a link) and reports whether it
@@ -248,7 +263,7 @@ func (s *S3) touchReferences(ctx context.Context, data []byte) {
 		go func() {
 			defer wg.Done()
 			for d := range ch {
-				_, _, _ = s.useContent(ctx, s.blobKey(d))
+				_, _, _ = s.useContent(ctx, s.blobKey(d), false)
 			}
 		}()
 	}
