@@ -265,3 +265,61 @@ func TestS3GCRaceUseAndRemove(t *testing.T) {
 	}
 	t.Logf("kept %d, removed %d", kept, removed)
 }
+
+// BenchmarkS3GCUse is a warm blob HEAD on S3 with the default touch grain
+// (a use written once) and with none (a use written on every HEAD).
+func BenchmarkS3GCUse(b *testing.B) {
+	for _, grain := range []time.Duration{store.DefaultTouchGrain, 0} {
+		b.Run("grain="+grain.String(), func(b *testing.B) {
+			s := newS3Bench(b, store.WithTouchGrain(grain))
+			repo := store.Repo{Registry: "hub", Name: "bench"}
+			data := []byte("bench layer")
+			d := digest.FromBytes(data)
+			if err := s.PutBlob(b.Context(), repo, d, int64(len(data)), bytes.NewReader(data)); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := s.StatBlob(b.Context(), repo, d); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkS3GCRemoveBlob removes unused content, one blob per op.
+func BenchmarkS3GCRemoveBlob(b *testing.B) {
+	s := newS3Bench(b)
+	repo := store.Repo{Registry: "hub", Name: "bench"}
+	var ds []digest.Digest
+	for i := range b.N {
+		data := []byte(fmt.Sprintf("bench removal %d", i))
+		d := digest.FromBytes(data)
+		if err := s.PutBlob(b.Context(), repo, d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	cutoff := time.Now().Add(time.Second)
+	b.ResetTimer()
+	for _, d := range ds {
+		if _, ok, err := s.RemoveBlob(b.Context(), d, cutoff); err != nil || !ok {
+			b.Fatalf("RemoveBlob = %v, %v", ok, err)
+		}
+	}
+}
+
+func newS3Bench(b *testing.B, opts ...store.Option) *store.S3 {
+	b.Helper()
+	srv := s3test.Shared(b)
+	s, err := store.NewS3(b.Context(), store.S3Options{
+		Bucket: srv.Bucket(b), Prefix: fmt.Sprintf("bench%d/", s3Stores.Add(1)), Region: srv.Region,
+		Endpoint: srv.Endpoint, PathStyle: true, AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey,
+		LocalDir: b.TempDir(),
+	}, opts...)
+	if err != nil {
+		b.Fatalf("NewS3: %v", err)
+	}
+	return s
+}
