@@ -487,6 +487,9 @@ func (s *S3) removeSmall(ctx context.Context, key string, cutoff time.Time, also
 		return false, err
 	}
 	data, err := s.getSmall(ctx, trash)
+	if errors.Is(err, errNoObject) {
+		return false, nil // a concurrent run (gc by hand beside a scheduled one) took it
+	}
 	if err != nil {
 		return false, err // the entry stays for RecoverRemovals
 	}
