@@ -4,13 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
 
 	"github.com/regwarm/regwarm/e2e/harness"
 )
@@ -147,4 +152,66 @@ func s3CLI(t *testing.T, s *harness.S3, args ...string) (int, string) {
 		t.Fatalf("regwarm %s: %v", strings.Join(args, " "), err)
 	}
 	return 0, stdout.String()
+}
+
+// TestS3GCKill9 kills `regwarm gc` on S3 while it removes garbage: the
+// pushed image still pulls whole, the next run finishes the work, and
+// `regwarm scan` and `regwarm verify` find nothing wrong.
+func TestS3GCKill9(t *testing.T) {
+	t.Parallel()
+	requireRegwarm(t)
+	s := harness.StartS3(t)
+	cfg := s3Config(s, "", "http://127.0.0.1:1") + "jobs:\n  gc: {schedule: \"\", delay: 1s}\n"
+	rw := harness.StartRegwarmEnv(t, "serve", cfg, s.Env())
+	im := harness.BuildImage(t, t.TempDir(), harness.ImageOptions{Seed: 1900, Layers: 2, LayerSize: 64 << 10})
+	pushImage(t, im, rw.Addr+"/local/s3/app:v1")
+	// Garbage: unreferenced blobs written straight into the bucket's layout
+	// (docs/storage.md), with write times two hours old.
+	c, err := s.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const garbage = 600
+	old := strconv.FormatInt(time.Now().Add(-2*time.Hour).UnixNano(), 10)
+	for i := range garbage {
+		b := harness.RandomBytes(uint64(20000+i), 64)
+		key := blobKeys([]string{harness.Digest(b)})[0]
+		if _, err := c.PutObject(t.Context(), s.Bucket, key, bytes.NewReader(b), int64(len(b)),
+			minio.PutObjectOptions{UserMetadata: map[string]string{"Regwarm-Time": old}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func() int { return len(s.Keys(t, "blobs/")) }
+	start := count()
+	time.Sleep(2100 * time.Millisecond) // delay 1s; listings give whole seconds
+	gc := harness.StartProcess(t, "regwarm-gc", s.Env(), harness.RegwarmBinary(t), "gc", "--config", rw.ConfigPath)
+	harness.Eventually(t, time.Minute, "gc removing blobs", func() error {
+		if n := count(); n > start-50 {
+			return fmt.Errorf("%d of %d blobs left", n, start)
+		}
+		return nil
+	})
+	if err := gc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = gc.Wait(10 * time.Second)
+	left := count()
+	if left <= start-garbage {
+		t.Fatalf("gc finished before the kill (%d of %d blobs left): make the garbage larger", left, start)
+	}
+	t.Logf("killed with %d of %d blobs left, trash/: %q", left, start, s.Keys(t, "trash/"))
+
+	harness.Skopeo(t, "copy", "--all", "--src-tls-verify=false", "docker://"+rw.Addr+"/local/s3/app:v1", "oci:"+filepath.Join(t.TempDir(), "out")+":v1")
+	rep := s3GC(t, s, rw.ConfigPath)
+	t.Logf("second run: %+v", rep.Summary)
+	if n := count(); n != start-garbage {
+		t.Errorf("after the second run %d blobs stored, want %d (the image's)", n, start-garbage)
+	}
+	if code, out := s3CLI(t, s, "scan", "--config", rw.ConfigPath); code != 0 {
+		t.Errorf("regwarm scan: exit %d\n%s", code, out)
+	}
+	if code, out := s3CLI(t, s, "verify", "--config", rw.ConfigPath); code != 0 {
+		t.Errorf("regwarm verify: exit %d\n%s", code, out)
+	}
+	harness.Skopeo(t, "copy", "--all", "--src-tls-verify=false", "docker://"+rw.Addr+"/local/s3/app:v1", "oci:"+filepath.Join(t.TempDir(), "again")+":v1")
 }
