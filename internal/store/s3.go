@@ -34,6 +34,8 @@ import (
 //	    _referrers/<alg>/<subject hex>/<alg>-<hex>
 //	                                        referrer descriptor (JSON)
 //	    _pulls/<alg>/<hex>                  Unix time of the last client pull
+//	used/<key>                              use marker of <key> (s3_gc.go)
+//	trash/<key>                             a removal of <key> under way (s3_gc.go)
 //
 // No key is the "directory" of another: every object's last segments are
 // one of the fixed layouts above, and the components of repository names
@@ -65,7 +67,9 @@ import (
 // manifest links and blob links (that they exist) it read. Its own writes
 // and deletes drop those entries, so a process always sees what it wrote;
 // a tag moved, a manifest deleted or a blob unlinked by another process is
-// seen within the TTL. Upload sessions, referrers and listings are never
+// seen within the TTL. A blob HEAD or GET that records a use reads the
+// link again (s3_gc.go), so garbage collection in another process never
+// leaves a removed link trusted. Upload sessions, referrers and listings are never
 // cached.
 type S3 struct {
 	client *minio.Client

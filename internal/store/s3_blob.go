@@ -282,7 +282,7 @@ func (s *S3) UnlinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
 func (s *S3) link(ctx context.Context, repo Repo, d digest.Digest) error {
 	key := s.blobLinkKey(repo, d)
 	ok, err := s.exists(ctx, key) // never the cache: another process may have unlinked it
-	if err == nil && ok {
+	if _, recent := s.usedRecently(key); err == nil && ok && !recent {
 		ok, err = s.useSmall(ctx, key) // linking again is a use
 	}
 	if err != nil {
