@@ -445,7 +445,8 @@ func OpenStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
 		return store.NewS3(ctx, store.S3Options{
 			Bucket: s3.Bucket, Prefix: s3.Prefix, Region: s3.Region, Endpoint: s3.Endpoint, PathStyle: s3.PathStyle,
 			AccessKeyID: id, SecretAccessKey: secret, LocalDir: filepath.Join(cfg.DataDir, "s3-local"),
-		}, store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()), store.WithMetadataTTL(s3.MetadataTTLOrDefault()))
+		}, store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()), store.WithMetadataTTL(s3.MetadataTTLOrDefault()),
+			store.WithTouchGrain(touchGrain(cfg)))
 	}
 	return store.NewFS(cfg.StoreRoot(), store.WithGroupReadable(cfg.Storage.Filesystem.GroupReadable),
 		store.WithUploadExpiry(cfg.Serve.UploadExpiry.D()), store.WithTouchGrain(touchGrain(cfg)))

@@ -372,7 +372,11 @@ func putManifest(base, repo, ref string, m []byte) error {
 // again, and pull cached images through a docker-registry upstream that
 // the worker also syncs. Every operation succeeds, every image not deleted
 // is complete, and `regwarm scan` and `regwarm verify` find no problem.
-func TestGCConcurrent(t *testing.T) {
+func TestGCConcurrent(t *testing.T) { testGCConcurrent(t, "", nil) }
+
+// testGCConcurrent is TestGCConcurrent on the store the storage section
+// configures ("": the filesystem), whose processes need env.
+func testGCConcurrent(t *testing.T, storage string, env []string) {
 	requireRegwarm(t)
 	up := harness.StartDockerRegistry(t, harness.UpstreamOptions{})
 	var cached []string
@@ -381,7 +385,7 @@ func TestGCConcurrent(t *testing.T) {
 		pushNewImage(t, up, ref, harness.ImageOptions{Seed: int64(1500 + i), Layers: 1, LayerSize: 64 << 10})
 		cached = append(cached, ref)
 	}
-	rw := harness.StartRegwarm(t, "run", harness.ConfigHeader+fmt.Sprintf(`registries:
+	rw := harness.StartRegwarmEnv(t, "run", harness.ConfigHeader+fmt.Sprintf(`registries:
   - {name: hub, default: true, connectors: [up]}
   - {name: local, push: true}
 connectors:
@@ -391,7 +395,7 @@ jobs:
   verify: {schedule: ""}
   refresh: {schedule: ""}
   gc: {schedule: "", delay: 1s}
-`, up.URL()))
+`, up.URL())+storage, env)
 	nc := rw.NATSConn()
 	base := rw.URL()
 	const window = 20 * time.Second
@@ -536,11 +540,10 @@ jobs:
 			t.Errorf("pull %s after the loop: %v", ref, err)
 		}
 	}
-	if res := runRegwarmCLI(t, "scan", "--config", rw.ConfigPath); res.code != 0 {
-		t.Errorf("regwarm scan: exit %d\n%s", res.code, res.stdout)
-	}
-	if res := runRegwarmCLI(t, "verify", "--config", rw.ConfigPath); res.code != 0 {
-		t.Errorf("regwarm verify: exit %d\n%s", res.code, res.stdout)
+	for _, verb := range []string{"scan", "verify"} {
+		if code, out := regwarmCLIEnv(t, env, verb, "--config", rw.ConfigPath); code != 0 {
+			t.Errorf("regwarm %s: exit %d\n%s", verb, code, out)
+		}
 	}
 	if m := harness.ScrapeMetrics(t, rw.MetricsAddr); m.Value("regwarm_job_runs_total", "job", "gc", "result", "ok") < 1 ||
 		m.Value("regwarm_gc_removed_total") < 1 || m.Value("regwarm_gc_freed_bytes_total") <= 0 {

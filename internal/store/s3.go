@@ -34,6 +34,8 @@ import (
 //	    _referrers/<alg>/<subject hex>/<alg>-<hex>
 //	                                        referrer descriptor (JSON)
 //	    _pulls/<alg>/<hex>                  Unix time of the last client pull
+//	used/<key>                              use marker of <key> (s3_gc.go)
+//	trash/<key>                             a removal of <key> under way (s3_gc.go)
 //
 // No key is the "directory" of another: every object's last segments are
 // one of the fixed layouts above, and the components of repository names
@@ -65,7 +67,9 @@ import (
 // manifest links and blob links (that they exist) it read. Its own writes
 // and deletes drop those entries, so a process always sees what it wrote;
 // a tag moved, a manifest deleted or a blob unlinked by another process is
-// seen within the TTL. Upload sessions, referrers and listings are never
+// seen within the TTL. A blob HEAD or GET that records a use reads the
+// link again (s3_gc.go), so garbage collection in another process never
+// leaves a removed link trusted. Upload sessions, referrers and listings are never
 // cached.
 type S3 struct {
 	client *minio.Client
@@ -83,6 +87,9 @@ type S3 struct {
 	sessions     map[string]uploadInfo
 	manifests    contentCache
 	meta         metaCache
+	// touchGrain and uses: see s3_gc.go.
+	touchGrain time.Duration
+	uses       useCache
 }
 
 var (
@@ -92,6 +99,7 @@ var (
 	_ ContentReader  = (*S3)(nil)
 	_ Quarantiner    = (*S3)(nil)
 	_ PullRecorder   = (*S3)(nil)
+	_ Collector      = (*S3)(nil)
 )
 
 // S3Options locates the bucket and says how to reach it.
@@ -122,7 +130,7 @@ type S3Options struct {
 // exists, removes stale local temporary files and aborts day-old
 // incomplete multipart uploads under the prefix.
 func NewS3(ctx context.Context, o S3Options, opts ...Option) (*S3, error) {
-	op := options{now: time.Now, tmpMaxAge: time.Hour}
+	op := options{now: time.Now, tmpMaxAge: time.Hour, touchGrain: DefaultTouchGrain}
 	for _, opt := range opts {
 		if err := opt(&op); err != nil {
 			return nil, err
@@ -180,8 +188,9 @@ func NewS3(ctx context.Context, o S3Options, opts ...Option) (*S3, error) {
 	s := &S3{
 		client: client, core: minio.Core{Client: client}, bucket: o.Bucket, prefix: prefix,
 		local: filepath.Clean(o.LocalDir), now: op.now, uploadExpiry: op.uploadExpiry,
-		manifests: contentCache{max: manifestCacheBytes},
-		meta:      metaCache{ttl: time.Second, max: metaCacheEntries},
+		manifests:  contentCache{max: manifestCacheBytes},
+		meta:       metaCache{ttl: time.Second, max: metaCacheEntries},
+		touchGrain: op.touchGrain, uses: useCache{max: useCacheEntries},
 	}
 	if op.metaTTLSet {
 		s.meta.ttl = op.metaTTL
@@ -331,7 +340,7 @@ func (s *S3) getSmall(ctx context.Context, key string) ([]byte, error) {
 // putSmall writes a small object.
 func (s *S3) putSmall(ctx context.Context, key string, data []byte) error {
 	_, err := s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(data), int64(len(data)),
-		minio.PutObjectOptions{ContentType: "application/octet-stream"})
+		minio.PutObjectOptions{ContentType: "application/octet-stream", UserMetadata: s.timeMeta()})
 	s.meta.drop(key) // after the write: a read racing with it may cache the old value, for the TTL at most
 	return s3Err("put "+s.short(key), err)
 }
@@ -344,9 +353,9 @@ func (s *S3) cacheable(key string) bool {
 }
 
 // linked reports whether the link object key exists, trusting a positive
-// answer for the metadata TTL.
-func (s *S3) linked(ctx context.Context, key string) (bool, error) {
-	if _, ok := s.meta.get(key); ok {
+// answer read at or after since for the metadata TTL.
+func (s *S3) linked(ctx context.Context, key string, since time.Time) (bool, error) {
+	if _, ok := s.meta.getSince(key, since); ok {
 		return true, nil
 	}
 	start := time.Now()
@@ -485,13 +494,18 @@ type metaEntry struct {
 const metaCacheEntries = 50_000
 
 func (c *metaCache) get(key string) ([]byte, bool) {
+	return c.getSince(key, time.Time{})
+}
+
+// getSince is get for an entry read at or after since.
+func (c *metaCache) getSince(key string, since time.Time) ([]byte, bool) {
 	if c.ttl <= 0 {
 		return nil, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[key]
-	if !ok || time.Since(e.at) >= c.ttl {
+	if !ok || time.Since(e.at) >= c.ttl || e.at.Before(since) {
 		return nil, false
 	}
 	return e.data, true

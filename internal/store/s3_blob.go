@@ -34,14 +34,27 @@ func (s *S3) StatBlob(ctx context.Context, repo Repo, d digest.Digest) (int64, e
 	if err := check(ctx, repo, d); err != nil {
 		return 0, err
 	}
-	if err := s.checkLinked(ctx, repo, d); err != nil {
-		return 0, err
+	info, err := s.useBlob(ctx, repo, d, true)
+	return info.Size, err
+}
+
+// useBlob checks that d is linked in repo and stored, recording a use of
+// the content (a client's HEAD or GET: it may push a manifest referencing
+// it next, so garbage collection keeps it). The link is read again after
+// a use recorded now, so a link removed by another process is never
+// trusted from the metadata cache.
+func (s *S3) useBlob(ctx context.Context, repo Repo, d digest.Digest, stat bool) (minio.ObjectInfo, error) {
+	if err := s.checkLinked(ctx, repo, d, time.Time{}); err != nil {
+		return minio.ObjectInfo{}, err
 	}
-	size, err := s.stat(ctx, s.blobKey(d))
+	info, since, err := s.useContent(ctx, s.blobKey(d), stat)
 	if errors.Is(err, errNoObject) {
-		return 0, fmt.Errorf("%w: %s in %s: content missing", ErrBlobUnknown, d, repo)
+		return info, fmt.Errorf("%w: %s in %s: content missing", ErrBlobUnknown, d, repo)
 	}
-	return size, err
+	if err != nil {
+		return info, fmt.Errorf("stat blob %s: %w", d, err)
+	}
+	return info, s.checkLinked(ctx, repo, d, since)
 }
 
 // OpenBlob opens a blob linked in repo. The result streams from S3 and is
@@ -50,10 +63,10 @@ func (s *S3) OpenBlob(ctx context.Context, repo Repo, d digest.Digest) (Blob, er
 	if err := check(ctx, repo, d); err != nil {
 		return nil, err
 	}
-	if err := s.checkLinked(ctx, repo, d); err != nil {
+	if _, err := s.useBlob(ctx, repo, d, false); err != nil {
 		return nil, err
 	}
-	return s.OpenContent(ctx, d)
+	return s.OpenContent(ctx, d) // after the use: a GET that finds the content gone says so
 }
 
 // OpenContent opens the stored content of d whichever repositories link it.
@@ -196,7 +209,7 @@ func copyVerified(ctx context.Context, w io.Writer, d digest.Digest, size int64,
 // object of that size is stored already.
 func (s *S3) putFile(ctx context.Context, d digest.Digest, file *os.File, n int64) error {
 	key := s.blobKey(d)
-	if size, err := s.stat(ctx, key); err == nil && size == n {
+	if s.rewriteContent(ctx, key, n) {
 		return nil
 	}
 	_, err := s.client.PutObject(ctx, s.bucket, key, io.NewSectionReader(file, 0, n), n, s.putOptions())
@@ -206,7 +219,7 @@ func (s *S3) putFile(ctx context.Context, d digest.Digest, file *os.File, n int6
 // putOptions are the options of content PUTs: parts of 64 MiB, uploaded
 // two at a time, for blobs larger than one part.
 func (s *S3) putOptions() minio.PutObjectOptions {
-	return minio.PutObjectOptions{ContentType: "application/octet-stream", PartSize: 64 << 20, NumThreads: 2}
+	return minio.PutObjectOptions{ContentType: "application/octet-stream", PartSize: 64 << 20, NumThreads: 2, UserMetadata: s.timeMeta()}
 }
 
 // PutVerifiedBlob stores data, which the caller verified against d, and
@@ -224,7 +237,7 @@ func (s *S3) PutVerifiedBlob(ctx context.Context, repo Repo, d digest.Digest, da
 // putContent stores verified bytes as blob d unless it is there already.
 func (s *S3) putContent(ctx context.Context, d digest.Digest, data []byte) error {
 	key := s.blobKey(d)
-	if size, err := s.stat(ctx, key); err == nil && size == int64(len(data)) {
+	if s.rewriteContent(ctx, key, int64(len(data))) {
 		return nil
 	}
 	return s.putSmall(ctx, key, data)
@@ -235,12 +248,12 @@ func (s *S3) LinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
 	if err := check(ctx, repo, d); err != nil {
 		return err
 	}
-	ok, err := s.exists(ctx, s.blobKey(d))
+	_, _, err := s.useContent(ctx, s.blobKey(d), true) // a mount is a use
+	if errors.Is(err, errNoObject) {
+		return fmt.Errorf("%w: %s", ErrBlobUnknown, d)
+	}
 	if err != nil {
 		return fmt.Errorf("link blob %s: %w", d, err)
-	}
-	if !ok {
-		return fmt.Errorf("%w: %s", ErrBlobUnknown, d)
 	}
 	return s.link(ctx, repo, d)
 }
@@ -258,26 +271,33 @@ func (s *S3) UnlinkBlob(ctx context.Context, repo Repo, d digest.Digest) error {
 	if !ok {
 		return fmt.Errorf("%w: %s in %s", ErrBlobUnknown, d, repo)
 	}
-	return s.remove(ctx, key)
+	if err := s.remove(ctx, key); err != nil {
+		return err
+	}
+	s.dropMarkers(ctx, key)
+	return nil
 }
 
 // link writes repo's link of d unless it is there already.
 func (s *S3) link(ctx context.Context, repo Repo, d digest.Digest) error {
 	key := s.blobLinkKey(repo, d)
 	ok, err := s.exists(ctx, key) // never the cache: another process may have unlinked it
+	if _, recent := s.usedRecently(key); err == nil && ok && !recent {
+		ok, err = s.useSmall(ctx, key) // linking again is a use
+	}
 	if err != nil {
 		return fmt.Errorf("link blob %s: %w", d, err)
 	}
 	if ok {
 		return nil
 	}
-	return s.putSmall(ctx, key, []byte(d))
+	return s.putChecked(ctx, key, []byte(d))
 }
 
 // checkLinked returns ErrBlobUnknown unless d is linked in repo; a link
-// seen within the metadata TTL counts.
-func (s *S3) checkLinked(ctx context.Context, repo Repo, d digest.Digest) error {
-	ok, err := s.linked(ctx, s.blobLinkKey(repo, d))
+// seen within the metadata TTL, and read at or after since, counts.
+func (s *S3) checkLinked(ctx context.Context, repo Repo, d digest.Digest, since time.Time) error {
+	ok, err := s.linked(ctx, s.blobLinkKey(repo, d), since)
 	if err != nil {
 		return fmt.Errorf("stat blob link %s: %w", d, err)
 	}

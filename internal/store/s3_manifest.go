@@ -46,6 +46,16 @@ func (s *S3) readJSON(ctx context.Context, key string, v any, cacheable bool) er
 	return nil
 }
 
+// putJSONChecked is putJSON for an item garbage collection may remove
+// (see putChecked).
+func (s *S3) putJSONChecked(ctx context.Context, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", s.short(key), err)
+	}
+	return s.putChecked(ctx, key, data)
+}
+
 // putJSON writes v as JSON at key.
 func (s *S3) putJSON(ctx context.Context, key string, v any) error {
 	data, err := json.Marshal(v)
@@ -102,6 +112,9 @@ func (s *S3) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 	if got := m.Digest.Algorithm().FromBytes(m.Data); got != m.Digest {
 		return fmt.Errorf("%w: manifest hashes to %s, want %s", ErrDigestMismatch, got, m.Digest)
 	}
+	// A manifest written is a use of what it references: garbage
+	// collection, re-checking before it deletes, keeps it.
+	s.touchReferences(ctx, m.Data)
 	if err := s.putContent(ctx, m.Digest, m.Data); err != nil {
 		return err
 	}
@@ -117,7 +130,7 @@ func (s *S3) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 	}
 	now := s.now()
 	link := manifestLink{MediaType: m.MediaType, Size: int64(len(m.Data)), Source: opts.Source, Subject: subject, Time: now}
-	if err := s.putJSON(ctx, s.manifestLinkKey(repo, m.Digest), link); err != nil {
+	if err := s.putJSONChecked(ctx, s.manifestLinkKey(repo, m.Digest), link); err != nil {
 		return err
 	}
 	if subject != "" {
@@ -126,8 +139,9 @@ func (s *S3) PutManifest(ctx context.Context, repo Repo, m Manifest, opts PutMan
 		}
 	}
 	if opts.Tag != "" {
+		s.untagging(ctx, repo, opts.Tag, m.Digest)
 		tag := tagFile{Digest: m.Digest, Source: opts.Source, Checked: now}
-		if err := s.putJSON(ctx, s.tagKey(repo, opts.Tag), tag); err != nil {
+		if err := s.putJSONChecked(ctx, s.tagKey(repo, opts.Tag), tag); err != nil {
 			return err
 		}
 	}
@@ -165,6 +179,7 @@ func (s *S3) DeleteManifest(ctx context.Context, repo Repo, d digest.Digest) err
 	if err := s.remove(ctx, s.blobLinkKey(repo, d)); err != nil {
 		return fmt.Errorf("delete manifest %s: %w", d, err)
 	}
+	s.dropMarkers(ctx, s.manifestLinkKey(repo, d), s.blobLinkKey(repo, d))
 	return nil
 }
 
@@ -327,7 +342,8 @@ func (s *S3) SetTag(ctx context.Context, repo Repo, tag string, info TagInfo) er
 	if err := checkTag(tag); err != nil {
 		return err
 	}
-	ok, err := s.exists(ctx, s.manifestLinkKey(repo, info.Digest))
+	// Tagging is a use of the manifest: garbage collection keeps it.
+	ok, err := s.useSmall(ctx, s.manifestLinkKey(repo, info.Digest))
 	if err != nil {
 		return fmt.Errorf("set tag %s: %w", tag, err)
 	}
@@ -337,7 +353,17 @@ func (s *S3) SetTag(ctx context.Context, repo Repo, tag string, info TagInfo) er
 	if info.Checked.IsZero() {
 		info.Checked = s.now()
 	}
-	return s.putJSON(ctx, s.tagKey(repo, tag), tagFile(info))
+	s.untagging(ctx, repo, tag, info.Digest)
+	return s.putJSONChecked(ctx, s.tagKey(repo, tag), tagFile(info))
+}
+
+// untagging records a use of the manifest tag points at, if not d: it is
+// left unreferenced from now on and garbage collection waits its delay.
+func (s *S3) untagging(ctx context.Context, repo Repo, tag string, d digest.Digest) {
+	var old tagFile
+	if s.readJSON(ctx, s.tagKey(repo, tag), &old, false) == nil && old.Digest != d && checkDigest(old.Digest) == nil {
+		s.touch(ctx, s.manifestLinkKey(repo, old.Digest))
+	}
 }
 
 // DeleteTag removes a tag; ErrTagUnknown if it does not exist.
