@@ -93,6 +93,9 @@ func (c *Cache) openBlob(ctx context.Context, m mode, repo store.Repo, d digest.
 	b, err := c.store.OpenBlob(ctx, repo, d)
 	if err == nil {
 		c.count(m, repo.Registry, metrics.KindBlob, metrics.ResultHit)
+		if m.client {
+			c.prio.servedBlob(repo, d)
+		}
 		return b, nil
 	}
 	if !errors.Is(err, store.ErrBlobUnknown) {
@@ -122,7 +125,13 @@ func (c *Cache) openBlob(ctx context.Context, m mode, repo store.Repo, d digest.
 		if f.Repo() != repo {
 			c.linkWhenStored(ctx, f, repo, d) // the reader may finish before the write
 		}
-		return &followed{Reader: r, onClose: func() { endActive(); endReader() }}, nil
+		return &followed{Reader: r, onClose: func() {
+			endActive()
+			endReader()
+			if m.client {
+				c.prio.servedBlob(repo, d)
+			}
+		}}, nil
 	}
 	// No stream to follow (stored already, failed, or unknown size): wait
 	// for the result.
@@ -137,7 +146,12 @@ func (c *Cache) openBlob(ctx context.Context, m mode, repo store.Repo, d digest.
 	if !f.Fetched() {
 		result = metrics.ResultHit // stored already, linked without a fetch
 	}
-	return c.store.OpenBlob(ctx, repo, d)
+	b, err = c.store.OpenBlob(ctx, repo, d)
+	if err == nil && m.client {
+		endClient()
+		c.prio.servedBlob(repo, d)
+	}
+	return b, err
 }
 
 // followed is a client's reader of a fill; Close also ends the client's

@@ -55,6 +55,14 @@ func (a *activity) begin() (end func()) {
 	}
 }
 
+// notify wakes whoever waits on a snapshot's channel, without a change of
+// the work in progress (something else they look at changed).
+func (a *activity) notify() {
+	a.mu.Lock()
+	a.notifyLocked()
+	a.mu.Unlock()
+}
+
 func (a *activity) notifyLocked() {
 	if a.changed != nil {
 		close(a.changed)
