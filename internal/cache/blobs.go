@@ -120,7 +120,10 @@ func (c *Cache) openBlob(ctx context.Context, m mode, repo store.Repo, d digest.
 		return nil, err
 	}
 	if r, ok := f.Reader(ctx.Done()); ok {
-		endActive, endReader := c.active.begin(), endClient
+		endActive, endReader := func() {}, endClient
+		if m.client {
+			endActive = c.active.begin()
+		}
 		endClient = func() {}
 		if f.Repo() != repo {
 			c.linkWhenStored(ctx, f, repo, d) // the reader may finish before the write
@@ -281,6 +284,9 @@ func (c *Cache) fetch(ctx context.Context, m mode, repo store.Repo, d digest.Dig
 	if err != nil {
 		return false, 0, err
 	}
+	if !m.client && !leader {
+		c.hurryFill(ctx, m, f)
+	}
 	select {
 	case <-f.Done():
 	case <-ctx.Done():
@@ -291,6 +297,30 @@ func (c *Cache) fetch(ctx context.Context, m mode, repo store.Repo, d digest.Dig
 	}
 	n, err := c.store.StatBlob(ctx, repo, d)
 	return leader && f.Fetched(), n, err
+}
+
+// hurryFill has the write-behind of fill f, which background work joined
+// (perhaps a client's, verified and held in memory until a pause in client
+// traffic), go now, once clients leave background work room (priority.go);
+// it waits for f to end.
+func (c *Cache) hurryFill(ctx context.Context, m mode, f *fill.Fill) {
+	select {
+	case <-f.Done():
+		return
+	default:
+	}
+	release, err := c.yield(ctx, m)
+	if err != nil {
+		return // the caller sees ctx end
+	}
+	release()
+	c.hurry.Add(1)
+	defer c.hurry.Add(-1)
+	c.active.notify() // write-behind waiters look again
+	select {
+	case <-f.Done():
+	case <-ctx.Done():
+	}
 }
 
 func resultOf(err error) string {

@@ -225,3 +225,31 @@ func TestIncompletePullHoldsBackground(t *testing.T) {
 		t.Fatalf("stale pull: quiet %v, want %v (forgotten)", got, quiet)
 	}
 }
+
+// TestBackgroundJoinHurriesWriteBehind: a worker's job that needs a blob a
+// client just read (verified, held in memory until a pause in client
+// traffic) has it stored once clients are quiet, without waiting for the
+// write-behind's own pause (writeQuiet).
+func TestBackgroundJoinHurriesWriteBehind(t *testing.T) {
+	t.Parallel()
+	const quiet = 10 * time.Millisecond
+	f := newFixture(t, "", WithForeground(quiet, time.Minute))
+	img := f.up.AddImage("app", "v1", 20_000)
+	ctx := context.Background()
+	if err := f.readBlob(ctx, hub("app"), img.Layers[0]); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, _, err := f.cache.Warming().Fetch(ctx, hub("app"), img.Layers[0]); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took >= writeQuiet {
+		t.Fatalf("background fetch of a blob pending its write-behind took %v (writeQuiet %v)", took, writeQuiet)
+	}
+	if _, err := f.store.StatBlob(ctx, hub("app"), img.Layers[0]); err != nil {
+		t.Fatalf("blob not stored when the background fetch returned: %v", err)
+	}
+	if n := f.up.Count("GET", "/blobs/"+img.Layers[0].String()); n != 1 {
+		t.Fatalf("%d upstream GETs of the blob, want 1", n)
+	}
+}

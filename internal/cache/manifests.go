@@ -140,8 +140,9 @@ func keepFailure(prev, err error) error {
 // fetchManifest gets reference from src, validates it and stores it in repo
 // (with tag, when non-empty).
 func (c *Cache) fetchManifest(ctx context.Context, md mode, repo store.Repo, src connector.Source, reference, tag string) (store.Manifest, error) {
-	end := c.active.begin()
+	end := func() {}
 	if md.client {
+		end = c.active.begin()
 		defer c.prio.client()()
 	}
 	um, err := src.GetManifest(ctx, repo.Name, reference)
