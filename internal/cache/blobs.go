@@ -284,7 +284,7 @@ func (c *Cache) fetch(ctx context.Context, m mode, repo store.Repo, d digest.Dig
 	if err != nil {
 		return false, 0, err
 	}
-	if !m.client && !leader {
+	if !m.client && f.Client() {
 		c.hurryFill(ctx, m, f)
 	}
 	select {
@@ -299,8 +299,8 @@ func (c *Cache) fetch(ctx context.Context, m mode, repo store.Repo, d digest.Dig
 	return leader && f.Fetched(), n, err
 }
 
-// hurryFill has the write-behind of fill f, which background work joined
-// (perhaps a client's, verified and held in memory until a pause in client
+// hurryFill has the write-behind of a client's fill f, which background
+// work joined (verified and held in memory until a pause in client
 // traffic), go now, once clients leave background work room (priority.go);
 // it waits for f to end.
 func (c *Cache) hurryFill(ctx context.Context, m mode, f *fill.Fill) {

@@ -143,6 +143,7 @@ func (e *Engine) Join(ctx context.Context, j Job) (f *Fill, leader bool) {
 		return f, false
 	}
 	f = newFill(j.Repo)
+	f.client = j.Client
 	e.fills[key] = f
 	e.work.Add(1)
 	go func() { defer e.work.Done(); e.run(ctx, key, f, j) }()
