@@ -10,6 +10,7 @@
 #   REGWARM_BIN=/path/to/regwarm bench/pull.sh   # measure that binary instead of building ./cmd/regwarm
 #   PULLBENCH_WAIT_IDLE=600 bench/pull.sh        # first wait up to 600 s for a quiet machine
 #   bench/pull.sh -only multi -runs 3            # only the multi-platform cold pulls with warming
+#   bench/pull.sh -only multi -targets direct,regwarm-serve,regwarm   # also the same pull with warming off
 #   bench/pull.sh -only wan -wan-rtt 40ms -wan-mbps 100   # only the pulls over the shaped WAN link
 #
 # The numbers are only worth something on an otherwise idle machine: the

@@ -76,7 +76,7 @@ func parseFlags() (options, error) {
 	flag.BoolVar(&o.pin, "pin", true, "also measure the cold pulls with the client and upstream on CPU 0 and the cache on CPU 1 (needs taskset and 2 CPUs)")
 	flag.StringVar(&o.keepLogs, "keep-logs", "", "directory to copy every regwarm log into before its data is removed")
 	flag.StringVar(&o.logLevel, "log-level", "info", "regwarm's log level (debug logs every request with its duration)")
-	flag.Func("targets", "with -only: comma-separated targets (direct, regwarm, proxy)", func(v string) error {
+	flag.Func("targets", "with -only: comma-separated targets (direct, regwarm, proxy; with -only multi also regwarm-serve: regwarm without warming)", func(v string) error {
 		targets = strings.Split(v, ",")
 		return nil
 	})

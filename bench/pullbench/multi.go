@@ -83,6 +83,8 @@ type multiPull struct {
 	wall     time.Duration
 	local    time.Duration // pull end until every blob is stored; -1: not measured
 	requests int           // upstream requests of the pull and all warming
+	cpu      time.Duration // regwarm's CPU time (user+system) until the pull ended; -1: not measured
+	cpuAll   time.Duration // regwarm's CPU time until every platform was stored (or the pull ended without warming)
 }
 
 // multiResults are the multi-platform pulls per target, on the shared
@@ -153,9 +155,12 @@ func (e *env) multiCold(out map[string][]multiPull, m *multiImage, runs int) err
 		for _, t := range rotated(targets, run) {
 			var s *server
 			var err error
-			if t == targetRegwarm {
+			switch t {
+			case targetRegwarm:
 				s, err = e.startRegwarmAs("run")
-			} else {
+			case targetRegwarmServe:
+				s, err = e.startRegwarmAs("serve")
+			default:
 				s, err = e.startCache(t)
 			}
 			if err != nil {
@@ -164,11 +169,11 @@ func (e *env) multiCold(out map[string][]multiPull, m *multiImage, runs int) err
 			mk, err := e.mark()
 			if err == nil {
 				var p multiPull
-				p, err = e.measuredMulti(m, s, mk)
+				p, err = e.measuredMulti(m, s, mk, t)
 				out[t] = append(out[t], p)
 				if err == nil {
-					progress("multi-platform %s run %d: cold %v, all platforms local %v after, %d upstream requests", t, run+1,
-						p.wall.Round(time.Millisecond), p.local.Round(time.Millisecond), p.requests)
+					progress("multi-platform %s run %d: cold %v, all platforms local %v after, %d upstream requests, regwarm CPU %v (pull) %v (all)", t, run+1,
+						p.wall.Round(time.Millisecond), p.local.Round(time.Millisecond), p.requests, p.cpu, p.cpuAll)
 				}
 			}
 			e.stopServer(s)
@@ -180,15 +185,23 @@ func (e *env) multiCold(out map[string][]multiPull, m *multiImage, runs int) err
 	return nil
 }
 
-func (e *env) measuredMulti(m *multiImage, s *server, mk logMark) (multiPull, error) {
-	p := multiPull{local: -1}
+func (e *env) measuredMulti(m *multiImage, s *server, mk logMark, t string) (multiPull, error) {
+	p := multiPull{local: -1, cpu: -1, cpuAll: -1}
+	cpu0 := s.cpuTime()
 	var err error
 	if p.wall, err = e.skopeoPullPlatform(m, s.addr); err != nil {
 		return p, err
 	}
-	if s.target == targetRegwarm {
+	if cpu0 >= 0 {
+		p.cpu = s.cpuTime() - cpu0
+		p.cpuAll = p.cpu
+	}
+	if t == targetRegwarm {
 		if p.local, err = e.waitStored(s.data, m); err != nil {
 			return p, err
+		}
+		if cpu0 >= 0 {
+			p.cpuAll = s.cpuTime() - cpu0
 		}
 	}
 	up, err := e.since(mk)
@@ -270,8 +283,10 @@ func (r *multiResults) print() {
 			wall := per(set.runs, func(x multiPull) float64 { return float64(x.wall) / float64(time.Millisecond) })
 			local := per(set.runs, func(x multiPull) float64 { return float64(x.local) / float64(time.Millisecond) })
 			reqs := per(set.runs, func(x multiPull) float64 { return float64(x.requests) })
-			fmt.Fprintf(&b, "%s %-8s multi-platform cold median %s (%s direct), local after %s, upstream requests %s\n", set.name, t,
-				ms(wall[t]), fmtRatio(ratio(wall, t, targetDirect)), localMS(local[t]), count(reqs[t]))
+			cpu := per(set.runs, func(x multiPull) float64 { return float64(x.cpu) / float64(time.Millisecond) })
+			cpuAll := per(set.runs, func(x multiPull) float64 { return float64(x.cpuAll) / float64(time.Millisecond) })
+			fmt.Fprintf(&b, "%s %-13s multi-platform cold median %s (%s direct), local after %s, upstream requests %s, cache CPU %s during the pull, %s until local\n", set.name, t,
+				ms(wall[t]), fmtRatio(ratio(wall, t, targetDirect)), localMS(local[t]), count(reqs[t]), localMS(cpu[t]), localMS(cpuAll[t]))
 		}
 		fmt.Print(b.String())
 	}

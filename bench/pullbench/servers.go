@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,9 @@ const (
 	targetDirect  = "direct"
 	targetRegwarm = "regwarm"
 	targetProxy   = "proxy"
+	// regwarm serve without workers: the multi-platform pull without
+	// warming (only with -only multi -targets).
+	targetRegwarmServe = "regwarm-serve"
 	// The floor: bench/relay copying only, verifying digests, and
 	// verifying while writing each blob to a file.
 	targetRelay       = "relay"
@@ -281,4 +285,64 @@ func logTail(path string, n int) string {
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// cpuTime is the CPU time the server's process has used so far: its
+// threads' schedstat, else user+system from /proc/<pid>/stat; -1 when it
+// cannot be read.
+func (s *server) cpuTime() time.Duration {
+	if s.proc == nil || s.proc.cmd == nil || s.proc.cmd.Process == nil {
+		return -1
+	}
+	pid := s.proc.cmd.Process.Pid
+	if d, ok := schedTime(pid); ok {
+		return d
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// Fields after the command name (which may hold spaces) in parens.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	// USER_HZ is 100 on every Linux pullbench runs on.
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// schedTime sums the run time of pid's threads from their schedstat
+// (nanoseconds, unlike stat's clock ticks); Go rarely ends a thread, so
+// time of threads that ended is lost only seldom.
+func schedTime(pid int) (time.Duration, bool) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(tasks) == 0 {
+		return 0, false
+	}
+	var sum int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return 0, false
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		sum += ns
+	}
+	return time.Duration(sum), true
 }

@@ -93,6 +93,9 @@ func (c *Cache) openBlob(ctx context.Context, m mode, repo store.Repo, d digest.
 	b, err := c.store.OpenBlob(ctx, repo, d)
 	if err == nil {
 		c.count(m, repo.Registry, metrics.KindBlob, metrics.ResultHit)
+		if m.client {
+			c.prio.servedBlob(repo, d)
+		}
 		return b, nil
 	}
 	if !errors.Is(err, store.ErrBlobUnknown) {
@@ -117,12 +120,21 @@ func (c *Cache) openBlob(ctx context.Context, m mode, repo store.Repo, d digest.
 		return nil, err
 	}
 	if r, ok := f.Reader(ctx.Done()); ok {
-		endActive, endReader := c.active.begin(), endClient
+		endActive, endReader := func() {}, endClient
+		if m.client {
+			endActive = c.active.begin()
+		}
 		endClient = func() {}
 		if f.Repo() != repo {
 			c.linkWhenStored(ctx, f, repo, d) // the reader may finish before the write
 		}
-		return &followed{Reader: r, onClose: func() { endActive(); endReader() }}, nil
+		return &followed{Reader: r, onClose: func() {
+			endActive()
+			endReader()
+			if m.client {
+				c.prio.servedBlob(repo, d)
+			}
+		}}, nil
 	}
 	// No stream to follow (stored already, failed, or unknown size): wait
 	// for the result.
@@ -137,7 +149,12 @@ func (c *Cache) openBlob(ctx context.Context, m mode, repo store.Repo, d digest.
 	if !f.Fetched() {
 		result = metrics.ResultHit // stored already, linked without a fetch
 	}
-	return c.store.OpenBlob(ctx, repo, d)
+	b, err = c.store.OpenBlob(ctx, repo, d)
+	if err == nil && m.client {
+		endClient()
+		c.prio.servedBlob(repo, d)
+	}
+	return b, err
 }
 
 // followed is a client's reader of a fill; Close also ends the client's
@@ -267,6 +284,9 @@ func (c *Cache) fetch(ctx context.Context, m mode, repo store.Repo, d digest.Dig
 	if err != nil {
 		return false, 0, err
 	}
+	if !m.client && f.Client() {
+		c.hurryFill(ctx, m, f)
+	}
 	select {
 	case <-f.Done():
 	case <-ctx.Done():
@@ -277,6 +297,30 @@ func (c *Cache) fetch(ctx context.Context, m mode, repo store.Repo, d digest.Dig
 	}
 	n, err := c.store.StatBlob(ctx, repo, d)
 	return leader && f.Fetched(), n, err
+}
+
+// hurryFill has the write-behind of a client's fill f, which background
+// work joined (verified and held in memory until a pause in client
+// traffic), go now, once clients leave background work room (priority.go);
+// it waits for f to end.
+func (c *Cache) hurryFill(ctx context.Context, m mode, f *fill.Fill) {
+	select {
+	case <-f.Done():
+		return
+	default:
+	}
+	release, err := c.yield(ctx, m)
+	if err != nil {
+		return // the caller sees ctx end
+	}
+	release()
+	c.hurry.Add(1)
+	defer c.hurry.Add(-1)
+	c.active.notify() // write-behind waiters look again
+	select {
+	case <-f.Done():
+	case <-ctx.Done():
+	}
 }
 
 func resultOf(err error) string {

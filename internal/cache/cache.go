@@ -49,6 +49,7 @@ type Cache struct {
 	active   activity       // cold work in progress, for write-behind
 	pending  pendingSet     // manifests answered but not stored yet
 	flushing atomic.Int32   // Wait in progress: write-behind stores go now
+	hurry    atomic.Int32   // background work waits for a client's fill: write-behind stores go now
 	work     sync.WaitGroup // detached flights and links in progress
 
 	prio    *priority // client misses in flight hold background fetches back

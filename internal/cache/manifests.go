@@ -140,8 +140,9 @@ func keepFailure(prev, err error) error {
 // fetchManifest gets reference from src, validates it and stores it in repo
 // (with tag, when non-empty).
 func (c *Cache) fetchManifest(ctx context.Context, md mode, repo store.Repo, src connector.Source, reference, tag string) (store.Manifest, error) {
-	end := c.active.begin()
+	end := func() {}
 	if md.client {
+		end = c.active.begin()
 		defer c.prio.client()()
 	}
 	um, err := src.GetManifest(ctx, repo.Name, reference)
@@ -158,6 +159,7 @@ func (c *Cache) fetchManifest(ctx context.Context, md mode, repo store.Repo, src
 	opts := store.PutManifestOptions{Tag: tag, Source: src.Name(), Subject: p.Subject,
 		Referrer: ocispec.Descriptor{MediaType: p.MediaType, ArtifactType: p.EffectiveArtifactType(), Annotations: p.Annotations}}
 	if md.client {
+		c.prio.fetchedManifest(repo, um.Digest, p)
 		c.covered.add(repo, p, time.Now())
 		c.storeManifestSoon(ctx, repo, m, opts)
 		if p.Config != nil {
@@ -223,6 +225,9 @@ func (c *Cache) manifest(ctx context.Context, md mode, repo store.Repo, d digest
 	m, err := c.localManifest(ctx, repo, d)
 	if err == nil {
 		c.count(md, repo.Registry, metrics.KindManifest, metrics.ResultHit)
+		if md.client {
+			c.prio.servedManifest(repo, d)
+		}
 		return m, nil
 	}
 	sources := c.sources(md, repo)

@@ -17,7 +17,9 @@ import (
 // the store waits for a pause in cold traffic (writeQuiet without upstream
 // fetches or clients reading fills), for at most writeMaxDelay, so that
 // fsyncs and file writes do not compete with the pull that is still
-// running. A crash in between loses those cache entries, never serves
+// running. A background job that needs such a blob stored (it joined the
+// client's fill) has it written at once, after waiting for clients like
+// any background fetch (Cache.fetch). A crash in between loses those cache entries, never serves
 // anything unverified: nothing is visible in the store before it is
 // written whole. Background work (worker syncs, scheduled jobs) stores at
 // once.
@@ -26,8 +28,9 @@ const (
 	writeMaxDelay = time.Second
 )
 
-// activity counts cold work in progress: upstream fetches and readers of
-// fills.
+// activity counts a client's cold work in progress: upstream fetches for
+// clients and clients reading fills. Background work's own fetches do not
+// hold a client's write-behind back.
 type activity struct {
 	mu      sync.Mutex
 	n       int
@@ -53,6 +56,14 @@ func (a *activity) begin() (end func()) {
 			a.mu.Unlock()
 		})
 	}
+}
+
+// notify wakes whoever waits on a snapshot's channel, without a change of
+// the work in progress (something else they look at changed).
+func (a *activity) notify() {
+	a.mu.Lock()
+	a.notifyLocked()
+	a.mu.Unlock()
 }
 
 func (a *activity) notifyLocked() {
@@ -121,7 +132,7 @@ func (c *Cache) later(ctx context.Context, write func() error) error {
 // writeSoon waits until no cold work ran for writeQuiet (at most
 // writeMaxDelay, or until asked is closed).
 func (c *Cache) writeSoon(ctx context.Context, asked <-chan struct{}) {
-	c.active.waitQuiet(ctx, func() bool { return c.fills.MemoryHigh() || c.closing() }, asked)
+	c.active.waitQuiet(ctx, func() bool { return c.fills.MemoryHigh() || c.closing() || c.hurry.Load() > 0 }, asked)
 }
 
 // pendingSet holds manifests (and the tags that name them) answered to

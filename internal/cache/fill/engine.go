@@ -53,8 +53,9 @@ type Config struct {
 	Idle    time.Duration // bounds a read of the body making no progress (default 1 min)
 	Recheck time.Duration // bounds each wait for another process's lease (default 2 s)
 	Memory  int64         // bytes of blobs held in memory at once (default 64 MiB)
-	// Busy records cold work (an upstream download in progress); the
-	// returned func ends it and may be called twice. Default: nothing.
+	// Busy records a client's cold work (an upstream download for a
+	// client in progress); the returned func ends it and may be called
+	// twice. Default: nothing.
 	Busy func() (end func())
 	// Later stores a verified in-memory blob a client's fill received:
 	// it calls write when it is a good moment (write-behind). Default:
@@ -142,6 +143,7 @@ func (e *Engine) Join(ctx context.Context, j Job) (f *Fill, leader bool) {
 		return f, false
 	}
 	f = newFill(j.Repo)
+	f.client = j.Client
 	e.fills[key] = f
 	e.work.Add(1)
 	go func() { defer e.work.Done(); e.run(ctx, key, f, j) }()
@@ -173,7 +175,10 @@ func (e *Engine) end(key Key, f *Fill, err error, fetched bool) {
 func (e *Engine) run(reqCtx context.Context, key Key, f *Fill, j Job) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), e.cfg.Timeout)
 	defer cancel()
-	end := e.cfg.Busy()
+	end := func() {}
+	if j.Client {
+		end = e.cfg.Busy()
+	}
 	defer end()
 	// verified lets readers have the last byte and ends the fill's share
 	// of cold work: what follows is storing.

@@ -28,8 +28,9 @@ type Key struct {
 // Lock order: the engine's mutex before Fill.mu (never held together in
 // practice).
 type Fill struct {
-	repo store.Repo    // the repository it stores into (others link it); fixed
-	done chan struct{} // closed once ended
+	repo   store.Repo    // the repository it stores into (others link it); fixed
+	client bool          // started for a client (stored write-behind); fixed
+	done   chan struct{} // closed once ended
 
 	mu       sync.Mutex
 	progress chan struct{} // closed and replaced whenever the state below changes
@@ -56,6 +57,10 @@ func newFill(repo store.Repo) *Fill {
 
 // Repo returns the repository the fill stores the blob into.
 func (f *Fill) Repo() store.Repo { return f.repo }
+
+// Client reports whether the fill was started for a client (Job.Client):
+// its verified bytes are stored write-behind.
+func (f *Fill) Client() bool { return f.client }
 
 // WaitStarted blocks until Size and Reader can answer (the fill started
 // or ended), or ctx ends (ctx's error).
