@@ -219,6 +219,9 @@ func (r *Recorder) Run(ctx context.Context) {
 
 func (r *Recorder) flushLogged(ctx context.Context) {
 	if err := r.Flush(ctx); err != nil {
+		if ctx.Err() != nil {
+			return // stopping: the pulls were requeued for Run's final flush
+		}
 		if r.failed != nil {
 			r.failed.Inc()
 		}
