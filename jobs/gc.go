@@ -96,29 +96,28 @@ type set map[dkey]struct{}
 func (s set) has(d digest.Digest) bool { _, ok := s[key(d)]; return ok }
 func (s set) add(d digest.Digest)      { s[key(d)] = struct{}{} }
 
-// content is a stored blob as the run saw it at the start.
+// content is a stored blob as the run saw it at the start, and the number
+// (from 1) of the last registry whose remaining manifests reach it (0:
+// none so far): a registry's distinct bytes are counted as it marks,
+// without a set of its own.
 type content struct {
 	size     int64
 	lastUsed int64 // Unix nanoseconds
+	reg      int32
 }
 
 // gcRun is one run's state: digest sets and sizes, no manifest bodies.
 type gcRun struct {
 	*GC
-	cutoff time.Time
-	rep    *Report
-	blobs  map[dkey]content
-	other  map[dkey]digest.Digest // digests of blobs not in sha256, by key
-	// referenced is what remaining manifests reach, in every registry,
-	// with the number (from 1) of the last registry that reached it: a
-	// registry's distinct bytes are counted as it marks, without a set
-	// of its own.
-	referenced map[dkey]int32
-	regNum     int32           // number of the registry being marked
-	regAfter   int64           // its distinct bytes so far
-	reasons    map[dkey]string // content of images retention removed: their reason
-	owner      map[dkey]string // registry a removed blob was last linked or referenced in
-	removedMan set             // manifests removed (their content is not listed again)
+	cutoff     time.Time
+	rep        *Report
+	blobs      map[dkey]content       // what remaining manifests reach is marked in it
+	other      map[dkey]digest.Digest // digests of blobs not in sha256, by key
+	regNum     int32                  // number of the registry being marked
+	regAfter   int64                  // its distinct bytes so far
+	reasons    map[dkey]string        // content of images retention removed: their reason
+	owner      map[dkey]string        // registry a removed blob was last linked or referenced in
+	removedMan set                    // manifests removed (their content is not listed again)
 	plans      map[string]*regPlan
 	unreadable int // kept manifests that could not be read: nothing is removed
 }
@@ -134,7 +133,7 @@ type regPlan struct {
 // Run runs gc once and returns its report.
 func (g *GC) Run(ctx context.Context) (*Report, error) {
 	started := g.now().UTC()
-	r := &gcRun{GC: g, cutoff: started.Add(-g.delay), blobs: map[dkey]content{}, other: map[dkey]digest.Digest{}, referenced: map[dkey]int32{},
+	r := &gcRun{GC: g, cutoff: started.Add(-g.delay), blobs: map[dkey]content{}, other: map[dkey]digest.Digest{},
 		reasons: map[dkey]string{}, owner: map[dkey]string{}, removedMan: set{}, plans: map[string]*regPlan{}}
 	r.rep = &Report{Version: ReportVersion, Job: JobGC, Started: started, Problems: []Problem{},
 		GC: &GCSummary{ByRegistry: map[string]RegistryBytes{}}, Removed: []Removed{}, DryRun: g.dryRun}
@@ -175,6 +174,7 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 func (r *gcRun) planRetention(ctx context.Context) error {
 	type candidate struct {
 		reg *regPlan
+		tab *Table
 		im  *Image
 	}
 	var extra []candidate // removable images retention keeps, for the watermark
@@ -188,19 +188,19 @@ func (r *gcRun) planRetention(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("retention of %s: %w", reg.Name, err)
 		}
-		plan := PlanRetention(pol, inv.Images, inv.Loose, r.now())
+		plan := PlanRetention(pol, inv.Table, inv.Images, inv.Loose, r.now())
 		rp := &regPlan{tags: map[store.Repo]map[string]Removal{}, content: map[store.Repo]set{}}
 		r.plans[reg.Name] = rp
 		removed := map[*Image]bool{}
 		for _, rm := range plan.Removals {
-			r.planRemoval(rp, rm)
+			r.planRemoval(rp, inv.Table, rm)
 			removed[rm.Image] = true
 			freed += rm.Bytes
 		}
 		if r.free > 0 {
 			for _, im := range inv.Images {
 				if !removed[im] && !pol.Keeps(im.Repo.Name, im.Tag) && (pol.Pushed || !im.Pushed) {
-					extra = append(extra, candidate{rp, im})
+					extra = append(extra, candidate{rp, inv.Table, im})
 				}
 			}
 		}
@@ -217,19 +217,19 @@ func (r *gcRun) planRetention(ctx context.Context) error {
 				break
 			}
 			var n int64
-			for d, size := range c.im.Content {
-				if _, ok := r.reasons[key(d)]; !ok {
-					n += size
+			for _, i := range c.im.Content {
+				if _, ok := r.reasons[c.tab.keys[i]]; !ok {
+					n += c.tab.Size(i)
 				}
 			}
-			r.planRemoval(c.reg, Removal{Image: c.im, Reason: ReasonOverBudget, Bytes: n})
+			r.planRemoval(c.reg, c.tab, Removal{Image: c.im, Reason: ReasonOverBudget, Bytes: n})
 			need -= n
 		}
 	}
 	return nil
 }
 
-func (r *gcRun) planRemoval(rp *regPlan, rm Removal) {
+func (r *gcRun) planRemoval(rp *regPlan, tab *Table, rm Removal) {
 	im := rm.Image
 	if im.Tag != "" {
 		if rp.tags[im.Repo] == nil {
@@ -240,10 +240,11 @@ func (r *gcRun) planRemoval(rp *regPlan, rm Removal) {
 	if rp.content[im.Repo] == nil {
 		rp.content[im.Repo] = set{}
 	}
-	for d := range im.Content {
-		rp.content[im.Repo].add(d)
-		if _, ok := r.reasons[key(d)]; !ok {
-			r.reasons[key(d)] = rm.Reason
+	for _, i := range im.Content {
+		k := tab.keys[i]
+		rp.content[im.Repo][k] = struct{}{}
+		if _, ok := r.reasons[k]; !ok {
+			r.reasons[k] = rm.Reason
 		}
 	}
 }
@@ -287,8 +288,8 @@ func (r *gcRun) registry(ctx context.Context, name string, repos []store.Repo) e
 	// before only.
 	only := int64(0)
 	for k := range before {
-		if r.referenced[k] != r.regNum {
-			only += r.blobs[k].size
+		if c := r.blobs[k]; c.reg != r.regNum {
+			only += c.size
 		}
 	}
 	if _, ok := r.rep.GC.ByRegistry[name]; ok || len(repos) > 0 {
@@ -300,9 +301,10 @@ func (r *gcRun) registry(ctx context.Context, name string, repos []store.Repo) e
 // reach records that the registry being marked keeps d.
 func (r *gcRun) reach(d digest.Digest) {
 	k := key(d)
-	if r.referenced[k] != r.regNum {
-		r.referenced[k] = r.regNum
-		r.regAfter += r.blobs[k].size
+	if c, ok := r.blobs[k]; ok && c.reg != r.regNum {
+		c.reg = r.regNum
+		r.blobs[k] = c
+		r.regAfter += c.size
 	}
 }
 
@@ -607,7 +609,7 @@ func (r *gcRun) sweepBlobs(ctx context.Context) error {
 		if c.lastUsed >= cut {
 			continue // recently used
 		}
-		if _, ref := r.referenced[k]; !ref {
+		if c.reg == 0 {
 			ds = append(ds, r.digestOf(k))
 		}
 	}
