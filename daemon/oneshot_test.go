@@ -7,14 +7,16 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/regwarm/regwarm/jobs"
 )
 
 // TestOneShotGCTakesClusterLease: `regwarm gc` (RunJob) holds the job's
-// cluster lease while it runs, refuses to run while a worker's run holds
-// it, and runs without it (saying so) when NATS does not answer.
+// cluster lease while it runs, waits while a worker's run holds it, and
+// runs without it (saying so) when NATS does not answer.
 func TestOneShotGCTakesClusterLease(t *testing.T) {
 	t.Parallel()
 	e := newWorkerEnv(t, "")
@@ -38,17 +40,47 @@ func TestOneShotGCTakesClusterLease(t *testing.T) {
 		t.Fatalf("lease after the run: held %v, %v", h, err)
 	}
 
-	// A worker's run holds the lease: the one-shot run refuses.
+	// A worker's run holds the lease: the one-shot run waits for it.
 	release, ok, err := e.bus.Acquire(ctx, jobLeaseKey(jobs.JobGC))
 	if err != nil || !ok {
 		t.Fatalf("acquire: %v %v", ok, err)
 	}
-	if _, err := RunJob(ctx, e.cfg, jobs.JobGC, log); !errors.Is(err, ErrJobRunning) {
-		t.Fatalf("RunJob while a worker runs gc: %v, want ErrJobRunning", err)
+	var started atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		_, err := withClusterLease(ctx, e.cfg, jobs.JobGC, log, func(ctx context.Context) (*jobs.Report, error) {
+			started.Store(true)
+			return &jobs.Report{Job: jobs.JobGC}, nil
+		})
+		done <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	if started.Load() {
+		t.Fatal("the one-shot run started while a worker's run held the lease")
+	}
+	release()
+	select {
+	case err := <-done:
+		if err != nil || !started.Load() {
+			t.Fatalf("one-shot run after the worker's: started %v, %v", started.Load(), err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the one-shot run did not start once the lease was released")
+	}
+	// And it gives up when its ctx ends while it waits.
+	release, ok, err = e.bus.Acquire(ctx, jobLeaseKey(jobs.JobGC))
+	if err != nil || !ok {
+		t.Fatalf("acquire: %v %v", ok, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = RunJob(cctx, e.cfg, jobs.JobGC, log)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("RunJob interrupted while waiting: %v", err)
 	}
 	release()
 	if rep, err := RunJob(ctx, e.cfg, jobs.JobGC, log); err != nil || rep.Job != jobs.JobGC {
-		t.Fatalf("RunJob after the worker's run: %v, %v", rep, err)
+		t.Fatalf("RunJob: %v, %v", rep, err)
 	}
 
 	// No NATS: the run goes ahead alone and logs it.

@@ -46,7 +46,7 @@ var oneShotHelp = map[string]string{
 	"gc": "one-shot retention (registries[].retention) and garbage collection of the store, online:\n" +
 		"lists what it removes (or, with --dry-run, would remove) and bytes per registry before and\n" +
 		"after. Run it on a host that sees the store. While the deployment's NATS answers (nats.url\n" +
-		"or the embedded server) it holds the cluster's gc lease, and fails while a worker's run holds\n" +
+		"or the embedded server) it holds the cluster's gc lease, waiting while a worker's run holds\n" +
 		"it; without NATS it runs alone. Exit 0 done, 2 error.",
 }
 
