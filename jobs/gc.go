@@ -104,6 +104,9 @@ type content struct {
 	size     int64
 	lastUsed int64 // Unix nanoseconds
 	reg      int32
+	// inv and id: its index in retention's inventory number inv (from
+	// 1), see blobIndex.
+	inv, id int32
 }
 
 // gcRun is one run's state: digest sets and sizes, no manifest bodies.
@@ -114,6 +117,7 @@ type gcRun struct {
 	blobs      map[dkey]content       // what remaining manifests reach is marked in it
 	other      map[dkey]digest.Digest // digests of blobs not in sha256, by key
 	regNum     int32                  // number of the registry being marked
+	invNum     int32                  // number of the retention inventory being taken
 	regAfter   int64                  // its distinct bytes so far
 	reasons    map[dkey]string        // content of images retention removed: their reason
 	owner      map[dkey]string        // registry a removed blob was last linked or referenced in
@@ -144,11 +148,6 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 		}
 		r.rep.GC.Recovered = n
 	}
-	// Retention first: its inventories are garbage before the blob
-	// listing grows (a lower peak).
-	if err := r.planRetention(ctx); err != nil {
-		return nil, err
-	}
 	if err := g.col.CollectBlobs(ctx, func(e store.Entry) error {
 		k := key(e.Digest)
 		r.blobs[k] = content{size: e.Size, lastUsed: e.LastUsed.UnixNano()}
@@ -159,6 +158,12 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("list blobs: %w", err)
 	}
+	// Retention's inventories index into the blob map and take sizes from
+	// it (content stored since the listing counts nothing yet): no stat
+	// per blob, no second digest map.
+	if err := r.planRetention(ctx); err != nil {
+		return nil, err
+	}
 	if err := r.registries(ctx); err != nil {
 		return nil, err
 	}
@@ -167,6 +172,27 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 	}
 	r.rep.Finished = g.now().UTC()
 	return r.rep, nil
+}
+
+// blobIndex keeps the current inventory's indexes of listed blobs in the
+// run's blob map.
+type blobIndex struct{ r *gcRun }
+
+func (b blobIndex) index(k dkey) (int32, int64, bool) {
+	c, ok := b.r.blobs[k]
+	if !ok {
+		return -1, 0, false
+	}
+	if c.inv != b.r.invNum {
+		return -1, c.size, true
+	}
+	return c.id, c.size, true
+}
+
+func (b blobIndex) setIndex(k dkey, i int32) {
+	c := b.r.blobs[k]
+	c.inv, c.id = b.r.invNum, i
+	b.r.blobs[k] = c
 }
 
 // planRetention plans each configured registry's retention, and the
@@ -184,7 +210,8 @@ func (r *gcRun) planRetention(ctx context.Context) error {
 		if pol == nil || (pol.MaxBytes <= 0 && pol.UnpulledFor <= 0 && r.free <= 0) {
 			continue
 		}
-		inv, err := Inventory(ctx, r.st, reg.Name)
+		r.invNum++
+		inv, err := inventoryOf(ctx, r.st, reg.Name, blobIndex{r})
 		if err != nil {
 			return fmt.Errorf("retention of %s: %w", reg.Name, err)
 		}

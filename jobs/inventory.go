@@ -50,7 +50,10 @@ type RepoInventory struct {
 // Table interns digests: each gets an index, and its size, once. The zero
 // value is not usable; see NewTable.
 type Table struct {
-	index map[dkey]int32
+	index map[dkey]int32 // what ext does not hold
+	// ext, when set, holds the indexes of the stored content it lists
+	// (gc's blob map), so that they need no map of their own.
+	ext   extIndex
 	keys  []dkey
 	sizes []int64                 // -1: not stored
 	other map[int32]digest.Digest // digests not in sha256
@@ -59,18 +62,31 @@ type Table struct {
 // NewTable returns an empty table.
 func NewTable() *Table { return &Table{index: map[dkey]int32{}, other: map[int32]digest.Digest{}} }
 
+// extIndex keeps a table's indexes of stored content elsewhere.
+type extIndex interface {
+	// index returns k's index (-1: none yet) and size, ok=false when k
+	// is not listed.
+	index(k dkey) (i int32, size int64, ok bool)
+	setIndex(k dkey, i int32)
+}
+
 // Add returns d's index, adding it with size when new. An entry whose
 // size is unknown (negative) takes size.
 func (t *Table) Add(d digest.Digest, size int64) int32 {
 	k := key(d)
-	if i, ok := t.index[k]; ok {
+	i, ok := t.lookup(k)
+	if ok {
 		if t.sizes[i] < 0 {
 			t.sizes[i] = size
 		}
 		return i
 	}
-	i := int32(len(t.keys))
-	t.index[k] = i
+	i = int32(len(t.keys))
+	if _, _, listed := t.extIndex(k); listed {
+		t.ext.setIndex(k, i)
+	} else {
+		t.index[k] = i
+	}
 	t.keys = append(t.keys, k)
 	t.sizes = append(t.sizes, size)
 	if d.Algorithm() != digest.SHA256 {
@@ -80,9 +96,22 @@ func (t *Table) Add(d digest.Digest, size int64) int32 {
 }
 
 // Lookup returns d's index.
-func (t *Table) Lookup(d digest.Digest) (int32, bool) {
-	i, ok := t.index[key(d)]
+func (t *Table) Lookup(d digest.Digest) (int32, bool) { return t.lookup(key(d)) }
+
+func (t *Table) lookup(k dkey) (int32, bool) {
+	if i, _, listed := t.extIndex(k); listed {
+		return i, i >= 0
+	}
+	i, ok := t.index[k]
 	return i, ok
+}
+
+// extIndex asks ext, when set, about k.
+func (t *Table) extIndex(k dkey) (int32, int64, bool) {
+	if t.ext == nil {
+		return -1, 0, false
+	}
+	return t.ext.index(k)
 }
 
 // Len is the number of digests in the table.
@@ -125,7 +154,15 @@ type inventory struct {
 // Inventory lists registry's images and usage. Blobs a manifest references
 // but the store lacks (not fetched yet) count nothing.
 func Inventory(ctx context.Context, st store.Store, registry string) (*RegistryInventory, error) {
+	return inventoryOf(ctx, st, registry, nil)
+}
+
+// inventoryOf is Inventory with the table's stored content indexed in ext
+// (nil: in the table), whose listing also gives blob sizes: a blob it
+// does not list counts as not stored.
+func inventoryOf(ctx context.Context, st store.Store, registry string, ext extIndex) (*RegistryInventory, error) {
 	inv := &inventory{st: st, tab: NewTable()}
+	inv.tab.ext = ext
 	out := &RegistryInventory{Registry: registry, Table: inv.tab, Loose: []int32{}}
 	err := st.Repositories(ctx, registry, func(repo store.Repo) error {
 		ri, err := inv.repo(ctx, repo, out)
@@ -334,6 +371,16 @@ func (inv *inventory) node(ctx context.Context, repo store.Repo, d digest.Digest
 // blob returns a stored blob's index, -1 when the store lacks it (asked
 // once per digest).
 func (inv *inventory) blob(ctx context.Context, d digest.Digest) (int32, error) {
+	if inv.tab.ext != nil {
+		i, size, listed := inv.tab.ext.index(key(d))
+		switch {
+		case !listed:
+			return -1, nil
+		case i >= 0:
+			return i, nil
+		}
+		return inv.tab.Add(d, size), nil
+	}
 	if i, ok := inv.tab.Lookup(d); ok {
 		if inv.tab.Size(i) < 0 {
 			return -1, nil
