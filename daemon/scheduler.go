@@ -182,7 +182,7 @@ func (s *scheduler) runFunc(ctx context.Context, job string, fn JobFunc, publish
 
 	if leases := s.bus.leaseService(); leases != nil {
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		release, ok, err := leases.Acquire(lctx, "job."+job+".running")
+		release, ok, err := leases.Acquire(lctx, jobLeaseKey(job))
 		cancel()
 		switch {
 		case err != nil:

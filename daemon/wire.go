@@ -310,8 +310,10 @@ func upstreamConfig(c config.Connector) (connector.Config, error) {
 		Filter: connector.Filter{Include: c.Include, Exclude: c.Exclude}, Concurrency: c.Concurrency, AuthHosts: c.AuthHosts}, nil
 }
 
-// RunJob runs job (a scan or verification) once in this process, against
-// the store and connectors of cfg, without NATS, and returns its report.
+// RunJob runs job (a scan, verification or gc) once in this process,
+// against the store and connectors of cfg, and returns its report. A gc
+// holds the job's cluster lease while NATS answers (withClusterLease);
+// the other jobs run without NATS.
 func RunJob(ctx context.Context, cfg *config.Config, job string, log *slog.Logger) (*jobs.Report, error) {
 	st, err := OpenStore(ctx, cfg)
 	if err != nil {
@@ -329,6 +331,9 @@ func RunJob(ctx context.Context, cfg *config.Config, job string, log *slog.Logge
 	fn := jobFuncs(cfg, st, c, jobs.NewSyncer(cfg, c), log, nil)[job]
 	if fn == nil {
 		return nil, fmt.Errorf("unknown job %q", job)
+	}
+	if job == jobs.JobGC {
+		return withClusterLease(ctx, cfg, job, log, fn)
 	}
 	return fn(ctx)
 }

@@ -96,29 +96,32 @@ type set map[dkey]struct{}
 func (s set) has(d digest.Digest) bool { _, ok := s[key(d)]; return ok }
 func (s set) add(d digest.Digest)      { s[key(d)] = struct{}{} }
 
-// content is a stored blob as the run saw it at the start.
+// content is a stored blob as the run saw it at the start, and the number
+// (from 1) of the last registry whose remaining manifests reach it (0:
+// none so far): a registry's distinct bytes are counted as it marks,
+// without a set of its own.
 type content struct {
 	size     int64
 	lastUsed int64 // Unix nanoseconds
+	reg      int32
+	// inv and id: its index in retention's inventory number inv (from
+	// 1), see blobIndex.
+	inv, id int32
 }
 
 // gcRun is one run's state: digest sets and sizes, no manifest bodies.
 type gcRun struct {
 	*GC
-	cutoff time.Time
-	rep    *Report
-	blobs  map[dkey]content
-	other  map[dkey]digest.Digest // digests of blobs not in sha256, by key
-	// referenced is what remaining manifests reach, in every registry,
-	// with the number (from 1) of the last registry that reached it: a
-	// registry's distinct bytes are counted as it marks, without a set
-	// of its own.
-	referenced map[dkey]int32
-	regNum     int32           // number of the registry being marked
-	regAfter   int64           // its distinct bytes so far
-	reasons    map[dkey]string // content of images retention removed: their reason
-	owner      map[dkey]string // registry a removed blob was last linked or referenced in
-	removedMan set             // manifests removed (their content is not listed again)
+	cutoff     time.Time
+	rep        *Report
+	blobs      map[dkey]content       // what remaining manifests reach is marked in it
+	other      map[dkey]digest.Digest // digests of blobs not in sha256, by key
+	regNum     int32                  // number of the registry being marked
+	invNum     int32                  // number of the retention inventory being taken
+	regAfter   int64                  // its distinct bytes so far
+	reasons    map[dkey]string        // content of images retention removed: their reason
+	owner      map[dkey]string        // registry a removed blob was last linked or referenced in
+	removedMan set                    // manifests removed (their content is not listed again)
 	plans      map[string]*regPlan
 	unreadable int // kept manifests that could not be read: nothing is removed
 }
@@ -134,7 +137,7 @@ type regPlan struct {
 // Run runs gc once and returns its report.
 func (g *GC) Run(ctx context.Context) (*Report, error) {
 	started := g.now().UTC()
-	r := &gcRun{GC: g, cutoff: started.Add(-g.delay), blobs: map[dkey]content{}, other: map[dkey]digest.Digest{}, referenced: map[dkey]int32{},
+	r := &gcRun{GC: g, cutoff: started.Add(-g.delay), blobs: map[dkey]content{}, other: map[dkey]digest.Digest{},
 		reasons: map[dkey]string{}, owner: map[dkey]string{}, removedMan: set{}, plans: map[string]*regPlan{}}
 	r.rep = &Report{Version: ReportVersion, Job: JobGC, Started: started, Problems: []Problem{},
 		GC: &GCSummary{ByRegistry: map[string]RegistryBytes{}}, Removed: []Removed{}, DryRun: g.dryRun}
@@ -144,11 +147,6 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 			return nil, err
 		}
 		r.rep.GC.Recovered = n
-	}
-	// Retention first: its inventories are garbage before the blob
-	// listing grows (a lower peak).
-	if err := r.planRetention(ctx); err != nil {
-		return nil, err
 	}
 	if err := g.col.CollectBlobs(ctx, func(e store.Entry) error {
 		k := key(e.Digest)
@@ -160,6 +158,12 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("list blobs: %w", err)
 	}
+	// Retention's inventories index into the blob map and take sizes from
+	// it (content stored since the listing counts nothing yet): no stat
+	// per blob, no second digest map.
+	if err := r.planRetention(ctx); err != nil {
+		return nil, err
+	}
 	if err := r.registries(ctx); err != nil {
 		return nil, err
 	}
@@ -170,11 +174,33 @@ func (g *GC) Run(ctx context.Context) (*Report, error) {
 	return r.rep, nil
 }
 
+// blobIndex keeps the current inventory's indexes of listed blobs in the
+// run's blob map.
+type blobIndex struct{ r *gcRun }
+
+func (b blobIndex) index(k dkey) (int32, int64, bool) {
+	c, ok := b.r.blobs[k]
+	if !ok {
+		return -1, 0, false
+	}
+	if c.inv != b.r.invNum {
+		return -1, c.size, true
+	}
+	return c.id, c.size, true
+}
+
+func (b blobIndex) setIndex(k dkey, i int32) {
+	c := b.r.blobs[k]
+	c.inv, c.id = b.r.invNum, i
+	b.r.blobs[k] = c
+}
+
 // planRetention plans each configured registry's retention, and the
 // eviction the disk watermark asks for.
 func (r *gcRun) planRetention(ctx context.Context) error {
 	type candidate struct {
 		reg *regPlan
+		tab *Table
 		im  *Image
 	}
 	var extra []candidate // removable images retention keeps, for the watermark
@@ -184,23 +210,24 @@ func (r *gcRun) planRetention(ctx context.Context) error {
 		if pol == nil || (pol.MaxBytes <= 0 && pol.UnpulledFor <= 0 && r.free <= 0) {
 			continue
 		}
-		inv, err := Inventory(ctx, r.st, reg.Name)
+		r.invNum++
+		inv, err := inventoryOf(ctx, r.st, reg.Name, blobIndex{r})
 		if err != nil {
 			return fmt.Errorf("retention of %s: %w", reg.Name, err)
 		}
-		plan := PlanRetention(pol, inv.Images, inv.Loose, r.now())
+		plan := PlanRetention(pol, inv.Table, inv.Images, inv.Loose, r.now())
 		rp := &regPlan{tags: map[store.Repo]map[string]Removal{}, content: map[store.Repo]set{}}
 		r.plans[reg.Name] = rp
 		removed := map[*Image]bool{}
 		for _, rm := range plan.Removals {
-			r.planRemoval(rp, rm)
+			r.planRemoval(rp, inv.Table, rm)
 			removed[rm.Image] = true
 			freed += rm.Bytes
 		}
 		if r.free > 0 {
 			for _, im := range inv.Images {
 				if !removed[im] && !pol.Keeps(im.Repo.Name, im.Tag) && (pol.Pushed || !im.Pushed) {
-					extra = append(extra, candidate{rp, im})
+					extra = append(extra, candidate{rp, inv.Table, im})
 				}
 			}
 		}
@@ -217,19 +244,19 @@ func (r *gcRun) planRetention(ctx context.Context) error {
 				break
 			}
 			var n int64
-			for d, size := range c.im.Content {
-				if _, ok := r.reasons[key(d)]; !ok {
-					n += size
+			for _, i := range c.im.Content {
+				if _, ok := r.reasons[c.tab.keys[i]]; !ok {
+					n += c.tab.Size(i)
 				}
 			}
-			r.planRemoval(c.reg, Removal{Image: c.im, Reason: ReasonOverBudget, Bytes: n})
+			r.planRemoval(c.reg, c.tab, Removal{Image: c.im, Reason: ReasonOverBudget, Bytes: n})
 			need -= n
 		}
 	}
 	return nil
 }
 
-func (r *gcRun) planRemoval(rp *regPlan, rm Removal) {
+func (r *gcRun) planRemoval(rp *regPlan, tab *Table, rm Removal) {
 	im := rm.Image
 	if im.Tag != "" {
 		if rp.tags[im.Repo] == nil {
@@ -240,10 +267,11 @@ func (r *gcRun) planRemoval(rp *regPlan, rm Removal) {
 	if rp.content[im.Repo] == nil {
 		rp.content[im.Repo] = set{}
 	}
-	for d := range im.Content {
-		rp.content[im.Repo].add(d)
-		if _, ok := r.reasons[key(d)]; !ok {
-			r.reasons[key(d)] = rm.Reason
+	for _, i := range im.Content {
+		k := tab.keys[i]
+		rp.content[im.Repo][k] = struct{}{}
+		if _, ok := r.reasons[k]; !ok {
+			r.reasons[k] = rm.Reason
 		}
 	}
 }
@@ -287,8 +315,8 @@ func (r *gcRun) registry(ctx context.Context, name string, repos []store.Repo) e
 	// before only.
 	only := int64(0)
 	for k := range before {
-		if r.referenced[k] != r.regNum {
-			only += r.blobs[k].size
+		if c := r.blobs[k]; c.reg != r.regNum {
+			only += c.size
 		}
 	}
 	if _, ok := r.rep.GC.ByRegistry[name]; ok || len(repos) > 0 {
@@ -300,9 +328,10 @@ func (r *gcRun) registry(ctx context.Context, name string, repos []store.Repo) e
 // reach records that the registry being marked keeps d.
 func (r *gcRun) reach(d digest.Digest) {
 	k := key(d)
-	if r.referenced[k] != r.regNum {
-		r.referenced[k] = r.regNum
-		r.regAfter += r.blobs[k].size
+	if c, ok := r.blobs[k]; ok && c.reg != r.regNum {
+		c.reg = r.regNum
+		r.blobs[k] = c
+		r.regAfter += c.size
 	}
 }
 
@@ -607,7 +636,7 @@ func (r *gcRun) sweepBlobs(ctx context.Context) error {
 		if c.lastUsed >= cut {
 			continue // recently used
 		}
-		if _, ref := r.referenced[k]; !ref {
+		if c.reg == 0 {
 			ds = append(ds, r.digestOf(k))
 		}
 	}

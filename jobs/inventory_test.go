@@ -73,17 +73,17 @@ func TestInventoryAndUsage(t *testing.T) {
 		t.Fatalf("images %v, want team/app:v1, :latest, :(by digest), team/base:1.0", images)
 	}
 	v1 := images["team/app:v1"]
-	if want := objSize(ix, amd, arm, sig); contentSize(v1) != want || !v1.LastPulled.Equal(pulled) || v1.Pushed {
-		t.Errorf("team/app:v1 = %d bytes, pulled %v, pushed %v; want %d, %v, false", contentSize(v1), v1.LastPulled, v1.Pushed, want, pulled)
+	if want := objSize(ix, amd, arm, sig); contentSize(inv.Table, v1) != want || !v1.LastPulled.Equal(pulled) || v1.Pushed {
+		t.Errorf("team/app:v1 = %d bytes, pulled %v, pushed %v; want %d, %v, false", contentSize(inv.Table, v1), v1.LastPulled, v1.Pushed, want, pulled)
 	}
 	dig := images["team/app:"]
-	if dig == nil || dig.Manifest != byDigest.digest || contentSize(dig) != objSize(byDigest) {
+	if dig == nil || dig.Manifest != byDigest.digest || contentSize(inv.Table, dig) != objSize(byDigest) {
 		t.Errorf("image pulled by digest: %+v", dig)
 	}
 	if b := images["team/base:1.0"]; b == nil || !b.Pushed || !b.LastPulled.IsZero() {
 		t.Errorf("pushed image: %+v", b)
 	}
-	if got := sumSizes(inv.Loose); got != objSize(loose) {
+	if got := sumSizes(inv.Table, inv.Loose); got != objSize(loose) {
 		t.Errorf("loose %d bytes, want %d", got, objSize(loose))
 	}
 	if want := objSize(ix, amd, arm, sig, byDigest, loose, other); inv.Bytes != want {
@@ -119,17 +119,23 @@ func TestInventoryAndUsage(t *testing.T) {
 	}
 }
 
-func contentSize(im *Image) int64 {
+func contentSize(tab *Table, im *Image) int64 {
 	if im == nil {
 		return -1
 	}
-	return sumSizes(im.Content)
+	return sumSizes(tab, im.Content)
 }
 
-func sumSizes(m map[digest.Digest]int64) int64 {
+// sumSizes adds the sizes of distinct table indexes.
+func sumSizes(tab *Table, ids []int32) int64 {
 	var n int64
-	for _, s := range m {
-		n += s
+	seen := map[int32]bool{}
+	for _, i := range ids {
+		if seen[i] {
+			continue
+		}
+		seen[i] = true
+		n += tab.Size(i)
 	}
 	return n
 }
@@ -177,7 +183,7 @@ func TestRetentionPlanFromInventory(t *testing.T) {
 	}
 	budget := objSize(amd, arm, multi, kept, mine) + 1
 	policy := &config.Retention{MaxBytes: config.ByteSize(budget), Keep: []string{"team/kept:*"}}
-	p := PlanRetention(policy, inv.Images, inv.Loose, now)
+	p := PlanRetention(policy, inv.Table, inv.Images, inv.Loose, now)
 	want := []string{
 		fmt.Sprintf("team/old:v1 over-budget %d", objSize(old)),
 		fmt.Sprintf("team/mid:v1 over-budget %d", objSize(mid)),

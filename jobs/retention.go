@@ -24,9 +24,10 @@ type Image struct {
 	Repo     store.Repo
 	Tag      string        // "" for a manifest pulled by digest
 	Manifest digest.Digest // the tag's target, or the pulled manifest
-	// Content is every manifest and blob the image reaches that is stored,
-	// with its size. Images may share content; it is counted once.
-	Content map[digest.Digest]int64
+	// Content is every stored manifest and blob the image reaches, as
+	// distinct indexes into the inventory's Table (which has their sizes).
+	// Images may share content; it is counted once.
+	Content []int32
 	// LastPulled is the latest client pull of any manifest the image
 	// reaches; zero when never pulled.
 	LastPulled time.Time
@@ -69,9 +70,10 @@ type RetentionPlan struct {
 
 // PlanRetention decides which of a registry's images retention removes. It
 // is pure: images come from Inventory (or a test), nothing is read or
-// deleted. loose is the registry's other stored content (manifests no
-// image reaches, with what they reference); it counts toward the budget
-// but is never planned for removal here (gc removes it as untagged).
+// deleted; tab has the sizes of what their Content and loose name. loose
+// is the registry's other stored content (manifests no image reaches, with
+// what they reference); it counts toward the budget but is never planned
+// for removal here (gc removes it as untagged).
 //
 // Rules, in order:
 //   - an image a keep pattern matches (an image without tag is matched as
@@ -81,24 +83,22 @@ type RetentionPlan struct {
 //   - with max_bytes, while the distinct bytes of what remains exceed it,
 //     the least recently used removable image goes, as ReasonOverBudget.
 //
-// A nil policy removes nothing.
-func PlanRetention(policy *config.Retention, images []*Image, loose map[digest.Digest]int64, now time.Time) RetentionPlan {
-	refs := map[digest.Digest]int{}
-	sizes := map[digest.Digest]int64{}
+// A nil policy removes nothing. Memory: a counter per table index.
+func PlanRetention(policy *config.Retention, tab *Table, images []*Image, loose []int32, now time.Time) RetentionPlan {
+	refs := make([]int32, tab.Len())
 	var total int64
-	add := func(content map[digest.Digest]int64) {
-		for d, n := range content {
-			if refs[d] == 0 {
-				total += n
-				sizes[d] = n
+	add := func(content []int32) {
+		for _, i := range content {
+			if refs[i] == 0 {
+				total += tab.Size(i)
 			}
-			refs[d]++
+			refs[i]++
 		}
 	}
-	drop := func(content map[digest.Digest]int64) (freed int64) {
-		for d := range content {
-			if refs[d]--; refs[d] == 0 {
-				freed += sizes[d]
+	drop := func(content []int32) (freed int64) {
+		for _, i := range content {
+			if refs[i]--; refs[i] == 0 {
+				freed += tab.Size(i)
 			}
 		}
 		total -= freed

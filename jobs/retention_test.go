@@ -17,14 +17,26 @@ var t0 = time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
 // d names test content.
 func d(name string) digest.Digest { return digest.FromString(name) }
 
+// retentionTable names the content of img's images. Only
+// TestPlanRetention adds to it, while building its cases (before its
+// subtests run and read it).
+var retentionTable = NewTable()
+
+// ids adds named content with the given sizes to retentionTable. Content
+// is named by name and size: cases reuse names with other sizes.
+func ids(content map[string]int64) []int32 {
+	out := []int32{}
+	for k, n := range content {
+		out = append(out, retentionTable.Add(d(fmt.Sprintf("%s/%d", k, n)), n))
+	}
+	return out
+}
+
 // img builds an image of repo:tag pulled ago hours before t0 (-1: never),
 // reaching the named content with the given sizes.
 func img(repo, tag string, pulledHoursAgo int, content map[string]int64) *Image {
 	im := &Image{Repo: store.Repo{Registry: "hub", Name: repo}, Tag: tag, Manifest: d(repo + ":" + tag),
-		Content: map[digest.Digest]int64{}, Since: t0.Add(-1000 * time.Hour)}
-	for k, n := range content {
-		im.Content[d(k)] = n
-	}
+		Content: ids(content), Since: t0.Add(-1000 * time.Hour)}
 	if pulledHoursAgo >= 0 {
 		im.LastPulled = t0.Add(-time.Duration(pulledHoursAgo) * time.Hour)
 	}
@@ -48,7 +60,7 @@ func TestPlanRetention(t *testing.T) {
 		name       string
 		policy     *config.Retention
 		images     []*Image
-		loose      map[string]int64
+		loose      []int32
 		want       []string
 		before     int64
 		after      int64
@@ -191,7 +203,7 @@ func TestPlanRetention(t *testing.T) {
 			name:   "loose content counts toward the budget but is not planned",
 			policy: &config.Retention{MaxBytes: 150},
 			images: []*Image{img("a", "1", 5, map[string]int64{"ma": 100})},
-			loose:  map[string]int64{"untagged": 100},
+			loose:  ids(map[string]int64{"untagged": 100}),
 			want:   []string{"a:1 over-budget 100"},
 			before: 200, after: 100,
 		},
@@ -206,11 +218,7 @@ func TestPlanRetention(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			loose := map[digest.Digest]int64{}
-			for k, n := range tc.loose {
-				loose[d(k)] = n
-			}
-			p := PlanRetention(tc.policy, tc.images, loose, t0)
+			p := PlanRetention(tc.policy, retentionTable, tc.images, tc.loose, t0)
 			if got := summary(p); !slices.Equal(got, tc.want) {
 				t.Errorf("removals %q, want %q", got, tc.want)
 			}

@@ -45,8 +45,9 @@ var oneShotHelp = map[string]string{
 		"Exit 0 clean, 1 problems, 2 error.",
 	"gc": "one-shot retention (registries[].retention) and garbage collection of the store, online:\n" +
 		"lists what it removes (or, with --dry-run, would remove) and bytes per registry before and\n" +
-		"after. Run it on a host that sees the store; a scheduled run elsewhere may run at the same\n" +
-		"time without harm. Exit 0 done, 2 error.",
+		"after. Run it on a host that sees the store. While the deployment's NATS answers (nats.url\n" +
+		"or the embedded server) it holds the cluster's gc lease, waiting while a worker's run holds\n" +
+		"it; without NATS it runs alone. Exit 0 done, 2 error.",
 }
 
 // newFlagSet returns a flag set for a command whose -h prints usage, a

@@ -87,6 +87,10 @@ type FS struct {
 	trashMu   sync.Mutex
 	trashDir  string
 	trashLock *os.File
+	// removeHook, nil outside tests, is called at each step of a
+	// removal (removeWritten, removeTrashed, removeDecided) to crash
+	// there.
+	removeHook func(step string)
 	// startMu makes counting sessions and starting one atomic within the
 	// process.
 	startMu sync.Mutex

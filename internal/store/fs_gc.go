@@ -276,6 +276,20 @@ func (f *FS) trashSession() (string, error) {
 	return dir, nil
 }
 
+// Steps of a removal, for FS.removeHook.
+const (
+	removeWritten = "written" // the trash entry names the path; the file is in place
+	removeTrashed = "trashed" // the file is in the trash entry, not decided yet
+	removeDecided = "decided" // decided to delete; the entry is not deleted yet
+)
+
+// hook calls the test hook at step of a removal.
+func (f *FS) hook(step string) {
+	if f.removeHook != nil {
+		f.removeHook(step)
+	}
+}
+
 // remove takes the file at path out of sight by renaming it into
 // trash/<session>/<n>/data (after recording path in .../path), asks
 // decide whether it may go after all, then deletes it or puts it back. A
@@ -301,6 +315,7 @@ func (f *FS) remove(path string, decide func(trashed string) bool) (bool, error)
 		_ = os.RemoveAll(dir)
 		return false, fmt.Errorf("remove %s: %w", rel, err)
 	}
+	f.hook(removeWritten)
 	data := filepath.Join(dir, "data")
 	if err := os.Rename(path, data); err != nil {
 		_ = os.RemoveAll(dir)
@@ -309,12 +324,14 @@ func (f *FS) remove(path string, decide func(trashed string) bool) (bool, error)
 		}
 		return false, fmt.Errorf("remove %s: %w", rel, err)
 	}
+	f.hook(removeTrashed)
 	if !decide(data) {
 		if err := f.restore(data, path); err != nil {
 			return false, err // the entry stays for RecoverRemovals
 		}
 		return false, os.RemoveAll(dir)
 	}
+	f.hook(removeDecided)
 	if err := os.RemoveAll(dir); err != nil {
 		return true, fmt.Errorf("remove %s: %w", rel, err)
 	}
