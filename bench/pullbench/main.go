@@ -197,11 +197,18 @@ func run() error {
 			return err
 		}
 		for _, t := range e.coldTargets() {
-			var walls []time.Duration
+			var walls, cpus []time.Duration
 			for _, p := range res.big[t] {
 				walls = append(walls, p.wall)
+				if p.cpu >= 0 {
+					cpus = append(cpus, p.cpu)
+				}
 			}
-			fmt.Printf("%-8s cold large median %v\n", t, medianDur(walls).Round(time.Millisecond))
+			cpu := "-"
+			if len(cpus) > 0 {
+				cpu = medianDur(cpus).Round(time.Millisecond).String()
+			}
+			fmt.Printf("%-8s cold large median %v, cache CPU median %s\n", t, medianDur(walls).Round(time.Millisecond), cpu)
 		}
 		return nil
 	}

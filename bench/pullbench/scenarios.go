@@ -26,6 +26,7 @@ type pull struct {
 type bigPull struct {
 	pull
 	idleRSS, peakRSS int64
+	cpu              time.Duration // the cache's CPU time during the pull; -1: not measured
 }
 
 // concPull is one round of concurrent cold pulls.
@@ -325,7 +326,12 @@ func (e *env) measuredBigPull(im *image, s *server) (bigPull, error) {
 			}
 		}
 	}()
+	cpu0 := s.cpuTime()
 	p, err := e.measuredPull(im, s.addr)
+	cpu := time.Duration(-1)
+	if cpu0 >= 0 {
+		cpu = s.cpuTime() - cpu0
+	}
 	close(stop)
 	peak := <-sampled
 	if err != nil {
@@ -335,7 +341,7 @@ func (e *env) measuredBigPull(im *image, s *server) (bigPull, error) {
 	if err != nil {
 		return bigPull{}, err
 	}
-	return bigPull{pull: p, idleRSS: idleRSS, peakRSS: max(hwm, peak)}, nil
+	return bigPull{pull: p, idleRSS: idleRSS, peakRSS: max(hwm, peak), cpu: cpu}, nil
 }
 
 // throughput GETs a warm blob from each server in rounds (interleaved, so
