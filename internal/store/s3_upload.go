@@ -72,18 +72,34 @@ func (s *S3) checkUploadCaps(ctx context.Context, repo Repo, opts StartUploadOpt
 	return nil
 }
 
-// uploadIDs lists the ids of the sessions in the bucket.
+// uploadIDs lists the ids of the sessions in the bucket. Sessions come and
+// go while it lists (other processes commit and cancel theirs), which an
+// S3-compatible server over a filesystem may answer with a failed
+// listing: a failed listing is tried again, twice, from the start.
 func (s *S3) uploadIDs(ctx context.Context) ([]string, error) {
 	dir := s.prefix + "uploads/"
-	var ids []string
-	err := s.list(ctx, dir, false, func(obj minio.ObjectInfo) error {
-		id, isDir := strings.CutSuffix(strings.TrimPrefix(obj.Key, dir), "/")
-		if isDir && checkUploadID(id) == nil {
-			ids = append(ids, id)
+	var err error
+	for attempt := range 3 {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Duration(attempt) * 25 * time.Millisecond):
+			}
 		}
-		return nil
-	})
-	return ids, err
+		var ids []string
+		err = s.list(ctx, dir, false, func(obj minio.ObjectInfo) error {
+			id, isDir := strings.CutSuffix(strings.TrimPrefix(obj.Key, dir), "/")
+			if isDir && checkUploadID(id) == nil {
+				ids = append(ids, id)
+			}
+			return nil
+		})
+		if err == nil || ctx.Err() != nil {
+			return ids, err
+		}
+	}
+	return nil, err
 }
 
 // openSessions lists the sessions with their repository, owner and
