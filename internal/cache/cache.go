@@ -41,6 +41,7 @@ type Cache struct {
 
 	fillTimeout time.Duration
 	idleTimeout time.Duration
+	afterFunc   func(d time.Duration, fn func()) fill.Timer // nil: time.AfterFunc
 
 	calls inflight[string, *flight[any]] // manifests and tags
 	fills *fill.Engine                   // blobs, one fill per registry and digest
@@ -124,6 +125,18 @@ func WithClock(now func() time.Time) Option {
 			return errors.New("cache: nil clock")
 		}
 		c.now = now
+		return nil
+	}
+}
+
+// WithAfterFunc replaces time.AfterFunc for the fills' idle watchdogs
+// (tests inject a clock).
+func WithAfterFunc(f func(d time.Duration, fn func()) fill.Timer) Option {
+	return func(c *Cache) error {
+		if f == nil {
+			return errors.New("cache: nil AfterFunc")
+		}
+		c.afterFunc = f
 		return nil
 	}
 }
@@ -213,7 +226,7 @@ func New(cfg Config, st store.Store, opts ...Option) (*Cache, error) {
 	}
 	var err error
 	c.fills, err = fill.New(st, fill.Config{Leases: c.leases, Log: c.log, Timeout: c.fillTimeout,
-		Idle: c.idleTimeout, Memory: c.mem, Busy: c.active.begin, Later: c.later,
+		Idle: c.idleTimeout, AfterFunc: c.afterFunc, Memory: c.mem, Busy: c.active.begin, Later: c.later,
 		Written: func(err error) { c.metrics.StoreWrites.WithLabelValues(resultOf(err)).Inc() }})
 	if err != nil {
 		return nil, err

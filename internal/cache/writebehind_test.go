@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -9,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/regwarm/regwarm/internal/cache/fill"
 	"github.com/regwarm/regwarm/internal/store"
 )
 
@@ -45,29 +48,88 @@ func (g *gatedStore) PutManifest(ctx context.Context, repo store.Repo, m store.M
 	return g.FS.PutManifest(ctx, repo, m, opts)
 }
 
-func newGatedFixture(t *testing.T) (*fixture, *gatedStore) {
+func newGatedFixture(t *testing.T, opts ...Option) (*fixture, *gatedStore) {
 	var g *gatedStore
 	f := newWrappedFixture(t, "", func(fs *store.FS) store.Store {
 		g = &gatedStore{FS: fs, open: make(chan struct{})}
 		return g
-	})
+	}, opts...)
 	return f, g
+}
+
+// fakeTimers is an injected clock for the fills' idle watchdogs: a
+// watchdog fires only when the test calls expire.
+type fakeTimers struct {
+	mu     sync.Mutex
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	mu    sync.Mutex
+	fn    func()
+	armed bool
+}
+
+func (ft *fakeTimers) afterFunc(_ time.Duration, fn func()) fill.Timer {
+	t := &fakeTimer{fn: fn, armed: true}
+	ft.mu.Lock()
+	ft.timers = append(ft.timers, t)
+	ft.mu.Unlock()
+	return t
+}
+
+func (t *fakeTimer) Reset(time.Duration) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	was := t.armed
+	t.armed = true
+	return was
+}
+
+func (t *fakeTimer) Stop() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	was := t.armed
+	t.armed = false
+	return was
+}
+
+// expire lets every armed watchdog's time run out; it returns how many fired.
+func (ft *fakeTimers) expire() int {
+	ft.mu.Lock()
+	timers := slices.Clone(ft.timers)
+	ft.mu.Unlock()
+	n := 0
+	for _, t := range timers {
+		t.mu.Lock()
+		armed := t.armed
+		t.armed = false
+		t.mu.Unlock()
+		if armed {
+			t.fn()
+			n++
+		}
+	}
+	return n
 }
 
 // A client's pull is answered from verified bytes while the store cannot
 // write yet; the content lands once it can, and nothing is fetched twice.
 func TestPullAnsweredBeforeStored(t *testing.T) {
 	t.Parallel()
-	f, g := newGatedFixture(t)
+	clock := &fakeTimers{}
+	f, g := newGatedFixture(t, WithAfterFunc(clock.afterFunc))
 	img := f.up.AddImage("app", "v1", 1<<20, 3000)
 	ctx := context.Background()
 	if err := f.pull(ctx, hub("app"), "v1", img); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return g.waiting.Load() > 0 })
-	// Held longer than the fixture's idle timeout (500 ms): that timeout
-	// is for a silent upstream, not for a slow store.
-	time.Sleep(700 * time.Millisecond)
+	// Held past the idle timeout: that timeout is for a silent upstream,
+	// not for a slow store, so no watchdog is armed any more.
+	if n := clock.expire(); n != 0 {
+		t.Fatalf("%d idle watchdogs armed while only the store is slow", n)
+	}
 	if _, err := f.store.Tag(ctx, hub("app"), "v1"); err == nil {
 		t.Fatal("tag stored while the store was held")
 	}

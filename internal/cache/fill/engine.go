@@ -51,8 +51,11 @@ type Config struct {
 	Log     *slog.Logger  // default: discard
 	Timeout time.Duration // bounds a fill in total (default 1 h)
 	Idle    time.Duration // bounds a read of the body making no progress (default 1 min)
-	Recheck time.Duration // bounds each wait for another process's lease (default 2 s)
-	Memory  int64         // bytes of blobs held in memory at once (default 64 MiB)
+	// AfterFunc arms the idle watchdog (default time.AfterFunc); tests
+	// inject a clock here.
+	AfterFunc func(d time.Duration, f func()) Timer
+	Recheck   time.Duration // bounds each wait for another process's lease (default 2 s)
+	Memory    int64         // bytes of blobs held in memory at once (default 64 MiB)
 	// Busy records a client's cold work (an upstream download for a
 	// client in progress); the returned func ends it and may be called
 	// twice. Default: nothing.
@@ -105,6 +108,9 @@ func New(st store.Store, cfg Config) (*Engine, error) {
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = time.Hour
+	}
+	if cfg.AfterFunc == nil {
+		cfg.AfterFunc = func(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
 	}
 	if cfg.Idle == 0 {
 		cfg.Idle = time.Minute
@@ -298,7 +304,7 @@ func (e *Engine) waitLease(ctx context.Context, lease string) error {
 // the store supports it and the size is known, else with a plain PutBlob.
 // A read that makes no progress for Idle cancels the fill.
 func (e *Engine) stream(ctx context.Context, cancel context.CancelFunc, f *Fill, verified func(), j Job, rc io.ReadCloser, size int64) error {
-	watchdog := time.AfterFunc(e.cfg.Idle, cancel)
+	watchdog := e.cfg.AfterFunc(e.cfg.Idle, cancel)
 	defer watchdog.Stop()
 	src := &watchedBody{rc: rc, ctx: ctx, watchdog: watchdog, idle: e.cfg.Idle}
 	if size >= 0 && size <= MemMax && e.mem.take(size) {
@@ -425,12 +431,18 @@ func keepFailure(prev, err error) error {
 	return prev
 }
 
+// Timer is a watchdog armed by Config.AfterFunc (*time.Timer is one).
+type Timer interface {
+	Reset(d time.Duration) bool
+	Stop() bool
+}
+
 // watchedBody reads an upstream body, pushing back the idle watchdog on
 // every read and failing once the fill's context ended.
 type watchedBody struct {
 	rc       io.ReadCloser
 	ctx      context.Context
-	watchdog *time.Timer
+	watchdog Timer
 	idle     time.Duration
 }
 
