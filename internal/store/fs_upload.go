@@ -68,9 +68,15 @@ func (f *FS) checkUploadCaps(ctx context.Context, repo Repo, opts StartUploadOpt
 	if err != nil {
 		return fmt.Errorf("start upload: %w", err)
 	}
+	return uploadCaps(sessions, f.expired, repo, opts)
+}
+
+// uploadCaps checks opts' caps against the open sessions, those not
+// expired, of repo and of opts.Owner.
+func uploadCaps(sessions map[string]uploadInfo, expired func(time.Time) bool, repo Repo, opts StartUploadOptions) error {
 	inRepo, ofOwner := 0, 0
 	for _, info := range sessions {
-		if f.expired(info.active()) {
+		if expired(info.active()) {
 			continue
 		}
 		if info.Registry == repo.Registry && info.Repo == repo.Name {

@@ -51,25 +51,7 @@ func (s *S3) checkUploadCaps(ctx context.Context, repo Repo, opts StartUploadOpt
 	if err != nil {
 		return fmt.Errorf("start upload: %w", err)
 	}
-	inRepo, ofOwner := 0, 0
-	for _, info := range sessions {
-		if s.expired(info.active()) {
-			continue
-		}
-		if info.Registry == repo.Registry && info.Repo == repo.Name {
-			inRepo++
-		}
-		if info.Owner == opts.Owner {
-			ofOwner++
-		}
-	}
-	if opts.MaxPerRepo > 0 && inRepo >= opts.MaxPerRepo {
-		return fmt.Errorf("%w: %d open in %s (at most %d)", ErrTooManyUploads, inRepo, repo, opts.MaxPerRepo)
-	}
-	if opts.MaxPerOwner > 0 && ofOwner >= opts.MaxPerOwner {
-		return fmt.Errorf("%w: %d open by this user (at most %d)", ErrTooManyUploads, ofOwner, opts.MaxPerOwner)
-	}
-	return nil
+	return uploadCaps(sessions, s.expired, repo, opts)
 }
 
 // uploadIDs lists the ids of the sessions in the bucket. Sessions come and
